@@ -1,0 +1,44 @@
+# slurm-flex: the two commands a new machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export DEVCLUSTER_DIR ?= /var/tmp/slurm-flex-dev
+
+.PHONY: demo test venv lint typecheck bench cluster-up cluster-down clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	scripts/demo
+
+test: venv
+	scripts/devcluster up
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check slurm_flex daemon grid beckn job_submit tests bench
+
+typecheck: venv
+	rm -rf build/typecheck && $(PIP) install -q --no-deps --target build/typecheck .
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../setup.cfg -p slurm_flex
+
+bench: venv
+	$(PY) bench/run_all.py
+
+cluster-up:
+	scripts/devcluster up
+
+cluster-down:
+	scripts/devcluster down
+
+clean:
+	scripts/devcluster down || true
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -1,0 +1,243 @@
+"""Forecast source backed by a local file, for offline demos, simulations and tests.
+
+Accepted formats (chosen by suffix):
+
+* CSV with a header. Slot start column ``from`` (or ``start``, ``period_start_utc``); optional
+  ``to`` (checked to be 30 minutes later); carbon column ``carbon_g_per_kwh`` (or ``forecast``,
+  as in NESO exports); optional price column ``price_gbp_per_mwh`` (or
+  ``market_index_price_gbp_per_mwh``). Times are ISO 8601 with an explicit zone (``Z``/``+00:00``).
+* JSON, either slurm-flex's own ``{"slots": [{"from":..., "carbon_g_per_kwh":..., "price_gbp_per_mwh":...}]}``
+  or a recorded NESO Carbon Intensity API response ``{"data": [{"from":..., "intensity": {"forecast":..}}]}``.
+
+Every problem is reported with the file and line (CSV) or item index (JSON). Slots must be on
+half-hour boundaries with no duplicates; gaps become NaN; rows out of order are sorted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from slurm_flex.errors import ForecastError, ForecastFormatError
+from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
+
+START_COLUMNS = ("from", "start", "period_start_utc")
+CARBON_COLUMNS = ("carbon_g_per_kwh", "forecast")
+PRICE_COLUMNS = ("price_gbp_per_mwh", "market_index_price_gbp_per_mwh")
+# Physically plausible bounds: no grid has run above ~1,500 g/kWh; negative intensity is a bug.
+MAX_CARBON = 2000.0
+MAX_ABS_PRICE = 10000.0
+# A file longer than a year of half-hours is almost certainly the wrong file for planning.
+MAX_SLOTS = 366 * 48
+
+
+@dataclass(frozen=True)
+class _Row:
+    where: str
+    start: int
+    carbon: float
+    price: float
+
+
+def parse_time(text: str, where: str) -> int:
+    value = text.strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ForecastFormatError(f"{where}: unreadable time {text!r} (use ISO 8601, e.g. 2026-11-21T08:00Z)") from exc
+    if dt.tzinfo is None:
+        raise ForecastFormatError(f"{where}: time {text!r} has no zone; write it in UTC with Z or +00:00")
+    epoch = int(dt.timestamp())
+    if epoch % SLOT_SECONDS:
+        raise ForecastFormatError(f"{where}: time {text!r} is not on a half-hour boundary")
+    return epoch
+
+
+def _number(value: Any, where: str, what: str, *, optional: bool) -> float:
+    if value is None or (isinstance(value, str) and value.strip() in ("", "null", "NaN", "nan")):
+        if optional:
+            return math.nan
+        raise ForecastFormatError(f"{where}: {what} is missing")
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ForecastFormatError(f"{where}: {what} {value!r} is not a number") from exc
+    if not math.isfinite(number):
+        if optional:
+            return math.nan
+        raise ForecastFormatError(f"{where}: {what} {value!r} is not finite")
+    return number
+
+
+def _carbon(value: Any, where: str) -> float:
+    number = _number(value, where, "carbon intensity", optional=False)
+    if not 0.0 <= number <= MAX_CARBON:
+        raise ForecastFormatError(f"{where}: carbon intensity {number:g} g/kWh is outside 0..{MAX_CARBON:g}")
+    return number
+
+
+def _price(value: Any, where: str) -> float:
+    number = _number(value, where, "price", optional=True)
+    if abs(number) > MAX_ABS_PRICE:
+        raise ForecastFormatError(f"{where}: price {number:g} GBP/MWh is implausible (|price| > {MAX_ABS_PRICE:g})")
+    return number
+
+
+def _check_to(row_from: int, to_text: str | None, where: str) -> None:
+    if to_text:
+        to = parse_time(to_text, where)
+        if to - row_from != SLOT_SECONDS:
+            raise ForecastFormatError(f"{where}: slot from..to is {(to - row_from) // 60} min, expected 30")
+
+
+def _pick(columns: Sequence[str], candidates: Sequence[str]) -> str | None:
+    return next((c for c in candidates if c in columns), None)
+
+
+def _rows_from_csv(path: Path) -> list[_Row]:
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            start_col = _pick(columns, START_COLUMNS)
+            carbon_col = _pick(columns, CARBON_COLUMNS)
+            price_col = _pick(columns, PRICE_COLUMNS)
+            if start_col is None or carbon_col is None:
+                raise ForecastFormatError(
+                    f"{path}: header {columns!r} needs a start column ({'/'.join(START_COLUMNS)}) "
+                    f"and a carbon column ({'/'.join(CARBON_COLUMNS)})"
+                )
+            rows = []
+            for record in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in record:  # more fields than the header
+                    raise ForecastFormatError(f"{where}: more fields than the header has")
+                start = parse_time(record[start_col] or "", where)
+                _check_to(start, record.get("to"), where)
+                rows.append(
+                    _Row(where, start, _carbon(record[carbon_col], where),
+                         _price(record[price_col], where) if price_col else math.nan)
+                )
+            return rows
+    except UnicodeDecodeError as exc:
+        raise ForecastFormatError(f"{path}: not UTF-8 text") from exc
+    except csv.Error as exc:
+        raise ForecastFormatError(f"{path}: malformed CSV: {exc}") from exc
+
+
+def rows_from_neso(doc: Mapping[str, Any], where: str) -> list[tuple[str, int, float, float]]:
+    """(where, start, carbon, price) from a NESO /intensity response (``data`` list or object)."""
+    data = doc.get("data")
+    if isinstance(data, Mapping):  # regional endpoints wrap the list in an object
+        data = data.get("data")
+    if not isinstance(data, list):
+        raise ForecastFormatError(f"{where}: NESO response without a 'data' list")
+    out = []
+    for i, item in enumerate(data):
+        here = f"{where}: data[{i}]"
+        if not isinstance(item, Mapping) or not isinstance(item.get("intensity"), Mapping):
+            raise ForecastFormatError(f"{here}: expected an object with 'from' and 'intensity'")
+        start = parse_time(str(item.get("from", "")), here)
+        _check_to(start, item.get("to"), here)
+        out.append((here, start, _carbon(item["intensity"].get("forecast"), here), math.nan))
+    return out
+
+
+def _rows_from_json(path: Path) -> list[_Row]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ForecastFormatError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, Mapping):
+        raise ForecastFormatError(f"{path}: expected a JSON object")
+    if "data" in doc:
+        return [_Row(*r) for r in rows_from_neso(doc, str(path))]
+    slots = doc.get("slots")
+    if not isinstance(slots, list):
+        raise ForecastFormatError(f"{path}: expected a 'slots' list (or a NESO 'data' list)")
+    rows = []
+    for i, item in enumerate(slots):
+        where = f"{path}: slots[{i}]"
+        if not isinstance(item, Mapping):
+            raise ForecastFormatError(f"{where}: expected an object")
+        start = parse_time(str(item.get("from", "")), where)
+        _check_to(start, item.get("to"), where)
+        rows.append(_Row(where, start, _carbon(item.get("carbon_g_per_kwh"), where), _price(item.get("price_gbp_per_mwh"), where)))
+    return rows
+
+
+def series_from_rows(
+    rows: Iterable[_Row] | Iterable[tuple[str, int, float, float]], source: str, where: str | None = None
+) -> SignalSeries:
+    """A series from validated rows; ``where`` names the input in errors (default: source)."""
+    where = where or source
+    items = [r if isinstance(r, _Row) else _Row(*r) for r in rows]
+    if not items:
+        raise ForecastFormatError(f"{where}: no slots")
+    items.sort(key=lambda r: r.start)
+    seen: dict[int, str] = {}
+    for r in items:
+        if r.start in seen:
+            raise ForecastFormatError(f"{r.where}: duplicate slot (also at {seen[r.start]})")
+        seen[r.start] = r.where
+    first, last = items[0].start, items[-1].start
+    n = (last - first) // SLOT_SECONDS + 1
+    if n > MAX_SLOTS:
+        raise ForecastFormatError(f"{where}: spans {n} half-hours; more than a year is not a forecast")
+    carbon = [math.nan] * n
+    price = [math.nan] * n
+    for r in items:
+        i = (r.start - first) // SLOT_SECONDS
+        carbon[i] = r.carbon
+        price[i] = r.price
+    return SignalSeries(start=first, carbon=tuple(carbon), price=tuple(price), source=source)
+
+
+def load_series_file(path: Path) -> SignalSeries:
+    """Read and validate a forecast file into a :class:`SignalSeries`."""
+    if not path.is_file():
+        raise ForecastError(f"forecast file {path} does not exist or is not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        rows = _rows_from_csv(path)
+    elif suffix == ".json":
+        rows = _rows_from_json(path)
+    else:
+        raise ForecastFormatError(f"{path}: unknown forecast file type {suffix!r} (use .csv or .json)")
+    return series_from_rows(rows, source=f"file:{path.name}", where=str(path))
+
+
+class FileSource:
+    """A forecast from a file, optionally replayed from another moment.
+
+    ``replay_from`` (epoch) moves the file's first slot to that half-hour: demos and tests use a
+    recorded real forecast as if it had been issued then. ``None`` keeps the file's own times.
+    The file is re-read only when it changes.
+    """
+
+    def __init__(self, path: Path, replay_from: int | None = None) -> None:
+        self.path = path
+        self.replay_from = replay_from
+        self._cached: tuple[float, SignalSeries] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"file:{self.path.name}"
+
+    def forecast(self, now: float) -> SignalSeries:
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError as exc:
+            raise ForecastError(f"forecast file {self.path}: {exc.strerror}") from exc
+        if self._cached is None or self._cached[0] != mtime:
+            self._cached = (mtime, load_series_file(self.path))
+        series = self._cached[1]
+        return series if self.replay_from is None else series.shifted(self.replay_from)

@@ -1,0 +1,100 @@
+"""The one internal grid-signal type: UTC half-hour slots of carbon intensity and price.
+
+Slots are GB settlement-period aligned (start on :00 or :30 UTC). Missing values are NaN so a
+gap in the data is visible to the planner instead of silently filled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+
+SLOT_SECONDS = 1800
+
+
+def floor_slot(epoch: float) -> int:
+    """Start of the half-hour slot containing ``epoch``."""
+    return int(epoch // SLOT_SECONDS) * SLOT_SECONDS
+
+
+def ceil_slot(epoch: float) -> int:
+    return int(math.ceil(epoch / SLOT_SECONDS)) * SLOT_SECONDS
+
+
+def iso_utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class SignalSeries:
+    """Half-hourly carbon intensity (g/kWh) and price (GBP/MWh) from ``start`` on.
+
+    ``carbon`` and ``price`` are tuples of equal length; NaN marks a missing value (a price
+    series that is entirely absent is all-NaN). ``source`` says where the values came from,
+    ``issued_at`` when they were issued (epoch, None if unknown).
+    """
+
+    start: int
+    carbon: tuple[float, ...]
+    price: tuple[float, ...]
+    source: str
+    issued_at: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start % SLOT_SECONDS:
+            raise ValueError(f"series start {iso_utc(self.start)} is not on a half-hour boundary")
+        if len(self.carbon) != len(self.price):
+            raise ValueError("carbon and price series differ in length")
+
+    def __len__(self) -> int:
+        return len(self.carbon)
+
+    @property
+    def end(self) -> int:
+        """End of the last slot (exclusive)."""
+        return self.start + len(self.carbon) * SLOT_SECONDS
+
+    def slot_start(self, index: int) -> int:
+        return self.start + index * SLOT_SECONDS
+
+    def index_of(self, epoch: float) -> int:
+        return (floor_slot(epoch) - self.start) // SLOT_SECONDS
+
+    def carbon_array(self) -> npt.NDArray[np.float64]:
+        return np.asarray(self.carbon, dtype=np.float64)
+
+    def price_array(self) -> npt.NDArray[np.float64]:
+        return np.asarray(self.price, dtype=np.float64)
+
+    @property
+    def has_price(self) -> bool:
+        return bool(np.isfinite(self.price_array()).any())
+
+    def window(self, from_epoch: float, n_slots: int | None = None) -> SignalSeries:
+        """The slots from the one containing ``from_epoch`` on (at most ``n_slots`` of them)."""
+        first = max(self.index_of(from_epoch), 0)
+        last = len(self) if n_slots is None else min(len(self), first + n_slots)
+        return SignalSeries(
+            start=self.slot_start(first),
+            carbon=self.carbon[first:last],
+            price=self.price[first:last],
+            source=self.source,
+            issued_at=self.issued_at,
+        )
+
+    def shifted(self, new_start: int) -> SignalSeries:
+        """The same values replayed from another slot (for demos and simulations)."""
+        return SignalSeries(
+            start=floor_slot(new_start),
+            carbon=self.carbon,
+            price=self.price,
+            source=f"{self.source} (replayed from {iso_utc(self.start)})",
+            issued_at=None if self.issued_at is None else self.issued_at + floor_slot(new_start) - self.start,
+        )
+
+    def covers(self, epoch: float) -> bool:
+        return self.start <= epoch < self.end

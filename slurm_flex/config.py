@@ -1,0 +1,167 @@
+"""Configuration: defaults -> /etc/slurm-flex/slurmflex.toml -> SLURMFLEX_* env -> CLI options.
+
+Validation is strict: an unknown key or a bad value is a :class:`ConfigError` naming the file
+(or environment variable), the key and the valid values. Environment overrides use
+``SLURMFLEX_<SECTION>__<KEY>``, e.g. ``SLURMFLEX_DAEMON__STATE_DIR=/tmp/sfx``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from importlib import resources
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from slurm_flex.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/slurm-flex/slurmflex.toml")
+ENV_PREFIX = "SLURMFLEX_"
+BUNDLED_FORECAST_NAME = "gb_national_2023-11-17_neso_forecast.csv"
+
+
+def bundled_forecast() -> Path:
+    """The recorded real GB forecast shipped with the package (see grid/data/README.md)."""
+    return Path(str(resources.files("slurm_flex.grid") / "data" / BUNDLED_FORECAST_NAME))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonConfig(_Section):
+    mode: Literal["shadow", "enforce"] = "enforce"
+    interval_seconds: int = Field(300, ge=10, le=86400)
+    state_dir: Path = Path("/var/lib/slurm-flex")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+
+class SlurmConfig(_Section):
+    backend: Literal["commands"] = "commands"
+    bin_dir: Path | None = None
+    slurm_conf: Path | None = None
+    command_timeout_seconds: float = Field(30.0, gt=0, le=600)
+
+
+class ForecastConfig(_Section):
+    source: Literal["file"] = "file"
+    path: Path = Field(default_factory=bundled_forecast)
+    # Replay the file's first slot from this UTC time (demos, tests); unset: the file's own times.
+    replay_from: datetime | None = None
+
+    @field_validator("replay_from")
+    @classmethod
+    def _zoned(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a time zone, e.g. 2026-11-21T08:00:00Z")
+        return value
+
+
+class PolicyConfig(_Section):
+    safety_margin_seconds: int = Field(900, ge=0, le=86400)
+    min_saving_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    carbon_price_gbp_per_tonne: float = Field(100.0, ge=0.0)
+    max_horizon_hours: float = Field(168.0, gt=0.0, le=24 * 31)
+    grace_seconds: int = Field(120, ge=0, le=3600)
+    partitions: tuple[str, ...] = ()
+
+
+class PowerConfig(_Section):
+    node_idle_watts: float = Field(120.0, ge=0)
+    node_max_watts: float = Field(450.0, ge=0)
+    cpus_per_node: int = Field(64, ge=1)
+    gpu_watts: float = Field(300.0, ge=0)
+
+
+class Config(_Section):
+    daemon: DaemonConfig = DaemonConfig()
+    slurm: SlurmConfig = SlurmConfig()
+    forecast: ForecastConfig = ForecastConfig()
+    policy: PolicyConfig = PolicyConfig()
+    power: PowerConfig = PowerConfig()
+
+    @property
+    def state_db(self) -> Path:
+        return self.daemon.state_dir / "state.sqlite3"
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """Field names valid at ``loc`` (for 'unknown key' messages)."""
+    current: type[BaseModel] = model
+    for part in loc[:-1]:
+        field = current.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        current = annotation
+    return ", ".join(current.model_fields)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Nested overrides from SLURMFLEX_SECTION__KEY variables, and where each came from."""
+    layer: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if key == "partitions":
+            parsed: Any = tuple(p for p in value.split(",") if p)
+        else:
+            parsed = value
+        layer.setdefault(section, {})[key] = parsed
+        origin[f"{section}.{key}"] = f"environment variable {name}"
+    return layer, origin
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build the effective config. ``path`` None means the default file if it exists."""
+    env = os.environ if environ is None else environ
+    explicit = path is not None or bool(env.get("SLURMFLEX_CONFIG"))
+    cfg_path = path or Path(env.get("SLURMFLEX_CONFIG") or DEFAULT_CONFIG_PATH)
+    data: dict[str, Any] = {}
+    if cfg_path.exists():
+        try:
+            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(cfg_path), "(file)", f"not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(str(cfg_path), "(file)", f"cannot read: {exc.strerror}") from exc
+    elif explicit:
+        raise ConfigError(str(cfg_path), "(file)", "config file does not exist")
+    env_layer, origin = _env_layer(env)
+    merged = _merge(_merge(data, env_layer), overrides or {})
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        source = origin.get(key, str(cfg_path) if cfg_path.exists() else "command line")
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(source, key, "unknown key", _valid_keys(Config, loc)) from exc
+        valid = None
+        ctx = err.get("ctx") or {}
+        if "expected" in ctx:
+            valid = str(ctx["expected"])
+        raise ConfigError(source, key, f"{err['msg']} (got {err.get('input')!r})", valid) from exc

@@ -1,0 +1,79 @@
+"""The one exception hierarchy of slurm-flex.
+
+Every error the project raises derives from :class:`SlurmFlexError`, so the daemon can count
+soft failures with a single ``except`` and the CLI can turn any of them into a clear message.
+Errors are always raised ``from`` their cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SlurmFlexError(Exception):
+    """Root of every error slurm-flex raises on purpose."""
+
+
+class ConfigError(SlurmFlexError):
+    """Invalid configuration: names the file, the key and what would have been valid."""
+
+    def __init__(self, source: str, key: str, problem: str, valid: str | None = None) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        self.valid = valid
+        text = f"{source}: {key}: {problem}"
+        if valid:
+            text += f" (valid: {valid})"
+        super().__init__(text)
+
+
+class SlurmError(SlurmFlexError):
+    """A Slurm command failed or returned something slurm-flex cannot read."""
+
+
+class SlurmCommandError(SlurmError):
+    """A Slurm command exited non-zero."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        super().__init__(f"{' '.join(self.argv[:3])}... exited {returncode}: {self.stderr[:500]}")
+
+
+class SlurmUnavailableError(SlurmCommandError):
+    """slurmctld could not be reached (down, restarting or unreachable)."""
+
+
+class SlurmTimeoutError(SlurmError):
+    """A Slurm command did not finish within its timeout."""
+
+
+class SlurmQueryError(SlurmError):
+    """Slurm answered, but with errors instead of data (e.g. ``squeue --json`` while the
+    controller is unreachable: Slurm 22.05 exits 0 and lists the failure in the JSON)."""
+
+
+class SlurmParseError(SlurmError):
+    """Slurm's output did not have the expected shape."""
+
+
+class ForecastError(SlurmFlexError):
+    """A grid-signal forecast could not be obtained or is not usable."""
+
+
+class ForecastFormatError(ForecastError):
+    """A forecast file or response is malformed; the message says where."""
+
+
+class StateError(SlurmFlexError):
+    """The state store could not be opened, read or written."""
+
+
+class PlanningError(SlurmFlexError):
+    """A planning instance is invalid."""
+
+
+class HookInstallError(SlurmFlexError):
+    """The submit hook could not be installed or rendered."""

@@ -1,0 +1,21 @@
+"""Planning: the slot-instance contract, solvers, and planning of a live queue."""
+
+from slurm_flex.planner.greedy import evaluate, solve_greedy
+from slurm_flex.planner.instance import Instance, Solution, instance_from_json, instance_to_json, load_instance
+from slurm_flex.planner.queue import FlexJob, Plan, PlannedJob, Policy, capacity_profile, plan
+
+__all__ = [
+    "FlexJob",
+    "Instance",
+    "Plan",
+    "PlannedJob",
+    "Policy",
+    "Solution",
+    "capacity_profile",
+    "evaluate",
+    "instance_from_json",
+    "instance_to_json",
+    "load_instance",
+    "plan",
+    "solve_greedy",
+]

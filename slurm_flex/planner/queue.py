@@ -1,0 +1,189 @@
+"""Planning a real queue: from flexible jobs, a forecast and free capacity to planned start times.
+
+``plan(jobs, forecast, capacity, policy, now) -> Plan`` is pure. It builds a slot instance
+(see :mod:`slurm_flex.planner.instance`), solves it, and turns slot numbers back into start
+times that are never earlier than a job's earliest start nor later than its latest safe start.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot, iso_utc
+from slurm_flex.planner.greedy import solve_greedy
+from slurm_flex.planner.instance import FloatArray, Instance, Solution
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Planning knobs (from the ``[policy]`` config section)."""
+
+    safety_margin_seconds: int = 900
+    min_saving_fraction: float = 0.05
+    carbon_price_gbp_per_tonne: float = 100.0
+    max_horizon_hours: float = 168.0
+
+
+@dataclass(frozen=True)
+class FlexJob:
+    """A pending job slurm-flex may move: everything the planner needs, nothing else."""
+
+    job_id: str
+    nodes: int
+    power_w: float
+    duration_s: int
+    earliest: int
+    latest_start: int
+    deadline: int
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    job_id: str
+    start: int
+    deferred: bool
+    latest_start: int
+    deadline: int
+    power_w: float
+    energy_kwh: float
+    carbon_now_g: float | None
+    carbon_planned_g: float | None
+    mean_ci_now: float | None
+    mean_ci_planned: float | None
+    late: bool
+    reason: str
+
+    @property
+    def carbon_saved_g(self) -> float:
+        if self.carbon_now_g is None or self.carbon_planned_g is None:
+            return 0.0
+        return self.carbon_now_g - self.carbon_planned_g
+
+
+@dataclass(frozen=True)
+class Plan:
+    now: int
+    jobs: tuple[PlannedJob, ...]
+    instance: Instance | None
+    solution: Solution | None
+    forecast_source: str
+
+    def by_id(self) -> dict[str, PlannedJob]:
+        return {p.job_id: p for p in self.jobs}
+
+
+def _hhmm(epoch: int) -> str:
+    return iso_utc(epoch)[11:16]
+
+
+def _run_now(job: FlexJob, now: int, reason: str, late: bool = False) -> PlannedJob:
+    return PlannedJob(
+        job_id=job.job_id, start=max(now, job.earliest), deferred=job.earliest > now,
+        latest_start=job.latest_start, deadline=job.deadline, power_w=job.power_w,
+        energy_kwh=job.power_w / 1000.0 * job.duration_s / 3600.0, carbon_now_g=None,
+        carbon_planned_g=None, mean_ci_now=None, mean_ci_planned=None, late=late, reason=reason,
+    )
+
+
+def plan(
+    jobs: Sequence[FlexJob],
+    forecast: SignalSeries | None,
+    capacity_nodes: FloatArray | None,
+    policy: Policy,
+    now: int,
+) -> Plan:
+    """Plan ``jobs`` over ``forecast``; ``capacity_nodes[i]`` is free nodes in slot i from
+    floor_slot(now) (None: unlimited). With no usable forecast every job runs as submitted."""
+    slot0 = floor_slot(now)
+    if forecast is None or not forecast.covers(now):
+        why = "no forecast" if forecast is None else "forecast does not cover now"
+        return Plan(now, tuple(_run_now(j, now, f"runs as submitted: {why}") for j in jobs), None, None,
+                    "" if forecast is None else forecast.source)
+    horizon_end = min(forecast.end, slot0 + int(policy.max_horizon_hours * 3600))
+    series = forecast.window(slot0, (horizon_end - slot0) // SLOT_SECONDS)
+    n_slots = len(series)
+    planned: list[PlannedJob] = []
+    rows: list[tuple[FlexJob, int, int, int]] = []  # job, duration slots, release, last start
+    for job in jobs:
+        earliest = max(now, job.earliest)
+        duration = max(1, math.ceil(job.duration_s / SLOT_SECONDS))
+        release = (floor_slot(earliest) - slot0) // SLOT_SECONDS
+        if job.latest_start < earliest:
+            planned.append(_run_now(job, now, "runs as soon as possible: deadline can no longer be met", late=True))
+            continue
+        if release + duration > n_slots:
+            planned.append(_run_now(job, now, "runs as submitted: longer than the forecast horizon"))
+            continue
+        last = min((floor_slot(job.latest_start) - slot0) // SLOT_SECONDS, n_slots - duration)
+        rows.append((job, duration, release, last))
+    if not rows:
+        return Plan(now, tuple(planned), None, None, series.source)
+    cap = np.full(n_slots, np.inf) if capacity_nodes is None else np.resize(np.asarray(capacity_nodes, dtype=np.float64), n_slots)
+    inst = Instance(
+        slot_minutes=SLOT_SECONDS // 60,
+        start=slot0,
+        carbon_price_gbp_per_tonne=policy.carbon_price_gbp_per_tonne,
+        carbon=series.carbon_array(),
+        price=series.price_array(),
+        capacity_nodes=cap,
+        power_cap_kw=np.full(n_slots, np.inf),
+        job_ids=tuple(r[0].job_id for r in rows),
+        nodes=np.asarray([r[0].nodes for r in rows], dtype=np.float64),
+        power_kw=np.asarray([r[0].power_w / 1000.0 for r in rows], dtype=np.float64),
+        duration=np.asarray([r[1] for r in rows], dtype=np.int64),
+        release=np.asarray([r[2] for r in rows], dtype=np.int64),
+        deadline=np.asarray([r[3] + r[1] for r in rows], dtype=np.int64),
+    )
+    solution = solve_greedy(inst, min_saving_fraction=policy.min_saving_fraction)
+    carbon = series.carbon_array()
+    late_ids = set(solution.late)
+    for job, duration, release, _last in rows:
+        slot = solution.starts[job.job_id]
+        start = max(slot0 + slot * SLOT_SECONDS, now, job.earliest)
+        kwh_per_slot = job.power_w / 1000.0 * (job.duration_s / 3600.0) / duration
+        ci_now = float(np.mean(carbon[release : release + duration]))
+        ci_plan = float(np.mean(carbon[slot : slot + duration]))
+        energy = job.power_w / 1000.0 * job.duration_s / 3600.0
+        deferred = start > max(now, job.earliest)
+        if job.job_id in late_ids:
+            reason = "runs as soon as possible: no capacity before its deadline"
+        elif deferred:
+            saving = (1 - ci_plan / ci_now) * 100 if ci_now > 0 else 0.0
+            reason = (f"cleaner window from {_hhmm(start)} UTC: {ci_plan:.0f} g/kWh vs "
+                      f"{ci_now:.0f} now ({saving:.0f}% less carbon)")
+        elif job.earliest > now:
+            reason = "runs at its requested begin time: no cleaner window before its latest safe start"
+        else:
+            reason = "runs now: no cleaner window before its latest safe start"
+        planned.append(
+            PlannedJob(
+                job_id=job.job_id, start=start, deferred=deferred, latest_start=job.latest_start,
+                deadline=job.deadline, power_w=job.power_w, energy_kwh=energy,
+                carbon_now_g=ci_now * kwh_per_slot * duration if math.isfinite(ci_now) else None,
+                carbon_planned_g=ci_plan * kwh_per_slot * duration if math.isfinite(ci_plan) else None,
+                mean_ci_now=ci_now if math.isfinite(ci_now) else None,
+                mean_ci_planned=ci_plan if math.isfinite(ci_plan) else None,
+                late=job.job_id in late_ids, reason=reason,
+            )
+        )
+    return Plan(now, tuple(planned), inst, solution, series.source)
+
+
+def capacity_profile(
+    total_nodes: int,
+    busy: Sequence[tuple[int, int | None]],
+    now: int,
+    n_slots: int,
+) -> FloatArray:
+    """Free nodes per slot from floor_slot(now): ``busy`` lists (nodes, until) of work that is
+    running or will run regardless of slurm-flex (until None = beyond the horizon)."""
+    slot0 = floor_slot(now)
+    free = np.full(n_slots, float(total_nodes))
+    for nodes, until in busy:
+        end = n_slots if until is None else max(0, min(n_slots, math.ceil((until - slot0) / SLOT_SECONDS)))
+        free[:end] -= nodes
+    return free

@@ -1,0 +1,118 @@
+"""Slurm backends: how the daemon reads the queue and moves start times.
+
+The default backend drives Slurm's own commands (one ``squeue --json`` and one ``sinfo --json``
+per cycle, one ``scontrol update`` per distinct target start time). Backends register by name so
+an optional one (pyslurm) can be added without touching the daemon.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from slurm_flex.errors import SlurmCommandError, SlurmError, SlurmUnavailableError
+from slurm_flex.slurm.parsers import (
+    SlurmJob,
+    SlurmNode,
+    parse_sinfo_json,
+    parse_squeue_json,
+    parse_update_failures,
+)
+from slurm_flex.slurm.runner import SlurmRunner
+
+log = structlog.get_logger(__name__)
+
+# Keep each scontrol command line comfortably below ARG_MAX and slurmctld's message limits.
+MAX_IDS_PER_UPDATE = 500
+
+#: A target start time: an epoch, or None meaning "now" (release).
+StartTarget = int | None
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """What a batch of start-time changes did."""
+
+    applied: tuple[str, ...] = ()
+    failed: Mapping[str, str] = field(default_factory=dict)
+    commands: int = 0
+
+
+class SlurmBackend(Protocol):
+    def read_jobs(self) -> tuple[SlurmJob, ...]: ...
+
+    def read_nodes(self) -> tuple[SlurmNode, ...]: ...
+
+    def set_start_times(self, targets: Mapping[str, StartTarget]) -> UpdateReport: ...
+
+    def command_counts(self) -> Mapping[str, int]: ...
+
+
+def format_start_time(epoch: int) -> str:
+    """StartTime as scontrol parses it; the runner pins TZ=UTC, so format in UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+
+
+class CommandBackend:
+    """Backend over Slurm's command-line tools through one :class:`SlurmRunner`."""
+
+    def __init__(self, runner: SlurmRunner) -> None:
+        self.runner = runner
+
+    def read_jobs(self) -> tuple[SlurmJob, ...]:
+        return parse_squeue_json(self.runner.run(["squeue", "--json"]).stdout)
+
+    def read_nodes(self) -> tuple[SlurmNode, ...]:
+        return parse_sinfo_json(self.runner.run(["sinfo", "--json"]).stdout)
+
+    def set_start_times(self, targets: Mapping[str, StartTarget]) -> UpdateReport:
+        by_time: dict[StartTarget, list[str]] = defaultdict(list)
+        for job_id, target in targets.items():
+            by_time[target].append(job_id)
+        applied: list[str] = []
+        failed: dict[str, str] = {}
+        commands = 0
+        for target, ids in sorted(by_time.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+            value = "now" if target is None else format_start_time(target)
+            for chunk_start in range(0, len(ids), MAX_IDS_PER_UPDATE):
+                chunk = ids[chunk_start : chunk_start + MAX_IDS_PER_UPDATE]
+                commands += 1
+                try:
+                    self.runner.run(["scontrol", "update", f"JobId={','.join(chunk)}", f"StartTime={value}"])
+                    applied.extend(chunk)
+                except SlurmCommandError as exc:
+                    per_job = parse_update_failures(exc.stderr)
+                    if not per_job or isinstance(exc, SlurmUnavailableError):
+                        # Nothing attributable to single jobs (controller down, bad syntax):
+                        # let the caller count it and retry next cycle.
+                        raise
+                    failed.update(per_job)
+                    applied.extend(j for j in chunk if j not in per_job)
+        return UpdateReport(applied=tuple(applied), failed=failed, commands=commands)
+
+    def command_counts(self) -> Mapping[str, int]:
+        return dict(self.runner.calls)
+
+
+BackendFactory = Callable[[SlurmRunner], SlurmBackend]
+BACKENDS: dict[str, BackendFactory] = {"commands": CommandBackend}
+
+
+def make_backend(
+    name: str,
+    *,
+    bin_dir: Path | None = None,
+    slurm_conf: Path | None = None,
+    timeout_seconds: float = 30.0,
+) -> SlurmBackend:
+    try:
+        factory = BACKENDS[name]
+    except KeyError as exc:
+        raise SlurmError(f"unknown Slurm backend {name!r}; known: {', '.join(sorted(BACKENDS))}") from exc
+    return factory(SlurmRunner(bin_dir=bin_dir, slurm_conf=slurm_conf, timeout_seconds=timeout_seconds))

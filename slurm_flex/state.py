@@ -1,0 +1,263 @@
+"""The daemon's state store: one SQLite file in the state dir.
+
+It holds what slurm-flex believes about each flexible job (so it can tell its own changes from
+an admin's), every start-time change it made or meant to make (written *before* Slurm is asked,
+so a crash mid-batch leaves a trace), and one row per cycle for ``slurmflex status``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from slurm_flex.errors import StateError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    display_id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    deadline INTEGER,
+    latest_start INTEGER,
+    earliest INTEGER,
+    power_w REAL,
+    energy_kwh REAL,
+    expected_begin INTEGER,
+    applied_begin INTEGER,
+    planned_start INTEGER,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    baseline_carbon_g REAL,
+    planned_carbon_g REAL,
+    mean_ci_baseline REAL,
+    mean_ci_planned REAL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    cycle_id INTEGER,
+    ts INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    old_begin INTEGER,
+    new_begin INTEGER,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_job ON actions(job_id);
+CREATE TABLE IF NOT EXISTS cycles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at REAL NOT NULL,
+    duration_s REAL,
+    mode TEXT NOT NULL,
+    ok INTEGER NOT NULL DEFAULT 0,
+    jobs_seen INTEGER NOT NULL DEFAULT 0,
+    flexible INTEGER NOT NULL DEFAULT 0,
+    deferred INTEGER NOT NULL DEFAULT 0,
+    updates INTEGER NOT NULL DEFAULT 0,
+    commands INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    forecast_source TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL DEFAULT ''
+);
+"""
+
+# Job statuses: the ones with a pending Slurm job first.
+PENDING_STATUSES = ("deferred", "released", "runs-now", "late", "manual", "held", "waiting")
+FINAL_STATUSES = ("started", "gone", "unmanaged")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    display_id: str
+    user: str
+    partition: str
+    first_seen: int
+    last_seen: int
+    deadline: int | None
+    latest_start: int | None
+    earliest: int | None
+    power_w: float | None
+    energy_kwh: float | None
+    expected_begin: int | None
+    applied_begin: int | None
+    planned_start: int | None
+    status: str
+    reason: str
+    baseline_carbon_g: float | None
+    planned_carbon_g: float | None
+    mean_ci_baseline: float | None
+    mean_ci_planned: float | None
+    updated_at: int
+
+    @property
+    def carbon_saved_g(self) -> float:
+        if self.baseline_carbon_g is None or self.planned_carbon_g is None:
+            return 0.0
+        return self.baseline_carbon_g - self.planned_carbon_g
+
+    def evolve(self, **changes: Any) -> JobRecord:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class CycleRecord:
+    id: int
+    started_at: float
+    duration_s: float | None
+    mode: str
+    ok: bool
+    jobs_seen: int
+    flexible: int
+    deferred: int
+    updates: int
+    commands: int
+    errors: int
+    forecast_source: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    id: int
+    cycle_id: int | None
+    ts: int
+    job_id: str
+    old_begin: int | None
+    new_begin: int | None
+    kind: str
+    reason: str
+    outcome: str
+
+
+_JOB_COLUMNS = tuple(f.name for f in fields(JobRecord))
+
+
+class StateStore:
+    """SQLite-backed store; one connection, WAL journal, short transactions."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StateError(f"{path}: written by a newer slurm-flex (schema {version} > {SCHEMA_VERSION})")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state store {path}: {exc}") from exc
+        except OSError as exc:
+            raise StateError(f"cannot create state dir {path.parent}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self.path}: {exc}") from exc
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._db.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self.path}: {exc}") from exc
+
+    # -- jobs -------------------------------------------------------------------------------
+    def jobs(self, statuses: Iterable[str] | None = None) -> dict[str, JobRecord]:
+        if statuses is None:
+            rows = self._query("SELECT * FROM jobs")
+        else:
+            wanted = tuple(statuses)
+            rows = self._query(f"SELECT * FROM jobs WHERE status IN ({','.join('?' * len(wanted))})", wanted)
+        return {r["job_id"]: JobRecord(**{c: r[c] for c in _JOB_COLUMNS}) for r in rows}
+
+    def save_jobs(self, records: Iterable[JobRecord]) -> None:
+        cols = ",".join(_JOB_COLUMNS)
+        marks = ",".join("?" * len(_JOB_COLUMNS))
+        with self.transaction() as db:
+            db.executemany(
+                f"INSERT OR REPLACE INTO jobs ({cols}) VALUES ({marks})",
+                [tuple(asdict(r)[c] for c in _JOB_COLUMNS) for r in records],
+            )
+
+    # -- actions ----------------------------------------------------------------------------
+    def record_intents(self, cycle_id: int | None, intents: Iterable[tuple[str, int | None, int | None, str, str]]) -> list[int]:
+        """Write (job_id, old_begin, new_begin, kind, reason) as 'pending' before acting."""
+        now = int(time.time())
+        ids = []
+        with self.transaction() as db:
+            for job_id, old, new, kind, reason in intents:
+                cur = db.execute(
+                    "INSERT INTO actions (cycle_id, ts, job_id, old_begin, new_begin, kind, reason, outcome) "
+                    "VALUES (?,?,?,?,?,?,?, 'pending')",
+                    (cycle_id, now, job_id, old, new, kind, reason),
+                )
+                ids.append(int(cur.lastrowid or 0))
+        return ids
+
+    def settle_intents(self, outcomes: Mapping[int, str]) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE actions SET outcome=? WHERE id=?", [(o, i) for i, o in outcomes.items()])
+
+    def pending_intents(self) -> list[ActionRecord]:
+        return [ActionRecord(**dict(r)) for r in self._query("SELECT * FROM actions WHERE outcome='pending' ORDER BY id")]
+
+    def actions(self, job_id: str | None = None, limit: int = 1000) -> list[ActionRecord]:
+        if job_id is None:
+            rows = self._query("SELECT * FROM actions ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query("SELECT * FROM actions WHERE job_id=? ORDER BY id DESC LIMIT ?", (job_id, limit))
+        return [ActionRecord(**dict(r)) for r in rows]
+
+    # -- cycles -----------------------------------------------------------------------------
+    def start_cycle(self, started_at: float, mode: str) -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO cycles (started_at, mode) VALUES (?, ?)", (started_at, mode))
+            return int(cur.lastrowid or 0)
+
+    def finish_cycle(self, cycle_id: int, **values: Any) -> None:
+        allowed = {f.name for f in fields(CycleRecord)} - {"id", "started_at", "mode"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise StateError(f"unknown cycle fields {sorted(unknown)}")
+        assignments = ",".join(f"{k}=?" for k in values)
+        with self.transaction() as db:
+            db.execute(f"UPDATE cycles SET {assignments} WHERE id=?", (*values.values(), cycle_id))
+
+    def last_cycles(self, limit: int = 1) -> list[CycleRecord]:
+        rows = self._query("SELECT * FROM cycles ORDER BY id DESC LIMIT ?", (limit,))
+        return [CycleRecord(**{**dict(r), "ok": bool(r["ok"])}) for r in rows]
+
+    def cycle_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM cycles")[0][0])

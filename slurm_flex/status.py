@@ -1,0 +1,128 @@
+"""``slurmflex status``: what is deferred, to when, why, and what it saved.
+
+Built from the state store only, so it answers even when slurmctld is down. ``build_status``
+is pure (records in, JSON-ready dict out); ``render_status`` draws it with rich.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from slurm_flex.grid.series import iso_utc
+from slurm_flex.state import FINAL_STATUSES, PENDING_STATUSES, CycleRecord, JobRecord
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else iso_utc(epoch)
+
+
+def _kg(grams: float) -> float:
+    return round(grams / 1000.0, 3)
+
+
+def build_status(
+    records: Mapping[str, JobRecord],
+    cycles: Sequence[CycleRecord],
+    mode: str,
+    now: float | None = None,
+    include_finished: bool = False,
+) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    shown = PENDING_STATUSES + (FINAL_STATUSES if include_finished else ())
+    jobs: dict[str, Any] = {}
+    for r in sorted(records.values(), key=lambda r: (r.planned_start or 0, r.job_id)):
+        if r.status not in shown:
+            continue
+        jobs[r.job_id] = {
+            "display_id": r.display_id,
+            "user": r.user,
+            "partition": r.partition,
+            "status": r.status,
+            "planned_start": _iso(r.planned_start),
+            "latest_safe_start": _iso(r.latest_start),
+            "deadline": _iso(r.deadline),
+            "power_w": None if r.power_w is None else round(r.power_w, 1),
+            "energy_kwh": None if r.energy_kwh is None else round(r.energy_kwh, 3),
+            "carbon_intensity_baseline_g_per_kwh": None if r.mean_ci_baseline is None else round(r.mean_ci_baseline, 1),
+            "carbon_intensity_planned_g_per_kwh": None if r.mean_ci_planned is None else round(r.mean_ci_planned, 1),
+            "carbon_saved_kg": _kg(r.carbon_saved_g),
+            "reason": r.reason,
+        }
+    pending = [r for r in records.values() if r.status in PENDING_STATUSES]
+    started = [r for r in records.values() if r.status == "started"]
+    last = cycles[0] if cycles else None
+    return {
+        "generated_at": _iso(now),
+        "mode": mode,
+        "last_cycle": None if last is None else {
+            "id": last.id,
+            "started_at": _iso(last.started_at),
+            "age_seconds": round(now - last.started_at, 1),
+            "duration_seconds": None if last.duration_s is None else round(last.duration_s, 3),
+            "ok": last.ok,
+            "jobs_seen": last.jobs_seen,
+            "updates": last.updates,
+            "slurm_commands": last.commands,
+            "errors": last.errors,
+            "forecast_source": last.forecast_source,
+            "message": last.message,
+        },
+        "jobs": jobs,
+        "totals": {
+            "deferred": sum(1 for r in pending if r.status == "deferred"),
+            "runs_now": sum(1 for r in pending if r.status == "runs-now"),
+            "left_alone": sum(1 for r in pending if r.status in ("manual", "held", "waiting", "ineligible")),
+            "late": sum(1 for r in pending if r.status == "late"),
+            "started": len(started),
+            "carbon_saved_kg_planned": _kg(sum(r.carbon_saved_g for r in pending)),
+            "carbon_saved_kg_started": _kg(sum(r.carbon_saved_g for r in started)),
+            "energy_kwh_deferred": round(sum(r.energy_kwh or 0.0 for r in pending if r.status == "deferred"), 3),
+        },
+    }
+
+
+def _short(iso: str | None) -> str:
+    return "-" if iso is None else iso.replace("T", " ")[:16]
+
+
+def render_status(doc: Mapping[str, Any], console: Console) -> None:
+    last = doc["last_cycle"]
+    if last is None:
+        console.print(f"slurm-flex ({doc['mode']} mode): no cycle has run yet.")
+    else:
+        health = "ok" if last["ok"] else "FAILED"
+        console.print(
+            f"slurm-flex ({doc['mode']} mode): last cycle #{last['id']} at {_short(last['started_at'])} UTC "
+            f"({last['age_seconds']:.0f}s ago, {health}, {last['duration_seconds']}s, "
+            f"{last['slurm_commands']} Slurm commands); forecast: {last['forecast_source']}"
+        )
+        if last["message"]:
+            console.print(f"  note: {last['message']}")
+    table = Table(title="Flexible jobs (times UTC)", title_justify="left")
+    for col, kw in (("Job", {}), ("User", {}), ("Status", {}), ("Planned start", {}), ("Latest safe start", {}),
+                    ("Deadline", {}), ("Power W", {"justify": "right"}), ("CO2 saved kg", {"justify": "right"}),
+                    ("Why", {"overflow": "fold"})):
+        table.add_column(col, **kw)  # type: ignore[arg-type]
+    for job in doc["jobs"].values():
+        table.add_row(
+            job["display_id"], job["user"], job["status"], _short(job["planned_start"]),
+            _short(job["latest_safe_start"]), _short(job["deadline"]),
+            "-" if job["power_w"] is None else f"{job['power_w']:.0f}",
+            f"{job['carbon_saved_kg']:.3f}", job["reason"],
+        )
+    if doc["jobs"]:
+        console.print(table)
+    else:
+        console.print("No flexible jobs pending.")
+    t = doc["totals"]
+    console.print(
+        f"Deferred: {t['deferred']} jobs ({t['energy_kwh_deferred']:.1f} kWh), running now: {t['runs_now']}, "
+        f"left alone: {t['left_alone']}, late: {t['late']}. "
+        f"Carbon saved vs running at submission: {t['carbon_saved_kg_planned']:.2f} kg planned, "
+        f"{t['carbon_saved_kg_started']:.2f} kg on jobs already started."
+    )

@@ -1,0 +1,152 @@
+"""Safety rules of the daemon's decisions, without Slurm."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from slurm_flex.daemon.decide import BEGIN_TOLERANCE_S, assess, reconcile
+from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
+from slurm_flex.planner import Policy, plan
+from slurm_flex.powermodel import PowerModel
+from slurm_flex.slurm.parsers import SlurmJob
+from slurm_flex.state import JobRecord
+
+NOW = 1795251000
+SLOT0 = NOW - NOW % SLOT_SECONDS
+POLICY = Policy(safety_margin_seconds=900, min_saving_fraction=0.05)
+POWER = PowerModel(cpus_per_node=2)
+ALL: frozenset[str] = frozenset()
+
+
+def job(**changes: object) -> SlurmJob:
+    base = SlurmJob(
+        job_id="42", array_job_id=None, array_task_id=None, array_task_string="", user="alice", account="",
+        partition="debug", qos="", state="PENDING", state_reason="BeginTime", nodes=1, cpus=2, tres_per_node="",
+        time_limit_s=3600, submit_time=NOW - 10, eligible_time=NOW + 110, start_time=None, end_time=None,
+        deadline=NOW + 12 * 3600, priority=100, comment="",
+        admin_comment=f"slurmflex:v1;power_w=500;basis=req;begin=0;grace={NOW + 110};deadline=0;flex=deadline",
+        het_job_id=None, dependency="",
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def record(**changes: object) -> JobRecord:
+    base = JobRecord(
+        job_id="42", display_id="42", user="alice", partition="debug", first_seen=NOW - 300, last_seen=NOW - 300,
+        deadline=NOW + 12 * 3600, latest_start=None, earliest=NOW - 10, power_w=500.0, energy_kwh=0.5,
+        expected_begin=NOW + 110, applied_begin=None, planned_start=None, status="runs-now", reason="",
+        baseline_carbon_g=None, planned_carbon_g=None, mean_ci_baseline=None, mean_ci_planned=None,
+        updated_at=NOW - 300,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def series(carbon: list[float]) -> SignalSeries:
+    return SignalSeries(start=SLOT0, carbon=tuple(carbon), price=(math.nan,) * len(carbon), source="t")
+
+
+def test_jobs_without_deadline_are_never_touched() -> None:
+    assert assess(job(deadline=None), None, (), POLICY, POWER, ALL, NOW) is None
+    assert assess(job(deadline=None), record(), (), POLICY, POWER, ALL, NOW) is None
+
+
+def test_jobs_we_deferred_are_handed_back_when_they_lose_their_deadline() -> None:
+    a = assess(job(deadline=None, eligible_time=NOW + 5000), record(status="deferred", applied_begin=NOW + 5000,
+               expected_begin=NOW + 5000), (), POLICY, POWER, ALL, NOW)
+    assert a is not None and a.must_release
+    intents = reconcile([a], plan([], None, None, POLICY, NOW), NOW)
+    assert [(i.job_id, i.new_begin, i.kind) for i in intents] == [("42", None, "release")]
+
+
+def test_partition_scope() -> None:
+    assert assess(job(partition="gpu"), None, (), POLICY, POWER, frozenset({"debug"}), NOW) is None
+    assert assess(job(partition="debug"), None, (), POLICY, POWER, frozenset({"debug"}), NOW) is not None
+
+
+def test_held_dependency_het_and_unlimited_are_left_alone() -> None:
+    for j, status in [(job(priority=0, state_reason="JobHeldUser"), "held"),
+                      (job(state_reason="Dependency"), "waiting"),
+                      (job(het_job_id=7), "ineligible"),
+                      (job(time_limit_s=None), "ineligible")]:
+        a = assess(j, None, (), POLICY, POWER, ALL, NOW)
+        assert a is not None and a.status == status and a.flex is None
+        assert reconcile([a], plan([], None, None, POLICY, NOW), NOW) == []
+
+
+def test_a_start_time_changed_by_someone_else_is_left_alone_for_good() -> None:
+    rec = record(expected_begin=NOW + 3600, applied_begin=NOW + 3600, status="deferred")
+    moved = job(eligible_time=NOW + 7200)
+    a = assess(moved, rec, (), POLICY, POWER, ALL, NOW)
+    assert a is not None and a.status == "manual" and a.flex is None
+    # ...even once the begin time looks normal again.
+    again = assess(job(eligible_time=NOW + 3600), rec.evolve(status="manual", reason=a.reason), (), POLICY, POWER, ALL, NOW)
+    assert again is not None and again.status == "manual"
+
+
+def test_our_own_unsettled_changes_are_not_mistaken_for_an_admin() -> None:
+    # The daemon died after scontrol but before recording the result.
+    rec = record(expected_begin=NOW + 110)
+    a = assess(job(eligible_time=NOW + 9000), rec, (NOW + 9000,), POLICY, POWER, ALL, NOW)
+    assert a is not None and a.status == "planned"
+    within = assess(job(eligible_time=NOW + 110 + BEGIN_TOLERANCE_S), rec, (), POLICY, POWER, ALL, NOW)
+    assert within is not None and within.status == "planned"
+
+
+def test_flex_job_uses_tag_power_user_begin_and_latest_safe_start() -> None:
+    begin = NOW + 1800
+    j = job(admin_comment=f"x slurmflex:v1;power_w=777;begin={begin};grace=0", eligible_time=begin)
+    a = assess(j, None, (), POLICY, POWER, ALL, NOW)
+    assert a is not None and a.flex is not None
+    assert a.flex.power_w == 777 and a.flex.earliest == begin
+    assert a.flex.latest_start == j.deadline - 3600 - 900  # type: ignore[operator]
+    untagged = assess(job(admin_comment="", eligible_time=NOW - 10), None, (), POLICY, POWER, ALL, NOW)
+    assert untagged is not None and untagged.flex is not None
+    assert untagged.flex.power_w == POWER.estimate(1, 2) and untagged.flex.earliest == NOW - 10
+
+
+def test_array_records_plan_all_their_tasks() -> None:
+    arr = job(array_job_id=42, array_task_string="1-4", job_id="42")
+    a = assess(arr, None, (), POLICY, POWER, ALL, NOW)
+    assert a is not None and a.flex is not None
+    assert a.flex.job_id == "42_[1-4]" and a.flex.nodes == 4 and a.flex.power_w == 4 * 500
+
+
+def test_reconcile_defers_releases_and_skips_unchanged() -> None:
+    carbon = [300.0] * 48
+    carbon[10:12] = [50.0, 50.0]
+    a = assess(job(), None, (), POLICY, POWER, ALL, NOW)
+    assert a is not None
+    p = plan([a.flex], series(carbon), None, POLICY, NOW)  # type: ignore[list-item]
+    (intent,) = reconcile([a], p, NOW)
+    assert intent.kind == "defer" and intent.new_begin == SLOT0 + 10 * SLOT_SECONDS
+    # Already at the target: nothing to do.
+    same = assess(job(eligible_time=intent.new_begin), None, (), POLICY, POWER, ALL, NOW)
+    assert reconcile([same], p, NOW) == []  # type: ignore[list-item]
+    # Cleanest is now: the hook's grace is released.
+    flat = plan([a.flex], series([100.0] * 48), None, POLICY, NOW)  # type: ignore[list-item]
+    (release,) = reconcile([a], flat, NOW)
+    assert release.kind == "release" and release.new_begin is None
+    # Cleanest now and no grace pending: nothing to do.
+    eligible = assess(job(eligible_time=NOW - 10), None, (), POLICY, POWER, ALL, NOW)
+    assert reconcile([eligible], flat, NOW) == []  # type: ignore[list-item]
+
+
+def test_never_deferred_past_latest_safe_start_even_if_the_plan_says_so() -> None:
+    a = assess(job(), None, (), POLICY, POWER, ALL, NOW)
+    assert a is not None and a.flex is not None
+    bogus = plan([a.flex], series([300.0] * 48), None, POLICY, NOW)
+    too_late = dataclasses.replace(bogus.jobs[0], start=a.flex.latest_start + 7200, deferred=True)
+    bogus = dataclasses.replace(bogus, jobs=(too_late,))
+    (intent,) = reconcile([a], bogus, NOW)
+    assert intent.new_begin == a.flex.latest_start
+
+
+def test_user_begin_wins_when_the_deadline_is_already_impossible() -> None:
+    begin = NOW + 7200
+    j = job(admin_comment=f"slurmflex:v1;power_w=1;begin={begin};grace=0", eligible_time=begin,
+            deadline=NOW + 3600)
+    a = assess(j, None, (), POLICY, POWER, ALL, NOW)
+    p = plan([a.flex], series([100.0] * 48), None, POLICY, NOW)  # type: ignore[union-attr, list-item]
+    assert p.jobs[0].late
+    assert reconcile([a], p, NOW) == []  # type: ignore[list-item]  # stays at the user's begin

@@ -1,0 +1,263 @@
+"""Planner: the slot-instance contract, the greedy solver and planning of a live queue."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slurm_flex.errors import PlanningError
+from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
+from slurm_flex.planner import (
+    FlexJob,
+    Instance,
+    Policy,
+    capacity_profile,
+    evaluate,
+    instance_from_json,
+    instance_to_json,
+    load_instance,
+    plan,
+    solve_greedy,
+)
+
+NOW = 1795251000  # 2026-11-21T08:50Z, mid-slot on purpose
+SLOT0 = NOW - NOW % SLOT_SECONDS
+
+
+def make_instance(carbon: list[float], jobs: list[dict[str, float]], capacity: float | list[float] = math.inf,
+                  price: list[float] | None = None, carbon_price: float = 100.0) -> Instance:
+    n = len(carbon)
+    caps = capacity if isinstance(capacity, list) else [capacity] * n
+    doc = {
+        "slot_minutes": 30, "start": "2026-11-21T08:00:00Z", "carbon_price_gbp_per_tonne": carbon_price,
+        "slots": [{"carbon_g_per_kwh": c, "price_gbp_per_mwh": None if price is None else price[i],
+                   "capacity_nodes": None if math.isinf(caps[i]) else caps[i], "power_cap_kw": None}
+                  for i, c in enumerate(carbon)],
+        "jobs": [{"id": str(i), **j} for i, j in enumerate(jobs)],
+    }
+    return instance_from_json(doc)
+
+
+def brute_force_single(inst: Instance) -> float:
+    best = math.inf
+    for s in range(int(inst.release[0]), int(inst.deadline[0] - inst.duration[0]) + 1):
+        best = min(best, evaluate(inst, np.array([s]))[3])
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    carbon=st.lists(st.floats(0, 900), min_size=4, max_size=60),
+    price=st.floats(-50, 500),
+    data=st.data(),
+)
+def test_single_job_is_exactly_optimal(carbon: list[float], price: float, data: st.DataObject) -> None:
+    n = len(carbon)
+    duration = data.draw(st.integers(1, n))
+    release = data.draw(st.integers(0, n - duration))
+    deadline = data.draw(st.integers(release + duration, n))
+    inst = make_instance(carbon, [{"nodes": 1, "power_kw": 2.0, "duration_slots": duration,
+                                   "release_slot": release, "deadline_slot": deadline}], price=[price] * n)
+    sol = solve_greedy(inst)
+    assert sol.objective_gbp == pytest.approx(brute_force_single(inst), rel=1e-9, abs=1e-12)
+    assert release <= sol.starts["0"] <= deadline - duration
+    assert sol.lower_bound_gbp == pytest.approx(sol.objective_gbp, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_plans_respect_windows_and_capacity(data: st.DataObject) -> None:
+    n = data.draw(st.integers(4, 40))
+    carbon = data.draw(st.lists(st.floats(10, 500), min_size=n, max_size=n))
+    capacity = data.draw(st.integers(1, 8))
+    jobs = []
+    for _ in range(data.draw(st.integers(1, 25))):
+        d = data.draw(st.integers(1, min(6, n)))
+        r = data.draw(st.integers(0, n - d))
+        e = data.draw(st.integers(r + d, n))
+        jobs.append({"nodes": data.draw(st.integers(1, capacity)), "power_kw": data.draw(st.floats(0.1, 5)),
+                     "duration_slots": d, "release_slot": r, "deadline_slot": e})
+    inst = make_instance(carbon, jobs, capacity=float(capacity))
+    sol = solve_greedy(inst)
+    load = np.zeros(n)
+    for i, j in enumerate(jobs):
+        s = sol.starts[str(i)]
+        if str(i) not in sol.late:
+            assert j["release_slot"] <= s <= j["deadline_slot"] - j["duration_slots"]
+        else:
+            assert s == j["release_slot"]
+        load[s : s + j["duration_slots"]] += j["nodes"]
+    if not sol.late:
+        assert (load <= capacity + 1e-9).all()
+    assert sol.lower_bound_gbp is not None and sol.lower_bound_gbp <= sol.objective_gbp + 1e-9
+
+
+def test_no_thundering_herd_when_capacity_binds() -> None:
+    # One green slot pair (6-7) that holds 2 one-node jobs; 6 jobs want it.
+    carbon = [300.0] * 6 + [50.0, 50.0] + [120.0] * 4 + [300.0] * 4
+    jobs = [{"nodes": 1, "power_kw": 1.0, "duration_slots": 2, "release_slot": 0, "deadline_slot": 16}] * 6
+    inst = make_instance(carbon, jobs, capacity=2.0)
+    sol = solve_greedy(inst)
+    starts = sorted(sol.starts.values())
+    assert starts.count(6) == 2  # the green window is full...
+    assert all(s in (8, 10) for s in starts if s != 6)  # ...and the rest take the next best
+    assert not sol.late
+    # The per-job "best window" rule puts all six in slot 6: three times the capacity.
+    best_window = [int(np.argmin([sum(carbon[s:s + 2]) for s in range(0, 15)])) for _ in jobs]
+    assert best_window.count(6) == 6
+
+
+def test_late_jobs_start_at_release_and_are_reported() -> None:
+    carbon = [100.0, 50.0, 50.0, 100.0]
+    jobs = [{"nodes": 2, "power_kw": 1.0, "duration_slots": 2, "release_slot": 0, "deadline_slot": 2},
+            {"nodes": 2, "power_kw": 1.0, "duration_slots": 2, "release_slot": 0, "deadline_slot": 2}]
+    sol = solve_greedy(make_instance(carbon, jobs, capacity=2.0))
+    assert len(sol.late) == 1 and sol.starts[sol.late[0]] == 0
+
+
+def test_min_saving_fraction_avoids_deferring_for_crumbs() -> None:
+    carbon = [100.0, 99.0, 98.0, 97.0]
+    job = [{"nodes": 1, "power_kw": 1.0, "duration_slots": 1, "release_slot": 0, "deadline_slot": 4}]
+    assert solve_greedy(make_instance(carbon, job), min_saving_fraction=0.0).starts["0"] == 3
+    assert solve_greedy(make_instance(carbon, job), min_saving_fraction=0.05).starts["0"] == 0
+
+
+def test_objective_follows_the_contract_formula() -> None:
+    carbon = [200.0, 100.0]
+    price = [80.0, 40.0]
+    inst = make_instance(carbon, [{"nodes": 1, "power_kw": 2.0, "duration_slots": 2, "release_slot": 0,
+                                   "deadline_slot": 2}], price=price, carbon_price=100.0)
+    energy, carbon_kg, cost, objective = evaluate(inst, np.array([0]))
+    kwh = 2.0 * 0.5
+    assert energy == pytest.approx(2 * kwh)
+    assert carbon_kg == pytest.approx(kwh * (200 + 100) / 1000)
+    assert cost == pytest.approx(kwh * (80 + 40) / 1000)
+    assert objective == pytest.approx(sum(kwh * (p / 1000 + c * 100 / 1e6) for c, p in zip(carbon, price)))
+
+
+def test_instance_json_roundtrip_and_cli_shape() -> None:
+    inst = make_instance([100.0, 80.0, 60.0], [{"nodes": 1, "power_kw": 1.5, "duration_slots": 1,
+                                                "release_slot": 0, "deadline_slot": 3}], capacity=4.0)
+    again = load_instance(json.dumps(instance_to_json(inst)))
+    assert again.job_ids == inst.job_ids and (again.carbon == inst.carbon).all()
+    assert (again.capacity_nodes == inst.capacity_nodes).all()
+    out = solve_greedy(again).to_json()
+    assert set(out) >= {"starts", "late", "energy_kwh", "carbon_kg", "cost_gbp", "objective_gbp",
+                        "lower_bound_gbp", "solve_seconds"}
+    assert out["starts"] == {"0": 2}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(slots=[]), "slots: expected a non-empty list"),
+        (lambda d: d.update(slot_minutes=0), "slot_minutes"),
+        (lambda d: d.update(carbon_price_gbp_per_tonne=-1), "carbon_price"),
+        (lambda d: d["slots"][0].update(carbon_g_per_kwh="x"), r"slots\[0\]: carbon_g_per_kwh must be a number"),
+        (lambda d: d["slots"][0].pop("carbon_g_per_kwh"), r"slots\[0\]: missing"),
+        (lambda d: d["jobs"][0].update(duration_slots=0), "duration_slots must be >= 1"),
+        (lambda d: d["jobs"][0].update(release_slot=9), "release_slot 9 outside"),
+        (lambda d: d["jobs"][0].update(duration_slots=3, release_slot=1), "runs past the horizon"),
+        (lambda d: d["jobs"].append(dict(d["jobs"][0])), "duplicate id"),
+        (lambda d: d.update(start="tomorrow"), "unreadable time"),
+    ],
+)
+def test_instance_validation_names_the_problem(mutate, message) -> None:  # type: ignore[no-untyped-def]
+    doc = {"slots": [{"carbon_g_per_kwh": 1}, {"carbon_g_per_kwh": 2}, {"carbon_g_per_kwh": 3}],
+           "jobs": [{"id": "a", "nodes": 1, "power_kw": 1, "duration_slots": 1, "release_slot": 0, "deadline_slot": 3}]}
+    mutate(doc)
+    with pytest.raises(PlanningError, match=message):
+        instance_from_json(doc)
+
+
+# -- planning a live queue --------------------------------------------------------------------
+
+def _series(carbon: list[float]) -> SignalSeries:
+    return SignalSeries(start=SLOT0, carbon=tuple(carbon), price=(math.nan,) * len(carbon), source="test")
+
+
+def _job(job_id: str = "1", *, hours: float = 1.0, deadline_h: float = 12.0, earliest: int = NOW, nodes: int = 1) -> FlexJob:
+    duration = int(hours * 3600)
+    deadline = NOW + int(deadline_h * 3600)
+    return FlexJob(job_id=job_id, nodes=nodes, power_w=1000.0, duration_s=duration, earliest=earliest,
+                   latest_start=deadline - duration - 900, deadline=deadline)
+
+
+POLICY = Policy(safety_margin_seconds=900, min_saving_fraction=0.05)
+
+
+def test_deferred_into_cleanest_window_before_deadline() -> None:
+    carbon = [300.0] * 48
+    carbon[10:12] = [60.0, 60.0]
+    carbon[30:32] = [10.0, 10.0]  # cleaner, but after the latest safe start
+    p = plan([_job(hours=1, deadline_h=12)], _series(carbon), None, POLICY, NOW).jobs[0]
+    assert p.deferred and p.start == SLOT0 + 10 * SLOT_SECONDS
+    assert p.start <= p.latest_start
+    assert p.carbon_planned_g == pytest.approx(60.0)  # 1 kW x 1 h x 60 g
+    assert p.carbon_now_g == pytest.approx(300.0)
+    assert "cleaner window from" in p.reason and "80% less carbon" in p.reason
+
+
+def test_start_never_before_user_begin_nor_after_latest_start() -> None:
+    carbon = [300.0] * 48
+    carbon[2] = 5.0
+    begin = SLOT0 + 4 * SLOT_SECONDS + 123
+    p = plan([_job(earliest=begin)], _series(carbon), None, POLICY, NOW).jobs[0]
+    assert p.start >= begin and p.start <= p.latest_start
+
+
+def test_impossible_deadline_runs_now_and_is_late() -> None:
+    job = _job(hours=3, deadline_h=2)
+    p = plan([job], _series([100.0] * 48), None, POLICY, NOW).jobs[0]
+    assert p.late and p.start == NOW and not p.deferred
+    assert "deadline can no longer be met" in p.reason
+
+
+def test_deadline_years_away_is_planned_within_the_horizon() -> None:
+    carbon = [300.0] * 96
+    carbon[40] = carbon[41] = 20.0
+    p = plan([_job(deadline_h=24 * 365 * 3)], _series(carbon), None, POLICY, NOW).jobs[0]
+    assert p.start == SLOT0 + 40 * SLOT_SECONDS
+
+
+def test_job_longer_than_forecast_runs_as_submitted() -> None:
+    p = plan([_job(hours=30, deadline_h=200)], _series([100.0] * 48), None, POLICY, NOW).jobs[0]
+    assert not p.deferred and "longer than the forecast horizon" in p.reason
+
+
+def test_no_usable_forecast_means_run_as_submitted() -> None:
+    jobs = [_job("a"), _job("b")]
+    none = plan(jobs, None, None, POLICY, NOW)
+    assert all(not p.deferred and "no forecast" in p.reason for p in none.jobs)
+    stale = SignalSeries(start=SLOT0 - 10 * SLOT_SECONDS, carbon=(1.0,) * 4, price=(math.nan,) * 4, source="old")
+    assert all("does not cover now" in p.reason for p in plan(jobs, stale, None, POLICY, NOW).jobs)
+
+
+def test_missing_slots_are_never_chosen() -> None:
+    carbon = [300.0] * 24
+    carbon[5] = math.nan
+    carbon[6] = 1.0
+    p = plan([_job(hours=1)], _series(carbon), None, POLICY, NOW).jobs[0]
+    assert p.start != SLOT0 + 5 * SLOT_SECONDS
+    assert p.start == SLOT0 + 6 * SLOT_SECONDS or p.start == SLOT0 + 7 * SLOT_SECONDS
+
+
+def test_capacity_profile_from_running_and_inflexible_work() -> None:
+    free = capacity_profile(4, [(2, NOW + 3600), (1, None)], NOW, 6)
+    # NOW is 08:50 and SLOT0 08:30: work until 09:50 still occupies slot 2 (09:30-10:00).
+    assert list(free) == [1.0, 1.0, 1.0, 3.0, 3.0, 3.0]
+
+
+def test_capacity_spreads_queue_jobs() -> None:
+    carbon = [300.0] * 24
+    carbon[4:6] = [50.0, 50.0]
+    jobs = [_job(str(i), hours=1) for i in range(4)]
+    cap = capacity_profile(2, [], NOW, 24)
+    planned = plan(jobs, _series(carbon), cap, POLICY, NOW)
+    starts = sorted(p.start for p in planned.jobs)
+    assert starts.count(SLOT0 + 4 * SLOT_SECONDS) == 2

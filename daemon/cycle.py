@@ -60,6 +60,7 @@ def policy_from(config: Config) -> Policy:
         min_saving_fraction=p.min_saving_fraction,
         carbon_price_gbp_per_tonne=p.carbon_price_gbp_per_tonne,
         max_horizon_hours=p.max_horizon_hours,
+        use_price=p.use_price,
     )
 
 
@@ -82,27 +83,64 @@ def _busy(jobs: tuple[SlurmJob, ...], planned_ids: set[str], now: int) -> list[t
     return busy
 
 
-def _record_for(job: SlurmJob, a: Assessment, prev: JobRecord | None, p: PlannedJob | None,
-                expected_begin: int | None, applied_begin: int | None, now: int) -> JobRecord:
+def _record_for(
+    job: SlurmJob,
+    a: Assessment,
+    prev: JobRecord | None,
+    p: PlannedJob | None,
+    expected_begin: int | None,
+    applied_begin: int | None,
+    now: int,
+) -> JobRecord:
     base = prev or JobRecord(
-        job_id=job.update_id, display_id=job.display_id, user=job.user, partition=job.partition,
-        first_seen=now, last_seen=now, deadline=job.deadline, latest_start=None, earliest=None,
-        power_w=None, energy_kwh=None, expected_begin=None, applied_begin=None, planned_start=None,
-        status="new", reason="", baseline_carbon_g=None, planned_carbon_g=None,
-        mean_ci_baseline=None, mean_ci_planned=None, updated_at=now,
+        job_id=job.update_id,
+        display_id=job.display_id,
+        user=job.user,
+        partition=job.partition,
+        first_seen=now,
+        last_seen=now,
+        deadline=job.deadline,
+        latest_start=None,
+        earliest=None,
+        power_w=None,
+        energy_kwh=None,
+        expected_begin=None,
+        applied_begin=None,
+        planned_start=None,
+        status="new",
+        reason="",
+        baseline_carbon_g=None,
+        planned_carbon_g=None,
+        mean_ci_baseline=None,
+        mean_ci_planned=None,
+        updated_at=now,
     )
-    rec = base.evolve(last_seen=now, updated_at=now, deadline=job.deadline, status=a.status,
-                      reason=a.reason, expected_begin=expected_begin, applied_begin=applied_begin)
+    rec = base.evolve(
+        last_seen=now,
+        updated_at=now,
+        deadline=job.deadline,
+        status=a.status,
+        reason=a.reason,
+        expected_begin=expected_begin,
+        applied_begin=applied_begin,
+    )
     if p is None or a.flex is None:
         return rec
     status = "late" if p.late else ("deferred" if p.deferred else "runs-now")
     baseline = rec.baseline_carbon_g if rec.baseline_carbon_g is not None else p.carbon_now_g
     ci_base = rec.mean_ci_baseline if rec.mean_ci_baseline is not None else p.mean_ci_now
     return rec.evolve(
-        status=status, reason=p.reason, latest_start=a.flex.latest_start, earliest=a.flex.earliest,
-        power_w=p.power_w, energy_kwh=p.energy_kwh, planned_start=p.start,
-        baseline_carbon_g=baseline, planned_carbon_g=p.carbon_planned_g,
-        mean_ci_baseline=ci_base, mean_ci_planned=p.mean_ci_planned,
+        status=status,
+        reason=p.reason,
+        latest_start=a.flex.latest_start,
+        earliest=a.flex.earliest,
+        power_w=p.power_w,
+        energy_kwh=p.energy_kwh,
+        planned_start=p.start,
+        baseline_carbon_g=baseline,
+        planned_carbon_g=p.carbon_planned_g,
+        mean_ci_baseline=ci_base,
+        mean_ci_planned=p.mean_ci_planned,
     )
 
 
@@ -162,17 +200,37 @@ class Cycle:
         duration = time.monotonic() - t0
         commands = sum(self.backend.command_counts().values()) - commands_before
         self.store.finish_cycle(
-            cycle_id, duration_s=duration, ok=int(ok), jobs_seen=jobs_seen, flexible=flexible,
-            deferred=deferred, updates=updates, commands=commands, errors=errors,
-            forecast_source=forecast_name, message=message,
+            cycle_id,
+            duration_s=duration,
+            ok=int(ok),
+            jobs_seen=jobs_seen,
+            flexible=flexible,
+            deferred=deferred,
+            updates=updates,
+            commands=commands,
+            errors=errors,
+            forecast_source=forecast_name,
+            message=message,
         )
-        log.info("cycle", cycle=cycle_id, ok=ok, jobs=jobs_seen, flexible=flexible, deferred=deferred,
-                 updates=updates, commands=commands, errors=errors, seconds=round(duration, 3), mode=mode)
+        log.info(
+            "cycle",
+            cycle=cycle_id,
+            ok=ok,
+            jobs=jobs_seen,
+            flexible=flexible,
+            deferred=deferred,
+            updates=updates,
+            commands=commands,
+            errors=errors,
+            seconds=round(duration, 3),
+            mode=mode,
+        )
         return CycleResult(cycle_id, ok, jobs_seen, flexible, deferred, updates, errors, commands, duration, message)
 
     # -- decide: pure apart from reading the store ------------------------------------------
-    def _decide(self, jobs: tuple[SlurmJob, ...], nodes: tuple[SlurmNode, ...], forecast: SignalSeries | None,
-                now: int) -> tuple[Plan, list[Intent], dict[str, JobRecord]]:
+    def _decide(
+        self, jobs: tuple[SlurmJob, ...], nodes: tuple[SlurmNode, ...], forecast: SignalSeries | None, now: int
+    ) -> tuple[Plan, list[Intent], dict[str, JobRecord]]:
         previous = self.store.jobs()
         pending_targets: dict[str, list[int | None]] = defaultdict(list)
         for action in self.store.pending_intents():
@@ -181,8 +239,15 @@ class Cycle:
         for job in jobs:
             if not job.pending:
                 continue
-            a = assess(job, previous.get(job.update_id), pending_targets.get(job.update_id, ()),
-                       self.policy, self.power, self.partitions, now)
+            a = assess(
+                job,
+                previous.get(job.update_id),
+                pending_targets.get(job.update_id, ()),
+                self.policy,
+                self.power,
+                self.partitions,
+                now,
+            )
             if a is not None:
                 assessments.append(a)
         flex_jobs = [a.flex for a in assessments if a.flex is not None]
@@ -208,10 +273,10 @@ class Cycle:
         for job_id, prev in previous.items():
             if job_id in records or prev.status not in PENDING_STATUSES:
                 continue
-            job = active.get(job_id)
-            if job is None:
+            still = active.get(job_id)
+            if still is None:
                 final, reason = "gone", "left the queue before starting"
-            elif job.pending:
+            elif still.pending:
                 final, reason = "unmanaged", "no longer flexible; left as it is"
             else:
                 final, reason = "started", prev.reason
@@ -227,9 +292,15 @@ class Cycle:
         if stale:
             self.store.settle_intents(stale)
         for i in intents:
-            log.info("decision", job=i.job_id, kind=i.kind, old_begin=_iso(i.old_begin),
-                     new_begin=_iso(i.new_begin) if i.new_begin is not None else "now", reason=i.reason,
-                     mode=mode)
+            log.info(
+                "decision",
+                job=i.job_id,
+                kind=i.kind,
+                old_begin=_iso(i.old_begin),
+                new_begin=_iso(i.new_begin) if i.new_begin is not None else "now",
+                reason=i.reason,
+                mode=mode,
+            )
         if mode != "enforce" or not intents:
             if mode != "enforce":
                 # Shadow mode: remember what Slurm really has, not what we would have set.
@@ -238,7 +309,9 @@ class Cycle:
                     records[i.job_id] = rec.evolve(expected_begin=i.old_begin, applied_begin=None)
             self.store.save_jobs(records.values())
             return 0, 0
-        ids = self.store.record_intents(cycle_id, [(i.job_id, i.old_begin, i.new_begin, i.kind, i.reason) for i in intents])
+        ids = self.store.record_intents(
+            cycle_id, [(i.job_id, i.old_begin, i.new_begin, i.kind, i.reason) for i in intents]
+        )
         report = self.backend.set_start_times({i.job_id: i.new_begin for i in intents})
         outcomes: dict[int, str] = {}
         for action_id, i in zip(ids, intents, strict=True):
@@ -264,7 +337,9 @@ class Cycle:
                 "forecast_source": plan_.forecast_source,
                 "instance": instance_to_json(plan_.instance) if plan_.instance is not None else None,
                 "solution": plan_.solution.to_json() if plan_.solution is not None else None,
-                "jobs": [{"id": p.job_id, "start": iso_utc(p.start), "reason": p.reason, "late": p.late} for p in plan_.jobs],
+                "jobs": [
+                    {"id": p.job_id, "start": iso_utc(p.start), "reason": p.reason, "late": p.late} for p in plan_.jobs
+                ],
             }
             path = self.plans_dir / f"cycle-{cycle_id:08d}.json"
             tmp = path.with_suffix(".tmp")

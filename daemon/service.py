@@ -101,8 +101,12 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        log.info("daemon_start", mode=self.config.daemon.mode, interval=self.config.daemon.interval_seconds,
-                 state_dir=str(self.config.daemon.state_dir))
+        log.info(
+            "daemon_start",
+            mode=self.config.daemon.mode,
+            interval=self.config.daemon.interval_seconds,
+            state_dir=str(self.config.daemon.state_dir),
+        )
         done = 0
         while True:
             started = time.monotonic()

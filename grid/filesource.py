@@ -123,8 +123,12 @@ def _rows_from_csv(path: Path) -> list[_Row]:
                 start = parse_time(record[start_col] or "", where)
                 _check_to(start, record.get("to"), where)
                 rows.append(
-                    _Row(where, start, _carbon(record[carbon_col], where),
-                         _price(record[price_col], where) if price_col else math.nan)
+                    _Row(
+                        where,
+                        start,
+                        _carbon(record[carbon_col], where),
+                        _price(record[price_col], where) if price_col else math.nan,
+                    )
                 )
             return rows
     except UnicodeDecodeError as exc:
@@ -170,7 +174,11 @@ def _rows_from_json(path: Path) -> list[_Row]:
             raise ForecastFormatError(f"{where}: expected an object")
         start = parse_time(str(item.get("from", "")), where)
         _check_to(start, item.get("to"), where)
-        rows.append(_Row(where, start, _carbon(item.get("carbon_g_per_kwh"), where), _price(item.get("price_gbp_per_mwh"), where)))
+        rows.append(
+            _Row(
+                where, start, _carbon(item.get("carbon_g_per_kwh"), where), _price(item.get("price_gbp_per_mwh"), where)
+            )
+        )
     return rows
 
 

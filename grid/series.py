@@ -6,7 +6,6 @@ gap in the data is visible to the planner instead of silently filled.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,10 +18,6 @@ SLOT_SECONDS = 1800
 def floor_slot(epoch: float) -> int:
     """Start of the half-hour slot containing ``epoch``."""
     return int(epoch // SLOT_SECONDS) * SLOT_SECONDS
-
-
-def ceil_slot(epoch: float) -> int:
-    return int(math.ceil(epoch / SLOT_SECONDS)) * SLOT_SECONDS
 
 
 def iso_utc(epoch: float) -> str:

@@ -50,7 +50,11 @@ def render_policy(config: Config) -> str:
             "gpu_watts": pw.gpu_watts,
         },
     }
-    return "-- Rendered by `slurmflex hook install` from the slurm-flex config; do not edit.\nreturn " + _lua(policy) + "\n"
+    return (
+        "-- Rendered by `slurmflex hook install` from the slurm-flex config; do not edit.\nreturn "
+        + _lua(policy)
+        + "\n"
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:

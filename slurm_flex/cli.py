@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -54,8 +55,13 @@ class _Ctx:
 
 @click.group()
 @click.version_option(__version__, prog_name="slurmflex")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="Config file (default: $SLURMFLEX_CONFIG or /etc/slurm-flex/slurmflex.toml).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Config file (default: $SLURMFLEX_CONFIG or /etc/slurm-flex/slurmflex.toml).",
+)
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Override daemon.state_dir.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 @click.pass_context
@@ -110,7 +116,9 @@ def daemon(obj: _Ctx, once: bool, cycles: int | None, interval: int | None, mode
 
 
 @main.command()
-@click.option("--instance", "instance_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
+@click.option(
+    "--instance", "instance_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True
+)
 @click.option("--json", "as_json", is_flag=True)
 @_fail_cleanly
 def plan(instance_path: Path, as_json: bool) -> None:
@@ -124,9 +132,14 @@ def plan(instance_path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"{inst.n_jobs} jobs over {inst.n_slots} slots of {inst.slot_minutes} min ({sol.method}, {sol.solve_seconds:.3f}s)")
-    click.echo(f"energy {sol.energy_kwh:.1f} kWh, carbon {sol.carbon_kg:.2f} kg, cost {sol.cost_gbp:.2f} GBP, "
-               f"objective {sol.objective_gbp:.2f} GBP (lower bound {doc['lower_bound_gbp']})")
+    click.echo(
+        f"{inst.n_jobs} jobs over {inst.n_slots} slots of {inst.slot_minutes} min "
+        f"({sol.method}, {sol.solve_seconds:.3f}s)"
+    )
+    click.echo(
+        f"energy {sol.energy_kwh:.1f} kWh, carbon {sol.carbon_kg:.2f} kg, cost {sol.cost_gbp:.2f} GBP, "
+        f"objective {sol.objective_gbp:.2f} GBP (lower bound {doc['lower_bound_gbp']})"
+    )
     if sol.late:
         click.echo(f"late (deadline cannot be met within capacity): {', '.join(sol.late)}")
     for job_id, slot in sorted(sol.starts.items(), key=lambda kv: (kv[1], kv[0])):
@@ -144,21 +157,21 @@ def forecast(obj: _Ctx, as_json: bool) -> None:
 
     cfg = obj.config()
     series = make_source(cfg).forecast(time.time())
-    rows = [
-        {"from": iso_utc(series.slot_start(i)), "carbon_g_per_kwh": None if c != c else c,
-         "price_gbp_per_mwh": None if p != p else p}
+    slots = [
+        (series.slot_start(i), None if math.isnan(c) else c, None if math.isnan(p) else p)
         for i, (c, p) in enumerate(zip(series.carbon, series.price, strict=True))
     ]
     if as_json:
+        rows = [{"from": iso_utc(t), "carbon_g_per_kwh": c, "price_gbp_per_mwh": p} for t, c, p in slots]
         click.echo(json.dumps({"source": series.source, "slots": rows}, indent=2))
         return
     click.echo(f"source: {series.source}; {len(series)} slots from {iso_utc(series.start)}")
-    top = max((r["carbon_g_per_kwh"] or 0) for r in rows) or 1.0
-    for r in rows:
-        c = r["carbon_g_per_kwh"]
+    top = max((c or 0.0) for _, c, _ in slots) or 1.0
+    for t, c, p in slots:
         bar = "" if c is None else "#" * int(40 * c / top)
-        price = "" if r["price_gbp_per_mwh"] is None else f"{r['price_gbp_per_mwh']:8.2f} GBP/MWh"
-        click.echo(f"{r['from'][:16]}  {'   -' if c is None else f'{c:4.0f}'} g/kWh {price}  {bar}")
+        carbon = "   -" if c is None else f"{c:4.0f}"
+        price = "" if p is None else f"{p:8.2f} GBP/MWh"
+        click.echo(f"{iso_utc(t)[:16]}  {carbon} g/kWh {price}  {bar}")
 
 
 @main.group()
@@ -167,9 +180,15 @@ def hook() -> None:
 
 
 @hook.command("install")
-@click.option("--dest", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Directory holding slurm.conf (where slurmctld looks for job_submit.lua).")
-@click.option("--module-only", is_flag=True, help="Only the module and policy, for sites with their own job_submit.lua.")
+@click.option(
+    "--dest",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Directory holding slurm.conf (where slurmctld looks for job_submit.lua).",
+)
+@click.option(
+    "--module-only", is_flag=True, help="Only the module and policy, for sites with their own job_submit.lua."
+)
 @click.option("--force", is_flag=True, help="Replace a job_submit.lua that is not slurm-flex's.")
 @click.pass_obj
 @_fail_cleanly

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import tomllib
-from importlib import resources
 from collections.abc import Mapping
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +65,11 @@ class ForecastConfig(_Section):
 class PolicyConfig(_Section):
     safety_margin_seconds: int = Field(900, ge=0, le=86400)
     min_saving_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    carbon_price_gbp_per_tonne: float = Field(100.0, ge=0.0)
+    # Carbon is priced into the objective next to the electricity price. The default is close
+    # to the UK government's central carbon value for policy appraisal (about 250-270 GBP/t).
+    carbon_price_gbp_per_tonne: float = Field(250.0, ge=0.0)
+    # Whether the electricity price counts at all (sites on flat tariffs may say false).
+    use_price: bool = True
     max_horizon_hours: float = Field(168.0, gt=0.0, le=24 * 31)
     grace_seconds: int = Field(120, ge=0, le=3600)
     partitions: tuple[str, ...] = ()
@@ -119,7 +123,7 @@ def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, st
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if key == "partitions":
             parsed: Any = tuple(p for p in value.split(",") if p)
         else:

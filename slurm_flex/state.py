@@ -212,7 +212,9 @@ class StateStore:
             )
 
     # -- actions ----------------------------------------------------------------------------
-    def record_intents(self, cycle_id: int | None, intents: Iterable[tuple[str, int | None, int | None, str, str]]) -> list[int]:
+    def record_intents(
+        self, cycle_id: int | None, intents: Iterable[tuple[str, int | None, int | None, str, str]]
+    ) -> list[int]:
         """Write (job_id, old_begin, new_begin, kind, reason) as 'pending' before acting."""
         now = int(time.time())
         ids = []
@@ -231,7 +233,9 @@ class StateStore:
             db.executemany("UPDATE actions SET outcome=? WHERE id=?", [(o, i) for i, o in outcomes.items()])
 
     def pending_intents(self) -> list[ActionRecord]:
-        return [ActionRecord(**dict(r)) for r in self._query("SELECT * FROM actions WHERE outcome='pending' ORDER BY id")]
+        return [
+            ActionRecord(**dict(r)) for r in self._query("SELECT * FROM actions WHERE outcome='pending' ORDER BY id")
+        ]
 
     def actions(self, job_id: str | None = None, limit: int = 1000) -> list[ActionRecord]:
         if job_id is None:

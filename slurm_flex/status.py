@@ -22,7 +22,7 @@ def _iso(epoch: float | None) -> str | None:
 
 
 def _kg(grams: float) -> float:
-    return round(grams / 1000.0, 3)
+    return round(grams / 1000.0, 3) + 0.0  # no "-0.000"
 
 
 def build_status(
@@ -59,7 +59,9 @@ def build_status(
     return {
         "generated_at": _iso(now),
         "mode": mode,
-        "last_cycle": None if last is None else {
+        "last_cycle": None
+        if last is None
+        else {
             "id": last.id,
             "started_at": _iso(last.started_at),
             "age_seconds": round(now - last.started_at, 1),
@@ -104,16 +106,29 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
         if last["message"]:
             console.print(f"  note: {last['message']}")
     table = Table(title="Flexible jobs (times UTC)", title_justify="left")
-    for col, kw in (("Job", {}), ("User", {}), ("Status", {}), ("Planned start", {}), ("Latest safe start", {}),
-                    ("Deadline", {}), ("Power W", {"justify": "right"}), ("CO2 saved kg", {"justify": "right"}),
-                    ("Why", {"overflow": "fold"})):
+    for col, kw in (
+        ("Job", {}),
+        ("User", {}),
+        ("Status", {}),
+        ("Planned start", {}),
+        ("Latest safe start", {}),
+        ("Deadline", {}),
+        ("Power W", {"justify": "right"}),
+        ("CO2 saved kg", {"justify": "right"}),
+        ("Why", {"overflow": "fold"}),
+    ):
         table.add_column(col, **kw)  # type: ignore[arg-type]
     for job in doc["jobs"].values():
         table.add_row(
-            job["display_id"], job["user"], job["status"], _short(job["planned_start"]),
-            _short(job["latest_safe_start"]), _short(job["deadline"]),
+            job["display_id"],
+            job["user"],
+            job["status"],
+            _short(job["planned_start"]),
+            _short(job["latest_safe_start"]),
+            _short(job["deadline"]),
             "-" if job["power_w"] is None else f"{job['power_w']:.0f}",
-            f"{job['carbon_saved_kg']:.3f}", job["reason"],
+            f"{job['carbon_saved_kg']:.3f}",
+            job["reason"],
         )
     if doc["jobs"]:
         console.print(table)
@@ -121,8 +136,8 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
         console.print("No flexible jobs pending.")
     t = doc["totals"]
     console.print(
-        f"Deferred: {t['deferred']} jobs ({t['energy_kwh_deferred']:.1f} kWh), running now: {t['runs_now']}, "
-        f"left alone: {t['left_alone']}, late: {t['late']}. "
+        f"Deferred: {t['deferred']} jobs ({t['energy_kwh_deferred']:.1f} kWh), to run now: {t['runs_now']}, "
+        f"left alone: {t['left_alone']}, late: {t['late']}, started: {t['started']}. "
         f"Carbon saved vs running at submission: {t['carbon_saved_kg_planned']:.2f} kg planned, "
         f"{t['carbon_saved_kg_started']:.2f} kg on jobs already started."
     )

@@ -41,9 +41,19 @@ class Cluster:
         env.update(SLURM_CONF=str(self.conf), TZ="UTC", **extra)
         return env
 
-    def run(self, *argv: str, check: bool = True, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(list(argv), env=self.env(), capture_output=True, text=True, check=False,
-                              input=input, cwd=str(cwd) if cwd else None, timeout=60)
+    def run(
+        self, *argv: str, check: bool = True, input: str | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            list(argv),
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            input=input,
+            cwd=str(cwd) if cwd else None,
+            timeout=60,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr}")
         return proc
@@ -85,15 +95,22 @@ class Cluster:
 
 def _devcluster_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DEVCLUSTER_DIR=str(TEST_CLUSTER_DIR), DEVCLUSTER_PORT_BASE=TEST_PORT_BASE,
-               DEVCLUSTER_CLUSTER="sfxtest", DEVCLUSTER_NODES="4", DEVCLUSTER_CPUS="2")
+    env.update(
+        DEVCLUSTER_DIR=str(TEST_CLUSTER_DIR),
+        DEVCLUSTER_PORT_BASE=TEST_PORT_BASE,
+        DEVCLUSTER_CLUSTER="sfxtest",
+        DEVCLUSTER_NODES="4",
+        DEVCLUSTER_CPUS="2",
+    )
     return env
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[Cluster]:
     """Bring the test cluster up once per session (installing Slurm if needed)."""
-    proc = subprocess.run([str(DEVCLUSTER), "up"], env=_devcluster_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [str(DEVCLUSTER), "up"], env=_devcluster_env(), capture_output=True, text=True, timeout=900, check=False
+    )
     if proc.returncode != 0:
         pytest.fail(f"scripts/devcluster up failed:\n{proc.stderr}", pytrace=False)
     cluster = Cluster(dir=TEST_CLUSTER_DIR, conf=TEST_CLUSTER_DIR / "etc" / "slurm.conf")

@@ -24,8 +24,9 @@ def test_defaults_from_an_empty_file(tmp_path: Path) -> None:
 
 
 def test_layers_file_then_env_then_cli(tmp_path: Path) -> None:
-    path = write_config(tmp_path / "c.toml", {"daemon": {"mode": "shadow", "interval_seconds": 60},
-                                                "policy": {"partitions": ["batch"]}})
+    path = write_config(
+        tmp_path / "c.toml", {"daemon": {"mode": "shadow", "interval_seconds": 60}, "policy": {"partitions": ["batch"]}}
+    )
     env = {"SLURMFLEX_DAEMON__INTERVAL_SECONDS": "120", "SLURMFLEX_POLICY__PARTITIONS": "a,b"}
     cfg = load_config(path, environ=env, overrides={"daemon": {"state_dir": str(tmp_path)}})
     assert cfg.daemon.mode == "shadow"  # file
@@ -75,7 +76,7 @@ def test_bad_env_value_names_the_variable(tmp_path: Path) -> None:
 
 def test_replay_from_needs_a_zone(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.toml", {"forecast": {"replay_from": "2026-11-21T08:00:00"}})
-    with pytest.raises(ConfigError, match="forecast.replay_from"):
+    with pytest.raises(ConfigError, match=r"forecast\.replay_from"):
         load_config(path, environ={})
 
 

@@ -21,22 +21,56 @@ ALL: frozenset[str] = frozenset()
 
 def job(**changes: object) -> SlurmJob:
     base = SlurmJob(
-        job_id="42", array_job_id=None, array_task_id=None, array_task_string="", user="alice", account="",
-        partition="debug", qos="", state="PENDING", state_reason="BeginTime", nodes=1, cpus=2, tres_per_node="",
-        time_limit_s=3600, submit_time=NOW - 10, eligible_time=NOW + 110, start_time=None, end_time=None,
-        deadline=NOW + 12 * 3600, priority=100, comment="",
+        job_id="42",
+        array_job_id=None,
+        array_task_id=None,
+        array_task_string="",
+        user="alice",
+        account="",
+        partition="debug",
+        qos="",
+        state="PENDING",
+        state_reason="BeginTime",
+        nodes=1,
+        cpus=2,
+        tres_per_node="",
+        time_limit_s=3600,
+        submit_time=NOW - 10,
+        eligible_time=NOW + 110,
+        start_time=None,
+        end_time=None,
+        deadline=NOW + 12 * 3600,
+        priority=100,
+        comment="",
         admin_comment=f"slurmflex:v1;power_w=500;basis=req;begin=0;grace={NOW + 110};deadline=0;flex=deadline",
-        het_job_id=None, dependency="",
+        het_job_id=None,
+        dependency="",
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 def record(**changes: object) -> JobRecord:
     base = JobRecord(
-        job_id="42", display_id="42", user="alice", partition="debug", first_seen=NOW - 300, last_seen=NOW - 300,
-        deadline=NOW + 12 * 3600, latest_start=None, earliest=NOW - 10, power_w=500.0, energy_kwh=0.5,
-        expected_begin=NOW + 110, applied_begin=None, planned_start=None, status="runs-now", reason="",
-        baseline_carbon_g=None, planned_carbon_g=None, mean_ci_baseline=None, mean_ci_planned=None,
+        job_id="42",
+        display_id="42",
+        user="alice",
+        partition="debug",
+        first_seen=NOW - 300,
+        last_seen=NOW - 300,
+        deadline=NOW + 12 * 3600,
+        latest_start=None,
+        earliest=NOW - 10,
+        power_w=500.0,
+        energy_kwh=0.5,
+        expected_begin=NOW + 110,
+        applied_begin=None,
+        planned_start=None,
+        status="runs-now",
+        reason="",
+        baseline_carbon_g=None,
+        planned_carbon_g=None,
+        mean_ci_baseline=None,
+        mean_ci_planned=None,
         updated_at=NOW - 300,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
@@ -52,8 +86,15 @@ def test_jobs_without_deadline_are_never_touched() -> None:
 
 
 def test_jobs_we_deferred_are_handed_back_when_they_lose_their_deadline() -> None:
-    a = assess(job(deadline=None, eligible_time=NOW + 5000), record(status="deferred", applied_begin=NOW + 5000,
-               expected_begin=NOW + 5000), (), POLICY, POWER, ALL, NOW)
+    a = assess(
+        job(deadline=None, eligible_time=NOW + 5000),
+        record(status="deferred", applied_begin=NOW + 5000, expected_begin=NOW + 5000),
+        (),
+        POLICY,
+        POWER,
+        ALL,
+        NOW,
+    )
     assert a is not None and a.must_release
     intents = reconcile([a], plan([], None, None, POLICY, NOW), NOW)
     assert [(i.job_id, i.new_begin, i.kind) for i in intents] == [("42", None, "release")]
@@ -65,10 +106,12 @@ def test_partition_scope() -> None:
 
 
 def test_held_dependency_het_and_unlimited_are_left_alone() -> None:
-    for j, status in [(job(priority=0, state_reason="JobHeldUser"), "held"),
-                      (job(state_reason="Dependency"), "waiting"),
-                      (job(het_job_id=7), "ineligible"),
-                      (job(time_limit_s=None), "ineligible")]:
+    for j, status in [
+        (job(priority=0, state_reason="JobHeldUser"), "held"),
+        (job(state_reason="Dependency"), "waiting"),
+        (job(het_job_id=7), "ineligible"),
+        (job(time_limit_s=None), "ineligible"),
+    ]:
         a = assess(j, None, (), POLICY, POWER, ALL, NOW)
         assert a is not None and a.status == status and a.flex is None
         assert reconcile([a], plan([], None, None, POLICY, NOW), NOW) == []
@@ -80,7 +123,9 @@ def test_a_start_time_changed_by_someone_else_is_left_alone_for_good() -> None:
     a = assess(moved, rec, (), POLICY, POWER, ALL, NOW)
     assert a is not None and a.status == "manual" and a.flex is None
     # ...even once the begin time looks normal again.
-    again = assess(job(eligible_time=NOW + 3600), rec.evolve(status="manual", reason=a.reason), (), POLICY, POWER, ALL, NOW)
+    again = assess(
+        job(eligible_time=NOW + 3600), rec.evolve(status="manual", reason=a.reason), (), POLICY, POWER, ALL, NOW
+    )
     assert again is not None and again.status == "manual"
 
 
@@ -144,8 +189,7 @@ def test_never_deferred_past_latest_safe_start_even_if_the_plan_says_so() -> Non
 
 def test_user_begin_wins_when_the_deadline_is_already_impossible() -> None:
     begin = NOW + 7200
-    j = job(admin_comment=f"slurmflex:v1;power_w=1;begin={begin};grace=0", eligible_time=begin,
-            deadline=NOW + 3600)
+    j = job(admin_comment=f"slurmflex:v1;power_w=1;begin={begin};grace=0", eligible_time=begin, deadline=NOW + 3600)
     a = assess(j, None, (), POLICY, POWER, ALL, NOW)
     p = plan([a.flex], series([100.0] * 48), None, POLICY, NOW)  # type: ignore[union-attr, list-item]
     assert p.jobs[0].late

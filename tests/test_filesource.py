@@ -34,7 +34,9 @@ def test_recorded_neso_national_response() -> None:
 
 
 def test_recorded_neso_regional_response_with_object_data() -> None:
-    series = load_series_file(FIXTURES / "grid" / "regional_intensity_fw48h_regionid_13__2023-03-13T1201Z__first-3-windows.json")
+    series = load_series_file(
+        FIXTURES / "grid" / "regional_intensity_fw48h_regionid_13__2023-03-13T1201Z__first-3-windows.json"
+    )
     assert len(series) == 3 and all(c > 0 for c in series.carbon)
 
 
@@ -94,8 +96,10 @@ def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_out_of_order_rows_are_sorted_and_gaps_are_nan(tmp_path: Path) -> None:
-    body = ("from,carbon_g_per_kwh,price_gbp_per_mwh\n"
-            "2026-11-21T09:00Z,300,\n2026-11-21T08:00Z,100,50\n2026-11-21T08:30Z,200,60.5\n2026-11-21T10:30Z,50,1\n")
+    body = (
+        "from,carbon_g_per_kwh,price_gbp_per_mwh\n"
+        "2026-11-21T09:00Z,300,\n2026-11-21T08:00Z,100,50\n2026-11-21T08:30Z,200,60.5\n2026-11-21T10:30Z,50,1\n"
+    )
     series = load_series_file(_csv(tmp_path, body))
     assert series.start == 1795248000
     assert series.carbon[:3] == (100.0, 200.0, 300.0)

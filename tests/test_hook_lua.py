@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(not lua_available(), reason="lua5.1 not installe
 
 
 def _lua(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["lua5.1", str(HARNESS), str(HOOK_DIR), *args], capture_output=True, text=True, timeout=60)
+    argv = ["lua5.1", str(HARNESS), str(HOOK_DIR), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 def _names() -> list[str]:
@@ -47,7 +48,7 @@ def test_lua_and_python_power_models_agree(tmp_path: Path, nodes: int, cpus: int
     script = tmp_path / "power.lua"
     script.write_text(
         f'test("p", function() local M = require("slurmflex")\n'
-        f'M.configure({{power = {{node_idle_watts = 110, node_max_watts = 420, cpus_per_node = 48, gpu_watts = 275}}}})\n'
+        "M.configure({power = {node_idle_watts = 110, node_max_watts = 420, cpus_per_node = 48, gpu_watts = 275}})\n"
         f'print(string.format("%.12f", M.estimate_power(job_desc({{min_nodes = {nodes}, min_cpus = {cpus}, '
         f'tres_per_node = "gres:gpu:{gpus}"}})))) end)\n'
     )

@@ -67,9 +67,15 @@ def test_finished_jobs_are_dropped() -> None:
 
 
 def test_newer_slurm_number_objects_are_accepted() -> None:
-    raw = {"job_id": 5, "job_state": ["PENDING"], "time_limit": {"set": True, "infinite": False, "number": 30},
-           "deadline": {"set": True, "number": 1800000000}, "eligible_time": {"set": False, "number": 0},
-           "node_count": {"set": True, "number": 2}, "priority": {"set": True, "number": 10}}
+    raw = {
+        "job_id": 5,
+        "job_state": ["PENDING"],
+        "time_limit": {"set": True, "infinite": False, "number": 30},
+        "deadline": {"set": True, "number": 1800000000},
+        "eligible_time": {"set": False, "number": 0},
+        "node_count": {"set": True, "number": 2},
+        "priority": {"set": True, "number": 10},
+    }
     job = parse_job(raw)
     assert job.state == "PENDING" and job.time_limit_s == 1800 and job.deadline == 1800000000
     assert job.eligible_time is None and job.nodes == 2
@@ -81,12 +87,12 @@ def test_newer_slurm_number_objects_are_accepted() -> None:
     ("text", "message"),
     [
         ("", "not JSON"),
-        ("{\"jobs\": [", "not JSON"),
+        ('{"jobs": [', "not JSON"),
         ("[]", "JSON object"),
-        ("{\"errors\": [{\"error\": \"boom\"}], \"jobs\": []}", "Slurm could not answer: boom"),
-        ("{\"meta\": {}}", "no 'jobs' list"),
-        ("{\"jobs\": [{\"job_state\": \"PENDING\"}]}", "without 'job_id'"),
-        ("{\"jobs\": [{\"job_id\": \"x\"}]}", "expected a number"),
+        ('{"errors": [{"error": "boom"}], "jobs": []}', "Slurm could not answer: boom"),
+        ('{"meta": {}}', "no 'jobs' list"),
+        ('{"jobs": [{"job_state": "PENDING"}]}', "without 'job_id'"),
+        ('{"jobs": [{"job_id": "x"}]}', "expected a number"),
     ],
 )
 def test_garbage_squeue_output_is_a_parse_error(text: str, message: str) -> None:

@@ -29,15 +29,28 @@ NOW = 1795251000  # 2026-11-21T08:50Z, mid-slot on purpose
 SLOT0 = NOW - NOW % SLOT_SECONDS
 
 
-def make_instance(carbon: list[float], jobs: list[dict[str, float]], capacity: float | list[float] = math.inf,
-                  price: list[float] | None = None, carbon_price: float = 100.0) -> Instance:
+def make_instance(
+    carbon: list[float],
+    jobs: list[dict[str, float]],
+    capacity: float | list[float] = math.inf,
+    price: list[float] | None = None,
+    carbon_price: float = 100.0,
+) -> Instance:
     n = len(carbon)
     caps = capacity if isinstance(capacity, list) else [capacity] * n
     doc = {
-        "slot_minutes": 30, "start": "2026-11-21T08:00:00Z", "carbon_price_gbp_per_tonne": carbon_price,
-        "slots": [{"carbon_g_per_kwh": c, "price_gbp_per_mwh": None if price is None else price[i],
-                   "capacity_nodes": None if math.isinf(caps[i]) else caps[i], "power_cap_kw": None}
-                  for i, c in enumerate(carbon)],
+        "slot_minutes": 30,
+        "start": "2026-11-21T08:00:00Z",
+        "carbon_price_gbp_per_tonne": carbon_price,
+        "slots": [
+            {
+                "carbon_g_per_kwh": c,
+                "price_gbp_per_mwh": None if price is None else price[i],
+                "capacity_nodes": None if math.isinf(caps[i]) else caps[i],
+                "power_cap_kw": None,
+            }
+            for i, c in enumerate(carbon)
+        ],
         "jobs": [{"id": str(i), **j} for i, j in enumerate(jobs)],
     }
     return instance_from_json(doc)
@@ -61,8 +74,11 @@ def test_single_job_is_exactly_optimal(carbon: list[float], price: float, data: 
     duration = data.draw(st.integers(1, n))
     release = data.draw(st.integers(0, n - duration))
     deadline = data.draw(st.integers(release + duration, n))
-    inst = make_instance(carbon, [{"nodes": 1, "power_kw": 2.0, "duration_slots": duration,
-                                   "release_slot": release, "deadline_slot": deadline}], price=[price] * n)
+    inst = make_instance(
+        carbon,
+        [{"nodes": 1, "power_kw": 2.0, "duration_slots": duration, "release_slot": release, "deadline_slot": deadline}],
+        price=[price] * n,
+    )
     sol = solve_greedy(inst)
     assert sol.objective_gbp == pytest.approx(brute_force_single(inst), rel=1e-9, abs=1e-12)
     assert release <= sol.starts["0"] <= deadline - duration
@@ -80,8 +96,15 @@ def test_plans_respect_windows_and_capacity(data: st.DataObject) -> None:
         d = data.draw(st.integers(1, min(6, n)))
         r = data.draw(st.integers(0, n - d))
         e = data.draw(st.integers(r + d, n))
-        jobs.append({"nodes": data.draw(st.integers(1, capacity)), "power_kw": data.draw(st.floats(0.1, 5)),
-                     "duration_slots": d, "release_slot": r, "deadline_slot": e})
+        jobs.append(
+            {
+                "nodes": data.draw(st.integers(1, capacity)),
+                "power_kw": data.draw(st.floats(0.1, 5)),
+                "duration_slots": d,
+                "release_slot": r,
+                "deadline_slot": e,
+            }
+        )
     inst = make_instance(carbon, jobs, capacity=float(capacity))
     sol = solve_greedy(inst)
     load = np.zeros(n)
@@ -108,14 +131,16 @@ def test_no_thundering_herd_when_capacity_binds() -> None:
     assert all(s in (8, 10) for s in starts if s != 6)  # ...and the rest take the next best
     assert not sol.late
     # The per-job "best window" rule puts all six in slot 6: three times the capacity.
-    best_window = [int(np.argmin([sum(carbon[s:s + 2]) for s in range(0, 15)])) for _ in jobs]
+    best_window = [int(np.argmin([sum(carbon[s : s + 2]) for s in range(0, 15)])) for _ in jobs]
     assert best_window.count(6) == 6
 
 
 def test_late_jobs_start_at_release_and_are_reported() -> None:
     carbon = [100.0, 50.0, 50.0, 100.0]
-    jobs = [{"nodes": 2, "power_kw": 1.0, "duration_slots": 2, "release_slot": 0, "deadline_slot": 2},
-            {"nodes": 2, "power_kw": 1.0, "duration_slots": 2, "release_slot": 0, "deadline_slot": 2}]
+    jobs = [
+        {"nodes": 2, "power_kw": 1.0, "duration_slots": 2, "release_slot": 0, "deadline_slot": 2},
+        {"nodes": 2, "power_kw": 1.0, "duration_slots": 2, "release_slot": 0, "deadline_slot": 2},
+    ]
     sol = solve_greedy(make_instance(carbon, jobs, capacity=2.0))
     assert len(sol.late) == 1 and sol.starts[sol.late[0]] == 0
 
@@ -130,25 +155,40 @@ def test_min_saving_fraction_avoids_deferring_for_crumbs() -> None:
 def test_objective_follows_the_contract_formula() -> None:
     carbon = [200.0, 100.0]
     price = [80.0, 40.0]
-    inst = make_instance(carbon, [{"nodes": 1, "power_kw": 2.0, "duration_slots": 2, "release_slot": 0,
-                                   "deadline_slot": 2}], price=price, carbon_price=100.0)
+    inst = make_instance(
+        carbon,
+        [{"nodes": 1, "power_kw": 2.0, "duration_slots": 2, "release_slot": 0, "deadline_slot": 2}],
+        price=price,
+        carbon_price=100.0,
+    )
     energy, carbon_kg, cost, objective = evaluate(inst, np.array([0]))
     kwh = 2.0 * 0.5
     assert energy == pytest.approx(2 * kwh)
     assert carbon_kg == pytest.approx(kwh * (200 + 100) / 1000)
     assert cost == pytest.approx(kwh * (80 + 40) / 1000)
-    assert objective == pytest.approx(sum(kwh * (p / 1000 + c * 100 / 1e6) for c, p in zip(carbon, price)))
+    assert objective == pytest.approx(sum(kwh * (p / 1000 + c * 100 / 1e6) for c, p in zip(carbon, price, strict=True)))
 
 
 def test_instance_json_roundtrip_and_cli_shape() -> None:
-    inst = make_instance([100.0, 80.0, 60.0], [{"nodes": 1, "power_kw": 1.5, "duration_slots": 1,
-                                                "release_slot": 0, "deadline_slot": 3}], capacity=4.0)
+    inst = make_instance(
+        [100.0, 80.0, 60.0],
+        [{"nodes": 1, "power_kw": 1.5, "duration_slots": 1, "release_slot": 0, "deadline_slot": 3}],
+        capacity=4.0,
+    )
     again = load_instance(json.dumps(instance_to_json(inst)))
     assert again.job_ids == inst.job_ids and (again.carbon == inst.carbon).all()
     assert (again.capacity_nodes == inst.capacity_nodes).all()
     out = solve_greedy(again).to_json()
-    assert set(out) >= {"starts", "late", "energy_kwh", "carbon_kg", "cost_gbp", "objective_gbp",
-                        "lower_bound_gbp", "solve_seconds"}
+    assert set(out) >= {
+        "starts",
+        "late",
+        "energy_kwh",
+        "carbon_kg",
+        "cost_gbp",
+        "objective_gbp",
+        "lower_bound_gbp",
+        "solve_seconds",
+    }
     assert out["starts"] == {"0": 2}
 
 
@@ -168,8 +208,10 @@ def test_instance_json_roundtrip_and_cli_shape() -> None:
     ],
 )
 def test_instance_validation_names_the_problem(mutate, message) -> None:  # type: ignore[no-untyped-def]
-    doc = {"slots": [{"carbon_g_per_kwh": 1}, {"carbon_g_per_kwh": 2}, {"carbon_g_per_kwh": 3}],
-           "jobs": [{"id": "a", "nodes": 1, "power_kw": 1, "duration_slots": 1, "release_slot": 0, "deadline_slot": 3}]}
+    doc = {
+        "slots": [{"carbon_g_per_kwh": 1}, {"carbon_g_per_kwh": 2}, {"carbon_g_per_kwh": 3}],
+        "jobs": [{"id": "a", "nodes": 1, "power_kw": 1, "duration_slots": 1, "release_slot": 0, "deadline_slot": 3}],
+    }
     mutate(doc)
     with pytest.raises(PlanningError, match=message):
         instance_from_json(doc)
@@ -177,15 +219,25 @@ def test_instance_validation_names_the_problem(mutate, message) -> None:  # type
 
 # -- planning a live queue --------------------------------------------------------------------
 
+
 def _series(carbon: list[float]) -> SignalSeries:
     return SignalSeries(start=SLOT0, carbon=tuple(carbon), price=(math.nan,) * len(carbon), source="test")
 
 
-def _job(job_id: str = "1", *, hours: float = 1.0, deadline_h: float = 12.0, earliest: int = NOW, nodes: int = 1) -> FlexJob:
+def _job(
+    job_id: str = "1", *, hours: float = 1.0, deadline_h: float = 12.0, earliest: int = NOW, nodes: int = 1
+) -> FlexJob:
     duration = int(hours * 3600)
     deadline = NOW + int(deadline_h * 3600)
-    return FlexJob(job_id=job_id, nodes=nodes, power_w=1000.0, duration_s=duration, earliest=earliest,
-                   latest_start=deadline - duration - 900, deadline=deadline)
+    return FlexJob(
+        job_id=job_id,
+        nodes=nodes,
+        power_w=1000.0,
+        duration_s=duration,
+        earliest=earliest,
+        latest_start=deadline - duration - 900,
+        deadline=deadline,
+    )
 
 
 POLICY = Policy(safety_margin_seconds=900, min_saving_fraction=0.05)

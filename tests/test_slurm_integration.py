@@ -37,8 +37,14 @@ class Env:
     forecast: Path
 
     def slurmflex(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "slurm_flex.cli", "--config", str(self.config), *args],
-                              capture_output=True, text=True, timeout=timeout, env=self.cluster.env())
+        proc = subprocess.run(
+            [sys.executable, "-m", "slurm_flex.cli", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=self.cluster.env(),
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"slurmflex {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
@@ -55,21 +61,24 @@ class Env:
 
 
 def _config(tmp: Path, cluster: Cluster, forecast: Path, **daemon: object) -> Path:
-    return write_config(tmp / "slurmflex.toml", {
-        "daemon": {"state_dir": str(tmp / "state"), "log_format": "json", **daemon},
-        "slurm": {"slurm_conf": str(cluster.conf)},
-        "forecast": {"path": str(forecast)},
-        "policy": {"grace_seconds": 120, "safety_margin_seconds": 900, "min_saving_fraction": 0.05},
-        "power": {"cpus_per_node": 2},
-    })
+    return write_config(
+        tmp / "slurmflex.toml",
+        {
+            "daemon": {"state_dir": str(tmp / "state"), "log_format": "json", **daemon},
+            "slurm": {"slurm_conf": str(cluster.conf)},
+            "forecast": {"path": str(forecast)},
+            "policy": {"grace_seconds": 120, "safety_margin_seconds": 900, "min_saving_fraction": 0.05},
+            "power": {"cpus_per_node": 2},
+        },
+    )
 
 
 @pytest.fixture
 def env(cluster: Cluster, tmp_path: Path) -> Iterator[Env]:
     slot0 = floor_slot(time.time())
     carbon = [300.0] * 96
-    carbon[8:10] = [40.0, 40.0]      # the clean window, 4 h from the current slot
-    carbon[30:34] = [5.0] * 4        # cleaner still, but past most deadlines used here
+    carbon[8:10] = [40.0, 40.0]  # the clean window, 4 h from the current slot
+    carbon[30:34] = [5.0] * 4  # cleaner still, but past most deadlines used here
     forecast = write_forecast(tmp_path / "forecast.csv", slot0, carbon)
     config = _config(tmp_path, cluster, forecast)
     install_hook(load_config(config, environ={}), cluster.etc, force=True)
@@ -99,7 +108,9 @@ def _wait_state(cluster: Cluster, job_id: str, states: set[str], timeout: float 
 
 def test_hook_tags_and_postpones_a_flexible_job(env: Env) -> None:
     submitted = int(time.time())
-    proc = env.cluster.run("sbatch", "--parsable", input=FLEX_SCRIPT.format(deadline_minutes=600, minutes=60, sleep=1), cwd=env.cluster.dir)
+    proc = env.cluster.run(
+        "sbatch", "--parsable", input=FLEX_SCRIPT.format(deadline_minutes=600, minutes=60, sleep=1), cwd=env.cluster.dir
+    )
     job_id = proc.stdout.strip()
     assert "it may start later to use cleaner power" in proc.stderr
     job = env.cluster.show_job(job_id)
@@ -180,8 +191,9 @@ def test_impossible_and_far_deadlines(env: Env) -> None:
     # 60 min of work, deadline in 65 min: inside Slurm's limits, but no room for deferral.
     tight = env.submit_flexible(hours=65 / 60, minutes=60, sleep=1)
     # Command-line --deadline (invisible to the hook on 22.05) with the user's own --begin.
-    far = env.cluster.sbatch("--begin", "now+10minutes", "--deadline", "2029-06-01T00:00:00", "-t", "60",
-                             "--wrap", "sleep 1")
+    far = env.cluster.sbatch(
+        "--begin", "now+10minutes", "--deadline", "2029-06-01T00:00:00", "-t", "60", "--wrap", "sleep 1"
+    )
     env.slurmflex("daemon", "--once")
     doc = env.status()
     assert doc["jobs"][tight]["status"] == "late"  # type: ignore[index]
@@ -273,7 +285,9 @@ def test_runner_raises_typed_errors(tmp_path: Path, cluster: Cluster) -> None:
     )
 
     dead = tmp_path / "slurm.conf"
-    text = cluster.conf.read_text().replace(f"SlurmctldPort={cluster.conf.read_text().split('SlurmctldPort=')[1].split()[0]}", "SlurmctldPort=1")
+    text = cluster.conf.read_text().replace(
+        f"SlurmctldPort={cluster.conf.read_text().split('SlurmctldPort=')[1].split()[0]}", "SlurmctldPort=1"
+    )
     dead.write_text(text + "MessageTimeout=2\n")
     with pytest.raises(SlurmUnavailableError, match="Unable to contact slurm controller"):
         SlurmRunner(slurm_conf=dead, timeout_seconds=60).run(["squeue"])

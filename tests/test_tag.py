@@ -4,9 +4,13 @@ from slurm_flex.tag import HookTag, format_tag, parse_tag
 
 
 def test_roundtrip() -> None:
-    tag = HookTag(version=1, power_w=350.0, basis="req", begin=1795250000, grace=1795250120, deadline=1795300000, flex="deadline")
+    tag = HookTag(
+        version=1, power_w=350.0, basis="req", begin=1795250000, grace=1795250120, deadline=1795300000, flex="deadline"
+    )
     text = format_tag(tag)
-    assert text == "slurmflex:v1;power_w=350;basis=req;begin=1795250000;grace=1795250120;deadline=1795300000;flex=deadline"
+    assert (
+        text == "slurmflex:v1;power_w=350;basis=req;begin=1795250000;grace=1795250120;deadline=1795300000;flex=deadline"
+    )
     assert parse_tag(text) == tag
 
 

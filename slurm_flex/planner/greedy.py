@@ -81,9 +81,12 @@ def solve_greedy(inst: Instance, min_saving_fraction: float = 0.0) -> Solution:
                 best = int(np.argmin(feasible_costs))  # argmin returns the earliest of ties
                 if not np.isfinite(feasible_costs[best]):
                     best = int(np.argmax(fits))  # no priced window: earliest that fits
-                elif fits[0] and np.isfinite(costs[0]) and min_saving_fraction > 0:
-                    if costs[0] - feasible_costs[best] < min_saving_fraction * costs[0]:
-                        best = 0
+                elif (
+                    fits[0]
+                    and np.isfinite(costs[0])
+                    and costs[0] - feasible_costs[best] < min_saving_fraction * costs[0]
+                ):
+                    best = 0
                 chosen = int(candidates[best])
         starts[j] = chosen
         free_nodes[chosen : chosen + d] -= inst.nodes[j]

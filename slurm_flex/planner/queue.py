@@ -24,8 +24,9 @@ class Policy:
 
     safety_margin_seconds: int = 900
     min_saving_fraction: float = 0.05
-    carbon_price_gbp_per_tonne: float = 100.0
+    carbon_price_gbp_per_tonne: float = 250.0
     max_horizon_hours: float = 168.0
+    use_price: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,46 @@ def _hhmm(epoch: int) -> str:
     return iso_utc(epoch)[11:16]
 
 
+def _mean(values: FloatArray, first: int, count: int) -> float | None:
+    window = values[first : first + count]
+    if window.size == 0 or not np.isfinite(window).all():
+        return None
+    return float(window.mean())
+
+
+def _deferral_reason(
+    start: int, ci_now: float | None, ci_plan: float | None, price_now: float | None, price_plan: float | None
+) -> str:
+    """Say which signal made the later window better, with the numbers behind it."""
+    parts = []
+    cleaner = ci_now is not None and ci_plan is not None and ci_plan < ci_now
+    cheaper = price_now is not None and price_plan is not None and price_plan < price_now
+    if ci_now is not None and ci_plan is not None:
+        change = f", {(1 - ci_plan / ci_now) * 100:.0f}% less carbon" if cleaner and ci_now > 0 else ""
+        parts.append(f"{ci_plan:.0f} vs {ci_now:.0f} g/kWh now{change}")
+    if price_now is not None and price_plan is not None:
+        parts.append(f"{price_plan:.0f} vs {price_now:.0f} GBP/MWh")
+    kind = (
+        "cleaner and cheaper" if cleaner and cheaper else "cleaner" if cleaner else "cheaper" if cheaper else "better"
+    )
+    return f"{kind} window from {_hhmm(start)} UTC: " + "; ".join(parts)
+
+
 def _run_now(job: FlexJob, now: int, reason: str, late: bool = False) -> PlannedJob:
     return PlannedJob(
-        job_id=job.job_id, start=max(now, job.earliest), deferred=job.earliest > now,
-        latest_start=job.latest_start, deadline=job.deadline, power_w=job.power_w,
-        energy_kwh=job.power_w / 1000.0 * job.duration_s / 3600.0, carbon_now_g=None,
-        carbon_planned_g=None, mean_ci_now=None, mean_ci_planned=None, late=late, reason=reason,
+        job_id=job.job_id,
+        start=max(now, job.earliest),
+        deferred=job.earliest > now,
+        latest_start=job.latest_start,
+        deadline=job.deadline,
+        power_w=job.power_w,
+        energy_kwh=job.power_w / 1000.0 * job.duration_s / 3600.0,
+        carbon_now_g=None,
+        carbon_planned_g=None,
+        mean_ci_now=None,
+        mean_ci_planned=None,
+        late=late,
+        reason=reason,
     )
 
 
@@ -101,8 +136,13 @@ def plan(
     slot0 = floor_slot(now)
     if forecast is None or not forecast.covers(now):
         why = "no forecast" if forecast is None else "forecast does not cover now"
-        return Plan(now, tuple(_run_now(j, now, f"runs as submitted: {why}") for j in jobs), None, None,
-                    "" if forecast is None else forecast.source)
+        return Plan(
+            now,
+            tuple(_run_now(j, now, f"runs as submitted: {why}") for j in jobs),
+            None,
+            None,
+            "" if forecast is None else forecast.source,
+        )
     horizon_end = min(forecast.end, slot0 + int(policy.max_horizon_hours * 3600))
     series = forecast.window(slot0, (horizon_end - slot0) // SLOT_SECONDS)
     n_slots = len(series)
@@ -122,13 +162,17 @@ def plan(
         rows.append((job, duration, release, last))
     if not rows:
         return Plan(now, tuple(planned), None, None, series.source)
-    cap = np.full(n_slots, np.inf) if capacity_nodes is None else np.resize(np.asarray(capacity_nodes, dtype=np.float64), n_slots)
+    cap = (
+        np.full(n_slots, np.inf)
+        if capacity_nodes is None
+        else np.resize(np.asarray(capacity_nodes, dtype=np.float64), n_slots)
+    )
     inst = Instance(
         slot_minutes=SLOT_SECONDS // 60,
         start=slot0,
         carbon_price_gbp_per_tonne=policy.carbon_price_gbp_per_tonne,
         carbon=series.carbon_array(),
-        price=series.price_array(),
+        price=series.price_array() if policy.use_price else np.full(n_slots, np.nan),
         capacity_nodes=cap,
         power_cap_kw=np.full(n_slots, np.inf),
         job_ids=tuple(r[0].job_id for r in rows),
@@ -140,34 +184,40 @@ def plan(
     )
     solution = solve_greedy(inst, min_saving_fraction=policy.min_saving_fraction)
     carbon = series.carbon_array()
+    price = series.price_array()
     late_ids = set(solution.late)
     for job, duration, release, _last in rows:
         slot = solution.starts[job.job_id]
         start = max(slot0 + slot * SLOT_SECONDS, now, job.earliest)
-        kwh_per_slot = job.power_w / 1000.0 * (job.duration_s / 3600.0) / duration
-        ci_now = float(np.mean(carbon[release : release + duration]))
-        ci_plan = float(np.mean(carbon[slot : slot + duration]))
         energy = job.power_w / 1000.0 * job.duration_s / 3600.0
+        ci_now = _mean(carbon, release, duration)
+        ci_plan = _mean(carbon, slot, duration)
         deferred = start > max(now, job.earliest)
         if job.job_id in late_ids:
             reason = "runs as soon as possible: no capacity before its deadline"
         elif deferred:
-            saving = (1 - ci_plan / ci_now) * 100 if ci_now > 0 else 0.0
-            reason = (f"cleaner window from {_hhmm(start)} UTC: {ci_plan:.0f} g/kWh vs "
-                      f"{ci_now:.0f} now ({saving:.0f}% less carbon)")
+            reason = _deferral_reason(
+                start, ci_now, ci_plan, _mean(price, release, duration), _mean(price, slot, duration)
+            )
         elif job.earliest > now:
-            reason = "runs at its requested begin time: no cleaner window before its latest safe start"
+            reason = "runs at its requested begin time: no better window before its latest safe start"
         else:
-            reason = "runs now: no cleaner window before its latest safe start"
+            reason = "runs now: no better window before its latest safe start"
         planned.append(
             PlannedJob(
-                job_id=job.job_id, start=start, deferred=deferred, latest_start=job.latest_start,
-                deadline=job.deadline, power_w=job.power_w, energy_kwh=energy,
-                carbon_now_g=ci_now * kwh_per_slot * duration if math.isfinite(ci_now) else None,
-                carbon_planned_g=ci_plan * kwh_per_slot * duration if math.isfinite(ci_plan) else None,
-                mean_ci_now=ci_now if math.isfinite(ci_now) else None,
-                mean_ci_planned=ci_plan if math.isfinite(ci_plan) else None,
-                late=job.job_id in late_ids, reason=reason,
+                job_id=job.job_id,
+                start=start,
+                deferred=deferred,
+                latest_start=job.latest_start,
+                deadline=job.deadline,
+                power_w=job.power_w,
+                energy_kwh=energy,
+                carbon_now_g=None if ci_now is None else ci_now * energy,
+                carbon_planned_g=None if ci_plan is None else ci_plan * energy,
+                mean_ci_now=ci_now,
+                mean_ci_planned=ci_plan,
+                late=job.job_id in late_ids,
+                reason=reason,
             )
         )
     return Plan(now, tuple(planned), inst, solution, series.source)

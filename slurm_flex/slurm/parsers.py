@@ -18,12 +18,12 @@ from slurm_flex.tag import HookTag, parse_tag
 
 # Job states in which a job still matters to planning; squeue --json on 22.05 ignores
 # --states and returns recently finished jobs too, so we filter here.
-ACTIVE_STATES = frozenset(
-    {"PENDING", "RUNNING", "SUSPENDED", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING"}
-)
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "SUSPENDED", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING"})
 # Node base states that can run work (sinfo --json on 22.05 gives them lower-case).
 USABLE_NODE_STATES = frozenset({"idle", "mixed", "allocated", "completing", "planned"})
-UNUSABLE_NODE_FLAGS = frozenset({"DRAIN", "DRAINING", "DRAINED", "FAIL", "MAINTENANCE", "POWERED_DOWN", "NOT_RESPONDING", "REBOOT_REQUESTED"})
+UNUSABLE_NODE_FLAGS = frozenset(
+    {"DRAIN", "DRAINING", "DRAINED", "FAIL", "MAINTENANCE", "POWERED_DOWN", "NOT_RESPONDING", "REBOOT_REQUESTED"}
+)
 
 _HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 

@@ -91,9 +91,7 @@ class SlurmRunner:
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise SlurmTimeoutError(
-                f"{argv[0]} did not finish within {self.timeout_seconds:g}s"
-            ) from exc
+            raise SlurmTimeoutError(f"{argv[0]} did not finish within {self.timeout_seconds:g}s") from exc
         except OSError as exc:
             raise SlurmError(f"cannot run {full[0]}: {exc.strerror or exc}") from exc
         result = CommandResult(

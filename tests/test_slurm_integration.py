@@ -35,6 +35,7 @@ class Env:
     tmp: Path
     config: Path
     forecast: Path
+    slot0: int  # the forecast's first slot: its clean windows sit at fixed times from here
 
     def slurmflex(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
@@ -82,7 +83,7 @@ def env(cluster: Cluster, tmp_path: Path) -> Iterator[Env]:
     forecast = write_forecast(tmp_path / "forecast.csv", slot0, carbon)
     config = _config(tmp_path, cluster, forecast)
     install_hook(load_config(config, environ={}), cluster.etc, force=True)
-    yield Env(cluster, tmp_path, config, forecast)
+    yield Env(cluster, tmp_path, config, forecast, slot0)
 
 
 def log_events(proc: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
@@ -135,7 +136,7 @@ def test_job_without_deadline_is_tagged_but_never_touched(env: Env) -> None:
 def test_daemon_defers_into_the_cleanest_window_before_the_deadline(env: Env) -> None:
     job_id = env.submit_flexible(hours=10, minutes=60)
     env.slurmflex("daemon", "--once")
-    expected = floor_slot(time.time()) + 8 * SLOT_SECONDS
+    expected = env.slot0 + 8 * SLOT_SECONDS
     job = env.cluster.show_job(job_id)
     # (Reason reads "None" until the scheduler's next pass re-evaluates the job.)
     assert job["JobState"] == "PENDING" and job["EligibleTime"] == format_start_time(expected)
@@ -157,7 +158,7 @@ def test_daemon_defers_into_the_cleanest_window_before_the_deadline(env: Env) ->
 
 
 def test_daemon_releases_the_grace_when_now_is_cleanest(env: Env, tmp_path: Path) -> None:
-    write_forecast(env.forecast, floor_slot(time.time()), [50.0] + [300.0] * 95)
+    write_forecast(env.forecast, env.slot0 - SLOT_SECONDS, [50.0, 50.0] + [300.0] * 95)
     job_id = env.submit_flexible(hours=10, minutes=10, sleep=1)
     assert env.cluster.show_job(job_id)["Reason"] == "BeginTime"
     env.slurmflex("daemon", "--once")
@@ -170,7 +171,7 @@ def test_daemon_releases_the_grace_when_now_is_cleanest(env: Env, tmp_path: Path
 def test_job_array_is_deferred_as_a_whole(env: Env) -> None:
     job_id = env.submit_flexible(hours=10, minutes=30, extra=("--array", "1-4"))
     env.slurmflex("daemon", "--once")
-    expected = format_start_time(floor_slot(time.time()) + 8 * SLOT_SECONDS)
+    expected = format_start_time(env.slot0 + 8 * SLOT_SECONDS)
     out = env.cluster.run("squeue", "-r", "-h", "-j", job_id, "-o", "%i %T %S").stdout.split("\n")[:-1]
     assert len(out) == 4
     assert all(line.endswith(f"PENDING {expected}") for line in out), out
@@ -188,8 +189,10 @@ def test_a_start_time_changed_by_an_admin_is_left_alone(env: Env) -> None:
 
 
 def test_impossible_and_far_deadlines(env: Env) -> None:
-    # 60 min of work, deadline in 65 min: inside Slurm's limits, but no room for deferral.
-    tight = env.submit_flexible(hours=65 / 60, minutes=60, sleep=1)
+    # 60 min of work from the user's --begin in 3 min, deadline in 65 min: Slurm accepts it, but
+    # the latest safe start (deadline - time limit - 15 min margin) has already passed.
+    tight = env.submit_flexible(hours=65 / 60, minutes=60, sleep=1, extra=("--begin", "now+3minutes"))
+    tight_begin = env.cluster.show_job(tight)["StartTime"]
     # Command-line --deadline (invisible to the hook on 22.05) with the user's own --begin.
     far = env.cluster.sbatch(
         "--begin", "now+10minutes", "--deadline", "2029-06-01T00:00:00", "-t", "60", "--wrap", "sleep 1"
@@ -198,9 +201,10 @@ def test_impossible_and_far_deadlines(env: Env) -> None:
     doc = env.status()
     assert doc["jobs"][tight]["status"] == "late"  # type: ignore[index]
     assert "deadline can no longer be met" in doc["jobs"][tight]["reason"]  # type: ignore[index]
-    _wait_state(env.cluster, tight, {"RUNNING", "COMPLETING", "COMPLETED"})
+    # Not deferred: it keeps the user's own begin time, the earliest it may start.
+    assert env.cluster.show_job(tight)["StartTime"] == tight_begin
     far_start = env.cluster.show_job(far)["StartTime"]
-    assert far_start == format_start_time(floor_slot(time.time()) + 30 * SLOT_SECONDS)
+    assert far_start == format_start_time(env.slot0 + 30 * SLOT_SECONDS)
 
 
 def test_malformed_forecast_keeps_the_daemon_running_and_releases(env: Env) -> None:

@@ -20,12 +20,11 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from slurm_flex.errors import ForecastError, ForecastFormatError
-from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
+from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, parse_iso_utc
 
 START_COLUMNS = ("from", "start", "period_start_utc")
 CARBON_COLUMNS = ("carbon_g_per_kwh", "forecast")
@@ -46,16 +45,11 @@ class _Row:
 
 
 def parse_time(text: str, where: str) -> int:
-    value = text.strip()
-    if value.endswith("Z"):
-        value = value[:-1] + "+00:00"
+    """A slot start: ISO 8601 with a zone, on a half-hour boundary."""
     try:
-        dt = datetime.fromisoformat(value)
+        epoch = parse_iso_utc(text)
     except ValueError as exc:
-        raise ForecastFormatError(f"{where}: unreadable time {text!r} (use ISO 8601, e.g. 2026-11-21T08:00Z)") from exc
-    if dt.tzinfo is None:
-        raise ForecastFormatError(f"{where}: time {text!r} has no zone; write it in UTC with Z or +00:00")
-    epoch = int(dt.timestamp())
+        raise ForecastFormatError(f"{where}: {exc}") from exc
     if epoch % SLOT_SECONDS:
         raise ForecastFormatError(f"{where}: time {text!r} is not on a half-hour boundary")
     return epoch

@@ -20,6 +20,22 @@ def floor_slot(epoch: float) -> int:
     return int(epoch // SLOT_SECONDS) * SLOT_SECONDS
 
 
+def parse_iso_utc(text: str) -> int:
+    """Epoch of an ISO 8601 time that names its zone (``Z`` or an offset).
+
+    Raises ValueError saying what is wrong; callers add where the text came from."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"unreadable time {text!r} (use ISO 8601, e.g. 2026-11-21T08:00Z)") from exc
+    if dt.tzinfo is None:
+        raise ValueError(f"time {text!r} has no zone; write it in UTC with Z or +00:00")
+    return int(dt.timestamp())
+
+
 def iso_utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

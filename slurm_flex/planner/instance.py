@@ -20,13 +20,13 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from slurm_flex.errors import PlanningError
+from slurm_flex.grid.series import iso_utc, parse_iso_utc
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -104,14 +104,10 @@ def _parse_start(value: Any) -> int:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return int(value)
     if isinstance(value, str):
-        text = value[:-1] + "+00:00" if value.endswith("Z") else value
         try:
-            dt = datetime.fromisoformat(text)
+            return parse_iso_utc(value)
         except ValueError as exc:
-            raise PlanningError(f"start: unreadable time {value!r}") from exc
-        if dt.tzinfo is None:
-            raise PlanningError(f"start: {value!r} has no time zone")
-        return int(dt.timestamp())
+            raise PlanningError(f"start: {exc}") from exc
     raise PlanningError(f"start: expected an ISO time or epoch, got {value!r}")
 
 
@@ -215,7 +211,7 @@ def _json_number(x: float) -> float | None:
 def instance_to_json(inst: Instance) -> dict[str, Any]:
     return {
         "slot_minutes": inst.slot_minutes,
-        "start": datetime.fromtimestamp(inst.start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "start": iso_utc(inst.start),
         "carbon_price_gbp_per_tonne": inst.carbon_price_gbp_per_tonne,
         "slots": [
             {

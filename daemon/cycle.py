@@ -15,13 +15,13 @@ from typing import Protocol
 
 import structlog
 
-from slurm_flex.config import Config
+from slurm_flex.config import Config, NodeType, PowerConfig
 from slurm_flex.daemon.decide import Assessment, Intent, assess, reconcile
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, iso_utc
 from slurm_flex.planner.instance import instance_to_json
 from slurm_flex.planner.queue import Plan, PlannedJob, Policy, capacity_profile, plan
-from slurm_flex.powermodel import PowerModel
+from slurm_flex.powermodel import NodePower, PowerModel
 from slurm_flex.slurm.backend import SlurmBackend
 from slurm_flex.slurm.parsers import SlurmJob, SlurmNode
 from slurm_flex.state import PENDING_STATUSES, JobRecord, StateStore
@@ -64,9 +64,20 @@ def policy_from(config: Config) -> Policy:
     )
 
 
+def _node_power(t: NodeType | PowerConfig, default_gpu: float) -> NodePower:
+    gpu = t.gpu_watts if t.gpu_watts is not None else default_gpu
+    return NodePower(t.node_idle_watts, t.node_max_watts, t.cpus_per_node, gpu)
+
+
 def power_model_from(config: Config) -> PowerModel:
     p = config.power
-    return PowerModel(p.node_idle_watts, p.node_max_watts, p.cpus_per_node, p.gpu_watts)
+    return PowerModel(
+        default=_node_power(p, p.gpu_watts),
+        memory_watts_per_gb=p.memory_watts_per_gb,
+        node_types={name: _node_power(t, p.gpu_watts) for name, t in p.node_types.items()},
+        partition_node_types=dict(p.partition_node_types),
+        gpu_model_watts=dict(p.gpu_model_watts),
+    )
 
 
 def _busy(jobs: tuple[SlurmJob, ...], planned_ids: set[str], now: int) -> list[tuple[int, int | None]]:
@@ -154,7 +165,7 @@ class Cycle:
         self.store = store
         self.policy = policy_from(config)
         self.power = power_model_from(config)
-        self.partitions = frozenset(config.policy.partitions)
+        self.rules = config.flex
         self.plans_dir = config.daemon.state_dir / "plans"
 
     def run(self, now: float | None = None) -> CycleResult:
@@ -244,8 +255,8 @@ class Cycle:
                 previous.get(job.update_id),
                 pending_targets.get(job.update_id, ()),
                 self.policy,
+                self.rules,
                 self.power,
-                self.partitions,
                 now,
             )
             if a is not None:

@@ -2,8 +2,9 @@
 
 Safety rules live here, where they can be tested without Slurm:
 
-* a job without a deadline is never touched (unless slurm-flex itself deferred it earlier and
-  must now hand it back);
+* only flexible jobs are touched: a deadline (or a slack the submit hook granted from the
+  user's flex= keyword or the site's policy), in a managed partition, not exempt, not opted out.
+  A job slurm-flex deferred that stops being flexible is handed back (released);
 * held jobs, jobs waiting on dependencies and jobs whose start time someone else changed are
   left alone (the last one for good: slurm-flex never fights an admin or the job's owner);
 * a start time is never set later than the job's latest safe start
@@ -15,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from slurm_flex.config import FlexConfig
 from slurm_flex.planner.queue import FlexJob, Plan, Policy
-from slurm_flex.powermodel import PowerModel, gpus_per_node
+from slurm_flex.powermodel import PowerModel, Request, gpus
 from slurm_flex.slurm.parsers import SlurmJob
 from slurm_flex.state import JobRecord
+from slurm_flex.tag import HookTag
 
 # scontrol takes and reports StartTime with one-second resolution.
 BEGIN_TOLERANCE_S = 2
@@ -60,22 +63,51 @@ def _ours(current: int | None, record: JobRecord | None, pending: Iterable[int |
     return any(c is not None and abs(current - c) <= BEGIN_TOLERANCE_S for c in candidates)
 
 
+def power_request(job: SlurmJob) -> Request:
+    """The power-relevant part of a job's request, from squeue's view of it."""
+    if job.memory_per_node_mb:
+        memory = float(job.memory_per_node_mb * job.nodes)
+    elif job.memory_per_cpu_mb:
+        memory = float(job.memory_per_cpu_mb * job.cpus)
+    else:
+        memory = 0.0
+    per_job = gpus(job.tres_per_job)
+    for model, n in gpus(job.tres_per_task).items():
+        per_job[model] = per_job.get(model, 0) + n * job.tasks
+    return Request(
+        nodes=job.nodes, cpus=job.cpus, memory_mb=memory, gpus_per_node=gpus(job.tres_per_node), gpus_per_job=per_job
+    )
+
+
+def _why_not_flexible(job: SlurmJob, tag: HookTag | None, rules: FlexConfig) -> str | None:
+    """Why slurm-flex may not move this job at all, or None if it may."""
+    if not rules.manages(job.partition):
+        return "partition not managed"
+    if job.user in rules.exempt_users or job.account in rules.exempt_accounts:
+        return "exempt"
+    if tag is not None and tag.opted_out:
+        return f"not flexible ({tag.why or 'flex=no'})"
+    if job.deadline is None and (tag is None or not (tag.deadline or tag.slack)):
+        return "no deadline"
+    return None
+
+
 def assess(
     job: SlurmJob,
     record: JobRecord | None,
     pending_targets: Sequence[int | None],
     policy: Policy,
+    rules: FlexConfig,
     power: PowerModel,
-    partitions: frozenset[str],
     now: int,
 ) -> Assessment | None:
     """Classify a pending job; None when slurm-flex has nothing to do with it."""
+    tag = job.tag
     we_deferred = record is not None and record.applied_begin is not None and record.status == "deferred"
-    in_scope = not partitions or job.partition in partitions
-    if job.deadline is None or not in_scope:
+    not_flexible = _why_not_flexible(job, tag, rules)
+    if not_flexible is not None:
         if we_deferred:
-            why = "no longer has a deadline" if job.deadline is None else "partition no longer managed"
-            return Assessment(job, "released", f"released: {why}", must_release=True)
+            return Assessment(job, "released", f"released: {not_flexible}", must_release=True)
         return None
     current = job.eligible_time
     if record is not None and record.status == "manual":
@@ -90,18 +122,26 @@ def assess(
         return Assessment(job, "waiting", "left alone: waiting on a dependency")
     if job.time_limit_s is None:
         return Assessment(job, "ineligible", "left alone: no time limit, so no latest safe start")
-    tag = job.tag
     if record is not None and record.earliest is not None:
         earliest = record.earliest
     elif tag is not None:
         earliest = tag.begin or job.submit_time
     else:
         earliest = current or job.submit_time
-    latest_start = job.deadline - job.time_limit_s - policy.safety_margin_seconds
+    # The latest start: the deadline (Slurm's, or the hook's if earlier) less the time limit and
+    # margin; the job's own slack; and the site's maximum slack for its partition/QOS.
+    _, max_slack_hours = rules.slack_limits(job.partition.split(",", 1)[0], job.qos)
+    limits = [earliest + int(max_slack_hours * 3600)]
+    deadlines = [d for d in (job.deadline, tag.deadline if tag else None) if d]
+    if deadlines:
+        limits.append(min(deadlines) - job.time_limit_s - policy.safety_margin_seconds)
+    if tag is not None and tag.slack:
+        limits.append(earliest + tag.slack)
+    latest_start = min(limits)
     if tag is not None and tag.power_w is not None:
         power_w = tag.power_w
     else:
-        power_w = power.estimate(job.nodes, job.cpus, gpus_per_node(job.tres_per_node))
+        power_w = power.estimate(power_request(job), job.partition)
     flex = FlexJob(
         job_id=job.update_id,
         nodes=job.nodes * job.array_tasks,
@@ -109,7 +149,7 @@ def assess(
         duration_s=job.time_limit_s,
         earliest=earliest,
         latest_start=latest_start,
-        deadline=job.deadline,
+        deadline=min(deadlines) if deadlines else latest_start + job.time_limit_s,
     )
     return Assessment(job, "planned", "", flex=flex, earliest=earliest)
 

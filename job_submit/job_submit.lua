@@ -26,9 +26,11 @@ end
 
 function slurm_job_submit(job_desc, part_list, submit_uid)
     if sfx then
-        local ok, err = pcall(sfx.submit, job_desc, part_list, submit_uid)
+        local ok, rc = pcall(sfx.submit, job_desc, part_list, submit_uid)
         if not ok then
-            log_error("slurm-flex: hook error, job accepted unchanged: %s", tostring(err))
+            log_error("slurm-flex: hook error, job accepted unchanged: %s", tostring(rc))
+        elseif rc == slurm.ERROR then
+            return slurm.ERROR  -- the site rejects invalid flexibility requests; the user was told why
         end
     end
     return slurm.SUCCESS

@@ -189,16 +189,20 @@ def hook() -> None:
 @click.option(
     "--module-only", is_flag=True, help="Only the module and policy, for sites with their own job_submit.lua."
 )
-@click.option("--force", is_flag=True, help="Replace a job_submit.lua that is not slurm-flex's.")
+@click.option("--no-cli-filter", is_flag=True, help="Do not install cli_filter.lua.")
+@click.option("--force", is_flag=True, help="Replace a job_submit.lua or cli_filter.lua that is not slurm-flex's.")
 @click.pass_obj
 @_fail_cleanly
-def hook_install(obj: _Ctx, dest: Path, module_only: bool, force: bool) -> None:
+def hook_install(obj: _Ctx, dest: Path, module_only: bool, no_cli_filter: bool, force: bool) -> None:
     """Install the hook and render the site policy from the slurm-flex config."""
-    from slurm_flex.job_submit.install import install_hook
+    from slurm_flex.job_submit.install import install_hook, slurm_conf_warnings
 
     cfg = obj.config()
-    for path in install_hook(cfg, dest, standalone=not module_only, force=force):
+    with_filter = not (module_only or no_cli_filter)
+    for path in install_hook(cfg, dest, standalone=not module_only, cli_filter=with_filter, force=force):
         click.echo(f"wrote {path}")
+    for warning in slurm_conf_warnings(dest):
+        click.echo(f"note: {warning}", err=True)
 
 
 @main.group("config")

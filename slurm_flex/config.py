@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slurm_flex.errors import ConfigError
 
@@ -71,15 +71,71 @@ class PolicyConfig(_Section):
     # Whether the electricity price counts at all (sites on flat tariffs may say false).
     use_price: bool = True
     max_horizon_hours: float = Field(168.0, gt=0.0, le=24 * 31)
+
+
+class SlackPolicy(_Section):
+    """Per-partition or per-QOS flexibility; unset values fall back to the [flex] ones."""
+
+    default_slack_hours: float | None = Field(None, ge=0)
+    max_slack_hours: float | None = Field(None, ge=0)
+
+
+class FlexConfig(_Section):
+    """Which jobs are flexible and by how much (the submit hook and the daemon both apply it)."""
+
     grace_seconds: int = Field(120, ge=0, le=3600)
     partitions: tuple[str, ...] = ()
+    exclude_partitions: tuple[str, ...] = ()
+    exempt_users: tuple[str, ...] = ()
+    exempt_accounts: tuple[str, ...] = ()
+    invalid_request: Literal["accept", "reject"] = "accept"
+    default_slack_hours: float = Field(0.0, ge=0)
+    max_slack_hours: float = Field(168.0, ge=0)
+    partition: dict[str, SlackPolicy] = Field(default_factory=dict)
+    qos: dict[str, SlackPolicy] = Field(default_factory=dict)
+
+    def slack_limits(self, partition: str | None, qos: str | None) -> tuple[float, float]:
+        """(default, max) slack in hours for a job: QOS beats partition beats the global values."""
+        default, maximum = self.default_slack_hours, self.max_slack_hours
+        for layer in (self.partition.get(partition or ""), self.qos.get(qos or "")):
+            if layer is not None:
+                default = layer.default_slack_hours if layer.default_slack_hours is not None else default
+                maximum = layer.max_slack_hours if layer.max_slack_hours is not None else maximum
+        return default, maximum
+
+    def manages(self, partition: str) -> bool:
+        first = partition.split(",", 1)[0]
+        if first in self.exclude_partitions:
+            return False
+        return not self.partitions or first in self.partitions
+
+
+class NodeType(_Section):
+    node_idle_watts: float = Field(ge=0)
+    node_max_watts: float = Field(ge=0)
+    cpus_per_node: int = Field(ge=1)
+    gpu_watts: float | None = Field(None, ge=0)
 
 
 class PowerConfig(_Section):
+    """The default node type's power model, other node types, and GPU models."""
+
     node_idle_watts: float = Field(120.0, ge=0)
     node_max_watts: float = Field(450.0, ge=0)
     cpus_per_node: int = Field(64, ge=1)
     gpu_watts: float = Field(300.0, ge=0)
+    memory_watts_per_gb: float = Field(0.375, ge=0)
+    node_types: dict[str, NodeType] = Field(default_factory=dict)
+    partition_node_types: dict[str, str] = Field(default_factory=dict)
+    gpu_model_watts: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_node_types(self) -> PowerConfig:
+        for partition, name in self.partition_node_types.items():
+            if name not in self.node_types:
+                known = ", ".join(sorted(self.node_types)) or "none defined in [power.node_types]"
+                raise ValueError(f"partition {partition!r} names node type {name!r}; known: {known}")
+        return self
 
 
 class Config(_Section):
@@ -87,6 +143,7 @@ class Config(_Section):
     slurm: SlurmConfig = SlurmConfig()
     forecast: ForecastConfig = ForecastConfig()
     policy: PolicyConfig = PolicyConfig()
+    flex: FlexConfig = FlexConfig()
     power: PowerConfig = PowerConfig()
 
     @property
@@ -116,20 +173,23 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_LIST_KEYS = frozenset({"partitions", "exclude_partitions", "exempt_users", "exempt_accounts"})
+
+
 def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Nested overrides from SLURMFLEX_SECTION__KEY variables, and where each came from."""
+    """Nested overrides from SLURMFLEX_SECTION__KEY[__SUBKEY...] variables, and where each came from."""
     layer: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        if key == "partitions":
-            parsed: Any = tuple(p for p in value.split(",") if p)
-        else:
-            parsed = value
-        layer.setdefault(section, {})[key] = parsed
-        origin[f"{section}.{key}"] = f"environment variable {name}"
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        parsed: Any = tuple(p for p in value.split(",") if p) if path[-1] in _LIST_KEYS else value
+        node = layer
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = parsed
+        origin[".".join(path)] = f"environment variable {name}"
     return layer, origin
 
 

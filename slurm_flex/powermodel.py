@@ -2,34 +2,76 @@
 
 The submit hook (``job_submit/slurmflex.lua``) computes the same estimate at submission and
 writes it into the job's tag; this Python twin serves jobs submitted before the hook was
-installed. ``tests/test_hook_lua.py`` checks that both agree.
+installed (or with the hook off). ``tests/test_hook_lua.py`` checks that both agree.
 
-    watts = nodes * idle + min(cpus, nodes * cpus_per_node) * (max - idle) / cpus_per_node
-            + gpus * gpu_watts
+Per job (per array task), with the node type of the job's partition::
+
+    watts = nodes * idle + cpus * (max - idle) / cpus_per_node      (cpus capped at the nodes' CPUs)
+          + memory_gb * memory_watts_per_gb
+          + sum over requested GPUs of the GPU model's watts (or the node type's gpu_watts)
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-_GPU = re.compile(r"gres[:/]gpu(?::[^:,=]+)?[:=](\d+)")
+_GPU = re.compile(r"^gres[:/]gpu(?::(?P<model>[^:=,]+))?[:=](?P<count>\d+)$")
 
 
 @dataclass(frozen=True)
-class PowerModel:
+class NodePower:
     node_idle_watts: float = 120.0
     node_max_watts: float = 450.0
     cpus_per_node: int = 64
     gpu_watts: float = 300.0
 
-    def estimate(self, nodes: int, cpus: int, gpus_per_node: int = 0) -> float:
-        nodes = max(1, nodes)
-        busy_cpus = min(max(cpus, 1), nodes * self.cpus_per_node)
-        dynamic = (self.node_max_watts - self.node_idle_watts) / self.cpus_per_node
-        return nodes * self.node_idle_watts + busy_cpus * dynamic + nodes * gpus_per_node * self.gpu_watts
+
+@dataclass(frozen=True)
+class Request:
+    """What a job asked for, as far as power is concerned."""
+
+    nodes: int = 1
+    cpus: int = 1
+    memory_mb: float = 0.0
+    gpus_per_node: Mapping[str, int] = field(default_factory=dict)
+    gpus_per_job: Mapping[str, int] = field(default_factory=dict)
 
 
-def gpus_per_node(tres_per_node: str) -> int:
-    """GPUs per node from a TRES string such as ``gres:gpu:2``, ``gres/gpu:a100:4`` or ``gres/gpu=1``."""
-    return sum(int(m.group(1)) for m in _GPU.finditer(tres_per_node or ""))
+@dataclass(frozen=True)
+class PowerModel:
+    default: NodePower = NodePower()
+    memory_watts_per_gb: float = 0.375
+    node_types: Mapping[str, NodePower] = field(default_factory=dict)
+    partition_node_types: Mapping[str, str] = field(default_factory=dict)
+    gpu_model_watts: Mapping[str, float] = field(default_factory=dict)
+
+    def node_type(self, partition: str | None) -> NodePower:
+        name = self.partition_node_types.get((partition or "").split(",", 1)[0])
+        return self.node_types.get(name, self.default) if name else self.default
+
+    def _gpu(self, model: str, node: NodePower) -> float:
+        return self.gpu_model_watts.get(model, node.gpu_watts)
+
+    def estimate(self, req: Request, partition: str | None = None) -> float:
+        node = self.node_type(partition)
+        nodes = max(1, req.nodes)
+        cpus = max(1, min(req.cpus, nodes * node.cpus_per_node))
+        watts = nodes * node.node_idle_watts + cpus * (node.node_max_watts - node.node_idle_watts) / node.cpus_per_node
+        watts += req.memory_mb / 1024.0 * self.memory_watts_per_gb
+        watts += sum(n * nodes * self._gpu(m, node) for m, n in req.gpus_per_node.items())
+        watts += sum(n * self._gpu(m, node) for m, n in req.gpus_per_job.items())
+        return watts
+
+
+def gpus(tres: str) -> dict[str, int]:
+    """GPU counts by model from a TRES string: ``gres:gpu:2``, ``gres/gpu:a100:4``, ``gres/gpu=1``
+    (an untyped request counts under the model ``default``)."""
+    out: dict[str, int] = {}
+    for item in filter(None, (tres or "").split(",")):
+        m = _GPU.match(item.strip())
+        if m:
+            model = m.group("model") or "default"
+            out[model] = out.get(model, 0) + int(m.group("count"))
+    return out

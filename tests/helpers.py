@@ -20,21 +20,31 @@ def write_forecast(path: Path, start: int, carbon: Sequence[float], price: Seque
     return path
 
 
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _toml_table(name: str, values: dict[str, object], out: list[str]) -> None:
+    out.append(f"[{name}]")
+    tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+    for key, value in values.items():
+        if key not in tables:
+            out.append(f"{key} = {_toml_value(value)}")
+    out.append("")
+    for key, value in tables.items():
+        _toml_table(f"{name}.{key}", value, out)  # type: ignore[arg-type]
+
+
 def write_config(path: Path, sections: dict[str, dict[str, object]]) -> Path:
-    """A TOML config from nested dicts (strings, numbers, booleans and lists only)."""
-    out = []
+    """A TOML config from nested dicts (tables nest; strings, numbers, booleans and lists)."""
+    out: list[str] = []
     for section, values in sections.items():
-        out.append(f"[{section}]")
-        for key, value in values.items():
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, (int, float)):
-                text = repr(value)
-            elif isinstance(value, (list, tuple)):
-                text = "[" + ", ".join(f'"{v}"' for v in value) + "]"
-            else:
-                text = f'"{value}"'
-            out.append(f"{key} = {text}")
-        out.append("")
+        _toml_table(section, values, out)
     path.write_text("\n".join(out))
     return path

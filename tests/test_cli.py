@@ -76,7 +76,7 @@ def test_forecast_command_shows_source(tmp_path: Path) -> None:
 
 def test_hook_install_refuses_a_foreign_job_submit(tmp_path: Path) -> None:
     (tmp_path / "job_submit.lua").write_text("-- the site's own\nfunction slurm_job_submit() return 0 end\n")
-    cfg = write_config(tmp_path / "c.toml", {"policy": {"grace_seconds": 60}})
+    cfg = write_config(tmp_path / "c.toml", {"flex": {"grace_seconds": 60}})
     code, _, err = run("--config", str(cfg), "hook", "install", "--dest", str(tmp_path))
     assert code == 1 and "is not slurm-flex's" in err
     assert "the site's own" in (tmp_path / "job_submit.lua").read_text()
@@ -90,16 +90,26 @@ def test_hook_install_refuses_a_foreign_job_submit(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not lua_available(), reason="lua5.1 not installed")
 def test_rendered_policy_is_valid_lua(tmp_path: Path) -> None:
-    cfg = Config.model_validate({"policy": {"partitions": ['we"ird', "batch"], "grace_seconds": 45}})
+    cfg = Config.model_validate(
+        {
+            "flex": {
+                "partitions": ['we"ird', "bätch"],
+                "grace_seconds": 45,
+                "partition": {"gpu-a": {"max_slack_hours": 2}},
+            },
+            "power": {"node_types": {"fat": {"node_idle_watts": 1, "node_max_watts": 2, "cpus_per_node": 3}}},
+        }
+    )
     (tmp_path / "p.lua").write_text(render_policy(cfg))
     probe = tmp_path / "probe.lua"
     probe.write_text(
-        "local p = dofile(arg[1]); print(p.grace_seconds, p.partitions[1], p.partitions[2], p.power.cpus_per_node)"
+        "local p = dofile(arg[1]); print(p.grace_seconds, p.partitions[1], p.partitions[2], p.power.cpus_per_node, "
+        "p.partition_policy['gpu-a'].max_slack_seconds, p.power.node_types.fat.cpus_per_node)"
     )
     out = subprocess.run(
         ["lua5.1", str(probe), str(tmp_path / "p.lua")], capture_output=True, text=True, check=True
     ).stdout
-    assert out.split() == ["45", 'we"ird', "batch", "64"]
+    assert out.split() == ["45", 'we"ird', "bätch", "64", "7200", "3"]
 
 
 def test_example_config_documents_every_option() -> None:
@@ -110,5 +120,7 @@ def test_example_config_documents_every_option() -> None:
     for section, model in Config.model_fields.items():
         assert f"[{section}]" in text
         assert model.annotation is not None
-        for key in model.annotation.model_fields:  # type: ignore[union-attr]
-            assert re.search(rf"^#? ?{key} = ", text, re.MULTILINE), f"{section}.{key} is not in {example}"
+        for key, spec in model.annotation.model_fields.items():  # type: ignore[union-attr]
+            table = str(spec.annotation).startswith("dict[")  # tables are shown as commented examples
+            pattern = rf"^# \[{section}\.{key}[.\]]" if table else rf"^#? ?{key} = "
+            assert re.search(pattern, text, re.MULTILINE), f"{section}.{key} is not in {example}"

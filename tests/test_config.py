@@ -25,13 +25,18 @@ def test_defaults_from_an_empty_file(tmp_path: Path) -> None:
 
 def test_layers_file_then_env_then_cli(tmp_path: Path) -> None:
     path = write_config(
-        tmp_path / "c.toml", {"daemon": {"mode": "shadow", "interval_seconds": 60}, "policy": {"partitions": ["batch"]}}
+        tmp_path / "c.toml", {"daemon": {"mode": "shadow", "interval_seconds": 60}, "flex": {"partitions": ["batch"]}}
     )
-    env = {"SLURMFLEX_DAEMON__INTERVAL_SECONDS": "120", "SLURMFLEX_POLICY__PARTITIONS": "a,b"}
+    env = {
+        "SLURMFLEX_DAEMON__INTERVAL_SECONDS": "120",
+        "SLURMFLEX_FLEX__PARTITIONS": "a,b",
+        "SLURMFLEX_FLEX__PARTITION__GPU__MAX_SLACK_HOURS": "6",
+    }
     cfg = load_config(path, environ=env, overrides={"daemon": {"state_dir": str(tmp_path)}})
     assert cfg.daemon.mode == "shadow"  # file
     assert cfg.daemon.interval_seconds == 120  # env beats file
-    assert cfg.policy.partitions == ("a", "b")
+    assert cfg.flex.partitions == ("a", "b")
+    assert cfg.flex.slack_limits("gpu", None) == (0.0, 6.0)
     assert cfg.daemon.state_dir == tmp_path  # CLI beats both
     cli = load_config(path, environ=env, overrides={"daemon": {"mode": "enforce"}})
     assert cli.daemon.mode == "enforce"
@@ -87,3 +92,31 @@ def test_broken_toml_and_missing_explicit_file(tmp_path: Path) -> None:
         load_config(bad, environ={})
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml", environ={})
+
+
+def test_partition_node_types_must_exist(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[power.partition_node_types]\ngpu = "a100-node"\n')
+    with pytest.raises(ConfigError, match="names node type 'a100-node'; known: none defined"):
+        load_config(path, environ={})
+    path.write_text(
+        "[power.node_types.a100-node]\nnode_idle_watts = 300\nnode_max_watts = 900\ncpus_per_node = 64\n"
+        '[power.partition_node_types]\ngpu = "a100-node"\n'
+    )
+    assert load_config(path, environ={}).power.node_types["a100-node"].node_max_watts == 900
+
+
+def test_slack_layers_qos_beats_partition_beats_global(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[flex]\ndefault_slack_hours = 1\nmax_slack_hours = 48\n"
+        "[flex.partition.batch]\ndefault_slack_hours = 12\n"
+        "[flex.qos.low]\ndefault_slack_hours = 24\nmax_slack_hours = 24\n"
+    )
+    flex = load_config(path, environ={}).flex
+    assert flex.slack_limits("debug", None) == (1.0, 48.0)
+    assert flex.slack_limits("batch", "normal") == (12.0, 48.0)
+    assert flex.slack_limits("batch", "low") == (24.0, 24.0)
+    path.write_text("[flex.partition.batch]\nmax_slak_hours = 1\n")
+    with pytest.raises(ConfigError, match=r"flex\.partition\.batch\.max_slak_hours: unknown key"):
+        load_config(path, environ={})

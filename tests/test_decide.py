@@ -5,18 +5,19 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from slurm_flex.daemon.decide import BEGIN_TOLERANCE_S, assess, reconcile
+from slurm_flex.config import FlexConfig
+from slurm_flex.daemon.decide import BEGIN_TOLERANCE_S, assess, power_request, reconcile
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
 from slurm_flex.planner import Policy, plan
-from slurm_flex.powermodel import PowerModel
+from slurm_flex.powermodel import NodePower, PowerModel, Request
 from slurm_flex.slurm.parsers import SlurmJob
 from slurm_flex.state import JobRecord
 
 NOW = 1795251000
 SLOT0 = NOW - NOW % SLOT_SECONDS
 POLICY = Policy(safety_margin_seconds=900, min_saving_fraction=0.05)
-POWER = PowerModel(cpus_per_node=2)
-ALL: frozenset[str] = frozenset()
+POWER = PowerModel(default=NodePower(cpus_per_node=2))
+RULES = FlexConfig()
 
 
 def job(**changes: object) -> SlurmJob:
@@ -34,6 +35,11 @@ def job(**changes: object) -> SlurmJob:
         nodes=1,
         cpus=2,
         tres_per_node="",
+        tres_per_job="",
+        tres_per_task="",
+        tasks=1,
+        memory_per_node_mb=None,
+        memory_per_cpu_mb=None,
         time_limit_s=3600,
         submit_time=NOW - 10,
         eligible_time=NOW + 110,
@@ -81,8 +87,8 @@ def series(carbon: list[float]) -> SignalSeries:
 
 
 def test_jobs_without_deadline_are_never_touched() -> None:
-    assert assess(job(deadline=None), None, (), POLICY, POWER, ALL, NOW) is None
-    assert assess(job(deadline=None), record(), (), POLICY, POWER, ALL, NOW) is None
+    assert assess(job(deadline=None), None, (), POLICY, RULES, POWER, NOW) is None
+    assert assess(job(deadline=None), record(), (), POLICY, RULES, POWER, NOW) is None
 
 
 def test_jobs_we_deferred_are_handed_back_when_they_lose_their_deadline() -> None:
@@ -91,8 +97,8 @@ def test_jobs_we_deferred_are_handed_back_when_they_lose_their_deadline() -> Non
         record(status="deferred", applied_begin=NOW + 5000, expected_begin=NOW + 5000),
         (),
         POLICY,
+        RULES,
         POWER,
-        ALL,
         NOW,
     )
     assert a is not None and a.must_release
@@ -101,8 +107,8 @@ def test_jobs_we_deferred_are_handed_back_when_they_lose_their_deadline() -> Non
 
 
 def test_partition_scope() -> None:
-    assert assess(job(partition="gpu"), None, (), POLICY, POWER, frozenset({"debug"}), NOW) is None
-    assert assess(job(partition="debug"), None, (), POLICY, POWER, frozenset({"debug"}), NOW) is not None
+    assert assess(job(partition="gpu"), None, (), POLICY, FlexConfig(partitions=("debug",)), POWER, NOW) is None
+    assert assess(job(partition="debug"), None, (), POLICY, FlexConfig(partitions=("debug",)), POWER, NOW) is not None
 
 
 def test_held_dependency_het_and_unlimited_are_left_alone() -> None:
@@ -112,7 +118,7 @@ def test_held_dependency_het_and_unlimited_are_left_alone() -> None:
         (job(het_job_id=7), "ineligible"),
         (job(time_limit_s=None), "ineligible"),
     ]:
-        a = assess(j, None, (), POLICY, POWER, ALL, NOW)
+        a = assess(j, None, (), POLICY, RULES, POWER, NOW)
         assert a is not None and a.status == status and a.flex is None
         assert reconcile([a], plan([], None, None, POLICY, NOW), NOW) == []
 
@@ -120,11 +126,11 @@ def test_held_dependency_het_and_unlimited_are_left_alone() -> None:
 def test_a_start_time_changed_by_someone_else_is_left_alone_for_good() -> None:
     rec = record(expected_begin=NOW + 3600, applied_begin=NOW + 3600, status="deferred")
     moved = job(eligible_time=NOW + 7200)
-    a = assess(moved, rec, (), POLICY, POWER, ALL, NOW)
+    a = assess(moved, rec, (), POLICY, RULES, POWER, NOW)
     assert a is not None and a.status == "manual" and a.flex is None
     # ...even once the begin time looks normal again.
     again = assess(
-        job(eligible_time=NOW + 3600), rec.evolve(status="manual", reason=a.reason), (), POLICY, POWER, ALL, NOW
+        job(eligible_time=NOW + 3600), rec.evolve(status="manual", reason=a.reason), (), POLICY, RULES, POWER, NOW
     )
     assert again is not None and again.status == "manual"
 
@@ -132,27 +138,27 @@ def test_a_start_time_changed_by_someone_else_is_left_alone_for_good() -> None:
 def test_our_own_unsettled_changes_are_not_mistaken_for_an_admin() -> None:
     # The daemon died after scontrol but before recording the result.
     rec = record(expected_begin=NOW + 110)
-    a = assess(job(eligible_time=NOW + 9000), rec, (NOW + 9000,), POLICY, POWER, ALL, NOW)
+    a = assess(job(eligible_time=NOW + 9000), rec, (NOW + 9000,), POLICY, RULES, POWER, NOW)
     assert a is not None and a.status == "planned"
-    within = assess(job(eligible_time=NOW + 110 + BEGIN_TOLERANCE_S), rec, (), POLICY, POWER, ALL, NOW)
+    within = assess(job(eligible_time=NOW + 110 + BEGIN_TOLERANCE_S), rec, (), POLICY, RULES, POWER, NOW)
     assert within is not None and within.status == "planned"
 
 
 def test_flex_job_uses_tag_power_user_begin_and_latest_safe_start() -> None:
     begin = NOW + 1800
     j = job(admin_comment=f"x slurmflex:v1;power_w=777;begin={begin};grace=0", eligible_time=begin)
-    a = assess(j, None, (), POLICY, POWER, ALL, NOW)
+    a = assess(j, None, (), POLICY, RULES, POWER, NOW)
     assert a is not None and a.flex is not None
     assert a.flex.power_w == 777 and a.flex.earliest == begin
     assert a.flex.latest_start == j.deadline - 3600 - 900  # type: ignore[operator]
-    untagged = assess(job(admin_comment="", eligible_time=NOW - 10), None, (), POLICY, POWER, ALL, NOW)
+    untagged = assess(job(admin_comment="", eligible_time=NOW - 10), None, (), POLICY, RULES, POWER, NOW)
     assert untagged is not None and untagged.flex is not None
-    assert untagged.flex.power_w == POWER.estimate(1, 2) and untagged.flex.earliest == NOW - 10
+    assert untagged.flex.power_w == POWER.estimate(Request(nodes=1, cpus=2)) and untagged.flex.earliest == NOW - 10
 
 
 def test_array_records_plan_all_their_tasks() -> None:
     arr = job(array_job_id=42, array_task_string="1-4", job_id="42")
-    a = assess(arr, None, (), POLICY, POWER, ALL, NOW)
+    a = assess(arr, None, (), POLICY, RULES, POWER, NOW)
     assert a is not None and a.flex is not None
     assert a.flex.job_id == "42_[1-4]" and a.flex.nodes == 4 and a.flex.power_w == 4 * 500
 
@@ -160,25 +166,25 @@ def test_array_records_plan_all_their_tasks() -> None:
 def test_reconcile_defers_releases_and_skips_unchanged() -> None:
     carbon = [300.0] * 48
     carbon[10:12] = [50.0, 50.0]
-    a = assess(job(), None, (), POLICY, POWER, ALL, NOW)
+    a = assess(job(), None, (), POLICY, RULES, POWER, NOW)
     assert a is not None
     p = plan([a.flex], series(carbon), None, POLICY, NOW)  # type: ignore[list-item]
     (intent,) = reconcile([a], p, NOW)
     assert intent.kind == "defer" and intent.new_begin == SLOT0 + 10 * SLOT_SECONDS
     # Already at the target: nothing to do.
-    same = assess(job(eligible_time=intent.new_begin), None, (), POLICY, POWER, ALL, NOW)
+    same = assess(job(eligible_time=intent.new_begin), None, (), POLICY, RULES, POWER, NOW)
     assert reconcile([same], p, NOW) == []  # type: ignore[list-item]
     # Cleanest is now: the hook's grace is released.
     flat = plan([a.flex], series([100.0] * 48), None, POLICY, NOW)  # type: ignore[list-item]
     (release,) = reconcile([a], flat, NOW)
     assert release.kind == "release" and release.new_begin is None
     # Cleanest now and no grace pending: nothing to do.
-    eligible = assess(job(eligible_time=NOW - 10), None, (), POLICY, POWER, ALL, NOW)
+    eligible = assess(job(eligible_time=NOW - 10), None, (), POLICY, RULES, POWER, NOW)
     assert reconcile([eligible], flat, NOW) == []  # type: ignore[list-item]
 
 
 def test_never_deferred_past_latest_safe_start_even_if_the_plan_says_so() -> None:
-    a = assess(job(), None, (), POLICY, POWER, ALL, NOW)
+    a = assess(job(), None, (), POLICY, RULES, POWER, NOW)
     assert a is not None and a.flex is not None
     bogus = plan([a.flex], series([300.0] * 48), None, POLICY, NOW)
     too_late = dataclasses.replace(bogus.jobs[0], start=a.flex.latest_start + 7200, deferred=True)
@@ -190,7 +196,57 @@ def test_never_deferred_past_latest_safe_start_even_if_the_plan_says_so() -> Non
 def test_user_begin_wins_when_the_deadline_is_already_impossible() -> None:
     begin = NOW + 7200
     j = job(admin_comment=f"slurmflex:v1;power_w=1;begin={begin};grace=0", eligible_time=begin, deadline=NOW + 3600)
-    a = assess(j, None, (), POLICY, POWER, ALL, NOW)
+    a = assess(j, None, (), POLICY, RULES, POWER, NOW)
     p = plan([a.flex], series([100.0] * 48), None, POLICY, NOW)  # type: ignore[union-attr, list-item]
     assert p.jobs[0].late
     assert reconcile([a], p, NOW) == []  # type: ignore[list-item]  # stays at the user's begin
+
+
+def test_flexibility_rules_scope_exemptions_and_opt_out() -> None:
+    rules = FlexConfig(exclude_partitions=("debug",))
+    assert assess(job(), None, (), POLICY, rules, POWER, NOW) is None
+    assert assess(job(), None, (), POLICY, FlexConfig(exempt_users=("alice",)), POWER, NOW) is None
+    assert assess(job(account="ops"), None, (), POLICY, FlexConfig(exempt_accounts=("ops",)), POWER, NOW) is None
+    opted_out = job(admin_comment="slurmflex:v1;power_w=5;begin=0;grace=0;deadline=0;slack=0;flex=no;why=optout")
+    assert assess(opted_out, None, (), POLICY, RULES, POWER, NOW) is None
+    # ...and a job slurm-flex had deferred is handed back when it opts out.
+    deferred = record(status="deferred", applied_begin=NOW + 5000, expected_begin=NOW + 5000)
+    back = assess(opted_out, deferred, (), POLICY, RULES, POWER, NOW)
+    assert back is not None and back.must_release and "optout" in back.reason
+
+
+def test_slack_from_keyword_or_policy_without_a_deadline() -> None:
+    tag = "slurmflex:v1;power_w=100;begin=0;grace=0;deadline=0;slack=43200;flex=keyword;why="
+    a = assess(job(deadline=None, admin_comment=tag, eligible_time=NOW - 10), None, (), POLICY, RULES, POWER, NOW)
+    assert a is not None and a.flex is not None
+    assert a.flex.latest_start == NOW - 10 + 43200  # earliest (submit) + slack, no margin needed
+
+
+def test_latest_start_is_the_tightest_of_deadline_slack_and_site_cap() -> None:
+    rules = FlexConfig(max_slack_hours=4.0, partition={"debug": {"max_slack_hours": 2.0}})  # type: ignore[dict-item]
+    a = assess(job(eligible_time=NOW - 10), None, (), POLICY, rules, POWER, NOW)
+    assert a is not None and a.flex is not None
+    earliest = NOW - 10  # the tag has begin=0: the submit time
+    assert a.flex.latest_start == earliest + 2 * 3600  # the partition's cap beats the 12 h deadline
+    tight = job(deadline=NOW + 3600 + 900 + 600, eligible_time=NOW - 10)
+    b = assess(tight, None, (), POLICY, rules, POWER, NOW)
+    assert b is not None and b.flex is not None and b.flex.latest_start == NOW + 600
+    hook_deadline = job(admin_comment=f"slurmflex:v1;power_w=1;begin=0;grace=0;deadline={NOW + 7200};flex=deadline")
+    c = assess(hook_deadline, None, (), POLICY, RULES, POWER, NOW)
+    assert c is not None and c.flex is not None and c.flex.latest_start == NOW + 7200 - 3600 - 900
+
+
+def test_power_of_untagged_jobs_from_squeue_fields() -> None:
+    j = job(
+        admin_comment="",
+        nodes=2,
+        cpus=4,
+        memory_per_node_mb=2048,
+        tres_per_node="gres:gpu:a100:2",
+        tres_per_task="gres:gpu:1",
+        tasks=3,
+    )
+    req = power_request(j)
+    assert req.memory_mb == 4096 and req.gpus_per_node == {"a100": 2} and req.gpus_per_job == {"default": 3}
+    model = PowerModel(default=NodePower(100, 300, 4, 250), memory_watts_per_gb=1.0, gpu_model_watts={"a100": 400})
+    assert model.estimate(req) == 2 * 100 + 4 * 50 + 4 + 2 * 2 * 400 + 3 * 250

@@ -3,108 +3,20 @@ StartTime into the cleanest window before the deadline, and Slurm's own view con
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from slurm_flex.config import load_config
 from slurm_flex.grid.series import SLOT_SECONDS, floor_slot
-from slurm_flex.job_submit.install import install_hook
 from slurm_flex.slurm.backend import CommandBackend, format_start_time
 from slurm_flex.slurm.runner import SlurmRunner
-from slurm_flex.state import StateStore
-from tests.conftest import Cluster
-from tests.helpers import write_config, write_forecast
+from tests.conftest import FLEX_SCRIPT, Cluster, Env, log_events, slurm_epoch, wait_state
+from tests.helpers import write_forecast
 
 pytestmark = pytest.mark.slurm
-
-FLEX_SCRIPT = "#!/bin/bash\n#SBATCH --deadline=now+{deadline_minutes}minutes\n#SBATCH -t {minutes}\nsleep {sleep}\n"
-
-
-@dataclass
-class Env:
-    cluster: Cluster
-    tmp: Path
-    config: Path
-    forecast: Path
-    slot0: int  # the forecast's first slot: its clean windows sit at fixed times from here
-
-    def slurmflex(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "slurm_flex.cli", "--config", str(self.config), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=self.cluster.env(),
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"slurmflex {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def status(self) -> dict[str, object]:
-        return json.loads(self.slurmflex("status", "--json", "--all").stdout)  # type: ignore[no-any-return]
-
-    def submit_flexible(self, hours: float = 10, minutes: int = 60, sleep: int = 5, extra: tuple[str, ...] = ()) -> str:
-        script = FLEX_SCRIPT.format(deadline_minutes=round(hours * 60), minutes=minutes, sleep=sleep)
-        return self.cluster.sbatch(*extra, script=script)
-
-    def store(self) -> StateStore:
-        return StateStore(self.tmp / "state" / "state.sqlite3")
-
-
-def _config(tmp: Path, cluster: Cluster, forecast: Path, **daemon: object) -> Path:
-    return write_config(
-        tmp / "slurmflex.toml",
-        {
-            "daemon": {"state_dir": str(tmp / "state"), "log_format": "json", **daemon},
-            "slurm": {"slurm_conf": str(cluster.conf)},
-            "forecast": {"path": str(forecast)},
-            "policy": {"grace_seconds": 120, "safety_margin_seconds": 900, "min_saving_fraction": 0.05},
-            "power": {"cpus_per_node": 2},
-        },
-    )
-
-
-@pytest.fixture
-def env(cluster: Cluster, tmp_path: Path) -> Iterator[Env]:
-    slot0 = floor_slot(time.time())
-    carbon = [300.0] * 96
-    carbon[8:10] = [40.0, 40.0]  # the clean window, 4 h from the current slot
-    carbon[30:34] = [5.0] * 4  # cleaner still, but past most deadlines used here
-    forecast = write_forecast(tmp_path / "forecast.csv", slot0, carbon)
-    config = _config(tmp_path, cluster, forecast)
-    install_hook(load_config(config, environ={}), cluster.etc, force=True)
-    yield Env(cluster, tmp_path, config, forecast, slot0)
-
-
-def log_events(proc: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
-    """The daemon's structlog JSON lines from stderr."""
-    return [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
-
-
-def _epoch(slurm_time: str) -> int:
-    return int(time.mktime(time.strptime(slurm_time, "%Y-%m-%dT%H:%M:%S")) - time.timezone)
-
-
-def _wait_state(cluster: Cluster, job_id: str, states: set[str], timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    state = ""
-    while time.monotonic() < deadline:
-        proc = cluster.run("scontrol", "-o", "show", "job", job_id, check=False)
-        state = next((t.split("=", 1)[1] for t in proc.stdout.split() if t.startswith("JobState=")), "GONE")
-        if state in states:
-            return state
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} is {state}, expected one of {states}")
 
 
 def test_hook_tags_and_postpones_a_flexible_job(env: Env) -> None:
@@ -116,10 +28,10 @@ def test_hook_tags_and_postpones_a_flexible_job(env: Env) -> None:
     assert "it may start later to use cleaner power" in proc.stderr
     job = env.cluster.show_job(job_id)
     assert job["JobState"] == "PENDING" and job["Reason"] == "BeginTime"
-    assert submitted + 110 <= _epoch(job["StartTime"]) <= submitted + 135
+    assert submitted + 110 <= slurm_epoch(job["StartTime"]) <= submitted + 135
     assert job["AdminComment"].startswith("slurmflex:v1;power_w=285;basis=req;begin=0;grace=")
     tag_deadline = int(job["AdminComment"].split("deadline=")[1].split(";")[0])
-    assert tag_deadline == _epoch(job["Deadline"])  # the hook read the same deadline Slurm did
+    assert tag_deadline == slurm_epoch(job["Deadline"])  # the hook read the same deadline Slurm did
     assert job["TimeLimit"] == "01:00:00"  # everything else untouched
 
 
@@ -130,7 +42,7 @@ def test_job_without_deadline_is_tagged_but_never_touched(env: Env) -> None:
     env.slurmflex("daemon", "--once")
     with env.store() as store:
         assert store.jobs() == {} and store.actions() == []
-    _wait_state(env.cluster, job_id, {"RUNNING", "COMPLETED"})
+    wait_state(env.cluster, job_id, {"RUNNING", "COMPLETED"})
 
 
 def test_daemon_defers_into_the_cleanest_window_before_the_deadline(env: Env) -> None:
@@ -141,7 +53,7 @@ def test_daemon_defers_into_the_cleanest_window_before_the_deadline(env: Env) ->
     # (Reason reads "None" until the scheduler's next pass re-evaluates the job.)
     assert job["JobState"] == "PENDING" and job["EligibleTime"] == format_start_time(expected)
     assert job["StartTime"] == format_start_time(expected)
-    latest_safe = _epoch(job["Deadline"]) - 3600 - 900
+    latest_safe = slurm_epoch(job["Deadline"]) - 3600 - 900
     assert expected <= latest_safe
     doc = env.status()
     entry = doc["jobs"][job_id]  # type: ignore[index]
@@ -162,7 +74,7 @@ def test_daemon_releases_the_grace_when_now_is_cleanest(env: Env, tmp_path: Path
     job_id = env.submit_flexible(hours=10, minutes=10, sleep=1)
     assert env.cluster.show_job(job_id)["Reason"] == "BeginTime"
     env.slurmflex("daemon", "--once")
-    _wait_state(env.cluster, job_id, {"RUNNING", "COMPLETING", "COMPLETED"})
+    wait_state(env.cluster, job_id, {"RUNNING", "COMPLETING", "COMPLETED"})
     with env.store() as store:
         (action,) = store.actions(job_id)
         assert action.kind == "release" and action.outcome == "applied"
@@ -214,7 +126,7 @@ def test_malformed_forecast_keeps_the_daemon_running_and_releases(env: Env) -> N
     warnings = [e for e in events if e["event"] == "forecast_unavailable"]
     assert len(warnings) == 2 and "is not a number" in warnings[0]["error"]
     assert sum(1 for e in events if e["event"] == "cycle") == 2
-    _wait_state(env.cluster, job_id, {"RUNNING", "COMPLETING", "COMPLETED"})
+    wait_state(env.cluster, job_id, {"RUNNING", "COMPLETING", "COMPLETED"})
     doc = env.status()
     assert "forecast unavailable" in doc["last_cycle"]["message"]  # type: ignore[index]
 
@@ -238,7 +150,7 @@ def test_shadow_mode_changes_nothing(env: Env) -> None:
 
 def test_batched_updates_report_per_job_failures(env: Env) -> None:
     running = env.cluster.sbatch("-t", "5", "--wrap", "sleep 30")
-    _wait_state(env.cluster, running, {"RUNNING"})
+    wait_state(env.cluster, running, {"RUNNING"})
     pending = [env.cluster.sbatch("-t", "5", "--begin", "now+1hour", "--wrap", "sleep 1") for _ in range(3)]
     backend = CommandBackend(SlurmRunner(slurm_conf=env.cluster.conf))
     target = floor_slot(time.time()) + 4 * SLOT_SECONDS

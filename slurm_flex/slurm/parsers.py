@@ -45,6 +45,11 @@ class SlurmJob:
     nodes: int
     cpus: int
     tres_per_node: str
+    tres_per_job: str
+    tres_per_task: str
+    tasks: int
+    memory_per_node_mb: int | None
+    memory_per_cpu_mb: int | None
     time_limit_s: int | None
     submit_time: int
     eligible_time: int | None
@@ -184,6 +189,11 @@ def parse_job(raw: Mapping[str, Any]) -> SlurmJob:
             nodes=_num(raw.get("node_count")) or 1,
             cpus=_num(raw.get("cpus")) or 1,
             tres_per_node=_str(raw.get("tres_per_node")),
+            tres_per_job=_str(raw.get("tres_per_job")),
+            tres_per_task=_str(raw.get("tres_per_task")),
+            tasks=_num(raw.get("tasks")) or 1,
+            memory_per_node_mb=_num(raw.get("memory_per_node")),
+            memory_per_cpu_mb=_num(raw.get("memory_per_cpu")),
             time_limit_s=None if time_limit_min is None else time_limit_min * 60,
             submit_time=_num(raw.get("submit_time")) or 0,
             eligible_time=_epoch(raw.get("eligible_time")),

@@ -27,7 +27,7 @@ lint: venv
 	$(VENV)/bin/ruff check slurm_flex daemon grid beckn job_submit tests bench
 
 typecheck: venv
-	rm -rf build/typecheck && $(PIP) install -q --no-deps --target build/typecheck .
+	rm -rf build && $(PIP) install -q --no-deps --target build/typecheck .
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../setup.cfg -p slurm_flex
 
 bench: venv

@@ -48,10 +48,14 @@ _SDIAG = re.compile(r"REQUEST_SUBMIT_BATCH_JOB\s+\(\s*\d+\)\s+count:(\d+)\s+ave_
 
 
 def devcluster(*args: str, plugins: str) -> None:
-    env = dict(os.environ, DEVCLUSTER_DIR=str(DIR), DEVCLUSTER_PORT_BASE=PORT_BASE,
-               DEVCLUSTER_CLUSTER="sfxbench", DEVCLUSTER_PLUGINS=plugins)
-    subprocess.run([str(REPO / "scripts" / "devcluster"), *args], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        DEVCLUSTER_DIR=str(DIR),
+        DEVCLUSTER_PORT_BASE=PORT_BASE,
+        DEVCLUSTER_CLUSTER="sfxbench",
+        DEVCLUSTER_PLUGINS=plugins,
+    )
+    subprocess.run([str(REPO / "scripts" / "devcluster"), *args], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
 def slurm_env() -> dict[str, str]:
@@ -67,22 +71,27 @@ def sbatch(i: int, workdir: str) -> float:
     return time.perf_counter() - t0
 
 
-def clear_queue() -> None:
-    subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], env=slurm_env(), check=False)
-    for _ in range(600):
-        out = subprocess.run(
-            ["squeue", "-h", "-o", "%i"], env=slurm_env(), capture_output=True, text=True, check=False
-        ).stdout
-        if not out.strip():
-            return
-        time.sleep(0.2)
+def fresh_cluster(plugins: str) -> None:
+    """Restart the daemons with an empty controller state, so every run starts alike."""
+    devcluster("down", plugins=plugins)
+    for state in (DIR / "ctld").glob("*"):
+        if state.is_file():
+            state.unlink()
+    devcluster("up", plugins=plugins)
+
+
+def slurmctld_cpu_seconds() -> float:
+    """User+system CPU slurmctld has used so far (all its threads), from /proc."""
+    pid = (DIR / "run" / "slurmctld.pid").read_text().strip()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 CONFIGS = {"none": "none", "lua-empty": "job_submit", "hook": "job_submit", "hook+cli_filter": "lua"}
 
 
 def configure(name: str) -> None:
-    devcluster("up", plugins=CONFIGS[name])
+    fresh_cluster(CONFIGS[name])
     etc = DIR / "etc"
     if name == "lua-empty":
         for file, text in PASSTHROUGH.items():
@@ -95,12 +104,13 @@ def configure(name: str) -> None:
 
 def run(name: str, jobs: int, workers: int) -> dict[str, float]:
     configure(name)
-    clear_queue()
     subprocess.run(["sdiag", "--reset"], env=slurm_env(), check=True, capture_output=True)
+    cpu0 = slurmctld_cpu_seconds()
     with tempfile.TemporaryDirectory() as work, ThreadPoolExecutor(workers) as pool:
         t0 = time.perf_counter()
         latencies = list(pool.map(lambda i: sbatch(i, work), range(jobs)))
         wall = time.perf_counter() - t0
+    ctld_cpu_us = (slurmctld_cpu_seconds() - cpu0) / jobs * 1e6
     sdiag = subprocess.run(["sdiag"], env=slurm_env(), capture_output=True, text=True, check=True).stdout
     m = _SDIAG.search(sdiag)
     count, ave_us = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
@@ -112,9 +122,14 @@ def run(name: str, jobs: int, workers: int) -> dict[str, float]:
             ["scontrol", "-o", "show", "job", probe[0]], env=slurm_env(), capture_output=True, text=True, check=True
         ).stdout
         assert "slurmflex:v1" in shown, "the hook did not tag the jobs: benchmark invalid"
-    clear_queue()
-    return {"wall_s": wall, "jobs_per_s": jobs / wall, "p50_ms": statistics.median(latencies) * 1000,
-            "rpc_count": count, "rpc_ave_us": ave_us}
+    return {
+        "wall_s": wall,
+        "jobs_per_s": jobs / wall,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "rpc_count": count,
+        "rpc_ave_us": ave_us,
+        "ctld_cpu_us": ctld_cpu_us,
+    }
 
 
 def main() -> None:
@@ -130,19 +145,27 @@ def main() -> None:
             for name in results:
                 res = run(name, args.jobs, args.workers)
                 results[name].append(res)
-                print(f"round {r + 1} {name:15s} {res['jobs_per_s']:7.1f} jobs/s  client p50 {res['p50_ms']:6.1f} ms"
-                      f"  slurmctld submit RPC ave {res['rpc_ave_us']:5d} us (n={res['rpc_count']})", flush=True)
+                print(
+                    f"round {r + 1} {name:15s} {res['jobs_per_s']:7.1f} jobs/s  client p50 {res['p50_ms']:6.1f} ms"
+                    f"  slurmctld: RPC ave {res['rpc_ave_us']:5d} us, CPU {res['ctld_cpu_us']:5.0f} us/job"
+                    f" (n={res['rpc_count']})",
+                    flush=True,
+                )
     finally:
         if not args.keep:
             devcluster("down", plugins="lua")
     best = {name: statistics.median(r["jobs_per_s"] for r in runs) for name, runs in results.items()}
     rpc = {name: round(statistics.median(r["rpc_ave_us"] for r in runs)) for name, runs in results.items()}
+    cpu = {name: statistics.median(r["ctld_cpu_us"] for r in runs) for name, runs in results.items()}
     print(f"\n{args.jobs} submissions x {args.rounds} rounds, {args.workers} parallel submitters (median of rounds):")
     for name in results:
-        print(f"  {name:15s} {best[name]:7.1f} jobs/s   slurmctld submit RPC {rpc[name]:5d} us")
+        print(f"  {name:15s} {best[name]:7.1f} jobs/s   slurmctld: RPC {rpc[name]:5d} us, CPU {cpu[name]:5.0f} us/job")
 
     def cost(a: str, b: str) -> str:
-        return f"{(1 - best[a] / best[b]) * 100:+.1f}% throughput, {rpc[a] - rpc[b]:+d} us in slurmctld per submission"
+        return (
+            f"{(1 - best[a] / best[b]) * 100:+.1f}% throughput; slurmctld CPU {cpu[a] - cpu[b]:+.0f} us/job "
+            f"({(cpu[a] / cpu[b] - 1) * 100:+.1f}%), RPC time {rpc[a] - rpc[b]:+d} us"
+        )
 
     print(f"slurm-flex hook vs an empty job_submit.lua: {cost('hook', 'lua-empty')}")
     print(f"slurm-flex hook vs no plugin at all:        {cost('hook', 'none')}")

@@ -50,7 +50,7 @@ def _lua(value: object) -> str:
     raise HookInstallError(f"cannot render {value!r} as Lua")
 
 
-def _slack_layers(layers: dict[str, SlackPolicy]) -> dict[str, dict[str, float]]:
+def _slack_layers(layers: dict[str, SlackPolicy]) -> dict[str, dict[str, int]]:
     out = {}
     for name, layer in layers.items():
         entry = {}

@@ -120,14 +120,22 @@ def daemon(obj: _Ctx, once: bool, cycles: int | None, interval: int | None, mode
     "--instance", "instance_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True
 )
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "exact", "milp", "lp-rounding", "lagrange", "greedy", "best-window"]),
+    default="auto",
+    show_default=True,
+    help="auto: exact if no capacity binds, MILP when small, LP rounding when medium, else Lagrangian pricing.",
+)
+@click.option("--time-limit", type=click.FloatRange(min=0.1), default=20.0, show_default=True, help="Seconds.")
 @_fail_cleanly
-def plan(instance_path: Path, as_json: bool) -> None:
+def plan(instance_path: Path, as_json: bool, method: str, time_limit: float) -> None:
     """Solve a planning instance file (see docs in slurm_flex/planner/instance.py)."""
-    from slurm_flex.planner.greedy import solve_greedy
     from slurm_flex.planner.instance import load_instance
+    from slurm_flex.planner.solve import solve
 
     inst = load_instance(instance_path.read_text(encoding="utf-8"))
-    sol = solve_greedy(inst)
+    sol = solve(inst, method=method, time_limit=time_limit)  # type: ignore[arg-type]
     doc = sol.to_json()
     if as_json:
         click.echo(json.dumps(doc, indent=2))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,13 +244,3 @@ def load_instance(text: str) -> Instance:
     except json.JSONDecodeError as exc:
         raise PlanningError(f"instance is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
     return instance_from_json(doc)
-
-
-def window_costs(inst: Instance, weights: FloatArray, job: int, starts: Sequence[int] | IntArray) -> FloatArray:
-    """Objective (GBP) of running ``job`` from each of ``starts`` (inf where a slot is unusable)."""
-    prefix = np.concatenate(([0.0], np.cumsum(np.where(np.isfinite(weights), weights, 0.0))))
-    bad = np.concatenate(([0], np.cumsum(~np.isfinite(weights))))
-    s = np.asarray(starts, dtype=np.int64)
-    e = s + int(inst.duration[job])
-    cost = (prefix[e] - prefix[s]) * inst.power_kw[job] * inst.slot_hours
-    return np.where(bad[e] - bad[s] > 0, np.inf, cost)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot, iso_utc
-from slurm_flex.planner.greedy import solve_greedy
 from slurm_flex.planner.instance import FloatArray, Instance, Solution
+from slurm_flex.planner.solve import solve
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Policy:
     carbon_price_gbp_per_tonne: float = 250.0
     max_horizon_hours: float = 168.0
     use_price: bool = True
+    solve_time_limit: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def plan(
         release=np.asarray([r[2] for r in rows], dtype=np.int64),
         deadline=np.asarray([r[3] + r[1] for r in rows], dtype=np.int64),
     )
-    solution = solve_greedy(inst, min_saving_fraction=policy.min_saving_fraction)
+    solution = solve(inst, min_saving_fraction=policy.min_saving_fraction, time_limit=policy.solve_time_limit)
     carbon = series.carbon_array()
     price = series.price_array()
     late_ids = set(solution.late)

@@ -6,12 +6,14 @@ import json
 import math
 import sys
 import time
+from datetime import UTC, datetime
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import numpy as np
 from rich.console import Console
 
 from slurm_flex import __version__
@@ -152,6 +154,151 @@ def plan(instance_path: Path, as_json: bool, method: str, time_limit: float) -> 
         click.echo(f"late (deadline cannot be met within capacity): {', '.join(sol.late)}")
     for job_id, slot in sorted(sol.starts.items(), key=lambda kv: (kv[1], kv[0])):
         click.echo(f"  {job_id}: slot {slot}")
+
+
+@main.command()
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Workload: SWF (.swf or .swf.gz, Parallel Workloads Archive) or a sacct-style CSV.",
+)
+@click.option(
+    "--carbon",
+    "carbon_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Half-hourly carbon intensity CSV (NESO forecast+actual, or one intensity column).",
+)
+@click.option(
+    "--price",
+    "price_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Half-hourly price CSV (Elexon market index), optional.",
+)
+@click.option(
+    "--slack",
+    "slack_rules",
+    multiple=True,
+    default=("workday",),
+    show_default=True,
+    help="Deadline rule, repeatable: none, <k>x (k times the time limit), <h>h, workday.",
+)
+@click.option(
+    "--start",
+    "start_text",
+    default=None,
+    help="UTC time the trace starts at (default: the data's first time with the trace's own weekday and time of day).",
+)
+@click.option("--first-day", type=click.FloatRange(min=0), default=0.0, help="Skip this many days of the trace.")
+@click.option("--days", type=click.FloatRange(min=0.5), default=None, help="Simulate only this many days.")
+@click.option("--watts-per-proc", type=click.FloatRange(min=0), default=10.0, show_default=True)
+@click.option("--horizon-hours", type=click.FloatRange(min=1), default=48.0, show_default=True)
+@click.option(
+    "--carbon-price",
+    type=click.FloatRange(min=0),
+    default=250.0,
+    show_default=True,
+    help="GBP per tonne CO2 in the planner's objective.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("simulation"),
+    show_default=True,
+    help="Where the plots and report.html go.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@_fail_cleanly
+def simulate(
+    trace_path: Path,
+    carbon_path: Path,
+    price_path: Path | None,
+    slack_rules: tuple[str, ...],
+    start_text: str | None,
+    first_day: float,
+    days: float | None,
+    watts_per_proc: float,
+    horizon_hours: float,
+    carbon_price: float,
+    out_dir: Path,
+    as_json: bool,
+) -> None:
+    """Replay a real workload against real grid data: as submitted vs with slurm-flex."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from slurm_flex.grid.series import parse_iso_utc
+    from slurm_flex.simulate import SimConfig, load_signals, read_trace
+    from slurm_flex.simulate import simulate as run_simulation
+    from slurm_flex.simulate.engine import slack_deadlines
+    from slurm_flex.simulate.report import write_report
+
+    configure_logging("warning", "console")
+    for rule in slack_rules:  # reject a bad rule before minutes of work
+        slack_deadlines(rule, np.zeros(1), np.ones(1))
+    start = None
+    if start_text:
+        try:
+            start = datetime.fromtimestamp(parse_iso_utc(start_text), UTC)
+        except ValueError as exc:
+            raise SlurmFlexError(f"--start: {exc}") from exc
+    trace = read_trace(trace_path)
+    if first_day or days:
+        trace = trace.window(first_day, days if days is not None else 1e9)
+    if trace.n_jobs == 0:
+        raise SlurmFlexError("no jobs in the chosen window of the trace")
+    signals = load_signals(carbon_path, price_path)
+    cfg = SimConfig(
+        watts_per_proc=watts_per_proc,
+        horizon_hours=horizon_hours,
+        carbon_price_gbp_per_tonne=carbon_price,
+        use_price=price_path is not None,
+    )
+    results = []
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=as_json or not console.is_terminal) as bar:
+        for rule in slack_rules:
+            task = bar.add_task(f"{trace.name}, slack {rule}", total=1)
+            results.append(
+                run_simulation(
+                    trace,
+                    signals,
+                    rule,
+                    cfg,
+                    start,
+                    progress=lambda done, total, task=task: bar.update(task, completed=done, total=total),
+                )
+            )
+    report = write_report(results, out_dir)
+    doc = {"report": str(report), "results": [r.to_json() for r in results]}
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=lambda v: None))
+        return
+    for r in results:
+        b, f, s = r.baseline.metrics, r.flex.metrics, r.savings()
+        click.echo(
+            f"{r.trace} | slack {r.slack} | {f['flexible_jobs']} of {f['jobs']} jobs flexible | "
+            f"{r.n_slots * 0.5 / 24:.0f} days from {r.to_json()['start']} | {r.signals}"
+        )
+        click.echo(
+            f"  carbon  {b['carbon_kg']:>12.1f} kg -> {f['carbon_kg']:>12.1f} kg "
+            f"({s.get('carbon_kg_saved_percent', 0):+.2f}% saved)"
+        )
+        if math.isfinite(b["cost_gbp"]):
+            click.echo(
+                f"  cost    {b['cost_gbp']:>12.1f} GBP -> {f['cost_gbp']:>11.1f} GBP "
+                f"({s.get('cost_gbp_saved_percent', 0):+.2f}% saved)"
+            )
+        click.echo(
+            f"  energy  {b['energy_kwh']:>12.1f} kWh; mean delay {b['mean_delay_h']:.2f} h -> "
+            f"{f['mean_delay_h']:.2f} h (p95 {b['p95_delay_h']:.2f} -> {f['p95_delay_h']:.2f} h); "
+            f"deadline misses {f['deadline_misses']}"
+        )
+    click.echo(f"report: {report}")
 
 
 @main.command()

@@ -26,6 +26,16 @@ from slurm_flex.planner.instance import FloatArray, Instance, IntArray
 CHUNK_CELLS = 4_000_000
 
 
+def earliest_min(score: FloatArray, axis: int = -1) -> IntArray:
+    """Index of the minimum along ``axis``, the earliest among near-ties: prefix-sum rounding makes
+    equal windows differ by an ulp, and a receding-horizon plan would otherwise slip a job one
+    slot later at every re-plan."""
+    low = np.min(score, axis=axis, keepdims=True)
+    tol = 1e-9 * np.abs(low) + 1e-12
+    near = score <= np.where(np.isfinite(low), low + tol, low)
+    return np.asarray(np.argmax(near, axis=axis), dtype=np.int64)
+
+
 def window_sums(values: FloatArray, d: int) -> FloatArray:
     """sum(values[s:s+d]) for s = 0 .. len-d (inf where any value is inf)."""
     finite = np.where(np.isfinite(values), values, 0.0)
@@ -76,7 +86,7 @@ def best_starts(
             outside = positions[None, :] < inst.release[j, None]
             outside |= positions[None, :] > latest[j, None]
             np.copyto(score, np.inf, where=outside)
-            best = np.argmin(score, axis=1)
+            best = earliest_min(score, axis=1)
             value = score[np.arange(j.size), best].astype(np.float64)
             starts[j] = np.where(np.isfinite(value), best, inst.release[j])
             # The priced cost in double precision, for the bound.
@@ -163,7 +173,7 @@ def repair(
                         per_node[d] = window_sums(lam, d)
                     priced = p * per_kw[d][lo : hi + 1] + n * per_node[d][lo : hi + 1]
                     priced = np.where(fits, priced, np.inf)
-                    k = int(np.argmin(priced))
+                    k = int(earliest_min(priced))
                     chosen = lo + (k if np.isfinite(priced[k]) else int(np.argmax(fits)))
             if chosen < 0:
                 late.append(int(j))
@@ -206,7 +216,7 @@ def improve(
             if d not in sums:
                 sums[d] = h * window_sums(weights, d)
             cost = p * sums[d][lo : hi + 1]
-            better = cost < cost[s - lo] - 1e-12
+            better = cost < cost[s - lo] - (1e-9 * abs(cost[s - lo]) + 1e-12)
             if not better.any():
                 continue
             if check_nodes:
@@ -216,7 +226,7 @@ def improve(
                 free_kw[s : s + d] += p
                 better &= _window_min(free_kw[lo : hi + d], d) >= p - eps
             if better.any():
-                s = lo + int(np.argmin(np.where(better, cost, np.inf)))
+                s = lo + int(earliest_min(np.where(better, cost, np.inf)))
                 out[j] = s
                 moved += 1
             if check_nodes:

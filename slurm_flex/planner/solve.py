@@ -9,6 +9,8 @@ Methods:
 * ``lp-rounding`` the LP relaxation (HiGHS), rounded: its integral assignments kept, the rest
              repaired at the LP's dual capacity prices, then improved by local search;
 * ``lagrange`` capacity prices by subgradient ascent, repaired into a feasible plan;
+* ``fast``   the per-job cheapest windows when they fit together (then they are optimal), else
+             ``lagrange`` with a short budget and no bound: for simulations that plan every slot;
 * ``greedy`` earliest-latest-start first, each job its cheapest feasible window (the first
              repair of ``lagrange``, kept as the fast fallback and for comparison).
 
@@ -36,7 +38,7 @@ from slurm_flex.planner.lagrange import (
 )
 from slurm_flex.planner.lp import candidate_count, lp_bound, lp_relaxation, solve_milp
 
-Method = Literal["auto", "exact", "milp", "lp-rounding", "lagrange", "greedy", "best-window"]
+Method = Literal["auto", "fast", "exact", "milp", "lp-rounding", "lagrange", "greedy", "best-window"]
 
 # Below these model sizes the exact MILP is usually quick; up to the next, the LP relaxation is
 # solved and rounded; above it, the Lagrangian method.
@@ -152,6 +154,18 @@ def solve(
             if not late:
                 starts = improve(inst, starts, w)
                 lower = relaxed.value
+    elif method == "fast":
+        starts = best_window(inst)
+        fits = (
+            overload(inst, starts) <= 1e-9
+            and not (load_of(inst, starts, inst.power_kw) > inst.power_cap_kw + 1e-9).any()
+        )
+        if fits:
+            used = "exact"
+        else:
+            lres = solve_lagrange(inst, time_limit=time_limit, max_iterations=25)
+            starts, late, used = lres.starts, lres.late, "lagrange"
+        bound = False
     elif method == "lagrange":
         lres = solve_lagrange(inst, time_limit=time_limit)
         starts, late = lres.starts, lres.late

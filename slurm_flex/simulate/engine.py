@@ -1,0 +1,549 @@
+"""Replay a workload against real grid data: as submitted, and with slurm-flex planning.
+
+Both runs use the same cluster model, so the only difference is when flexible jobs may start.
+The scheduler works in 5-minute ticks (half-hour slots would round every short job up to 30
+minutes and overload the machine: LLNL Thunder's 86% utilisation would become 99%). A job holds
+its processors for its actual run time; eligible jobs start by EASY backfilling (what the traced
+machines ran, and what Slurm's backfill does for its top job), first eligible first served.
+
+* **baseline**: every job is eligible from submission;
+* **slurm-flex**: a job with a deadline (from the slack rule) is planned in a receding horizon:
+  every half-hour the pending flexible jobs are re-planned with :func:`slurm_flex.planner.solve`
+  against the *forecast* carbon and price and the capacity left by running and queued work (as
+  their time limits promise it); a job becomes eligible when its planned start arrives, or at
+  its latest safe start. Jobs near their latest safe start get priority (the daemon raises it).
+  Carbon and cost are charged with the *actual* series, per second of actual run time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
+
+from slurm_flex.errors import SlurmFlexError
+from slurm_flex.grid.series import SLOT_SECONDS
+from slurm_flex.planner.instance import Instance
+from slurm_flex.planner.solve import solve
+from slurm_flex.simulate.signals import SimSignals
+from slurm_flex.simulate.traces import Trace
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+SLOT_H = SLOT_SECONDS / 3600
+
+
+class SimulationError(SlurmFlexError):
+    """A simulation cannot run with these inputs."""
+
+
+# -- slack rules ------------------------------------------------------------------------------
+
+_FACTOR = re.compile(r"^(\d+(?:\.\d+)?)x$")
+_HOURS = re.compile(r"^\+?(\d+(?:\.\d+)?)h$")
+
+
+def slack_deadlines(
+    rule: str, submit_epoch: FloatArray, requested_s: FloatArray, tz: str = "Europe/London"
+) -> FloatArray:
+    """Deadlines (epoch) under a slack rule; inf means not flexible.
+
+    ``none``; ``<k>x`` finish within k times the time limit of submission (k >= 1);
+    ``<h>h`` (or ``+<h>h``) may wait h hours; ``workday`` finish by 09:00 local time on the next
+    working day after the submission day (Monday to Friday, in ``tz``).
+    """
+    rule = rule.strip().lower()
+    if rule == "none":
+        return np.full(submit_epoch.shape, np.inf)
+    if m := _FACTOR.match(rule):
+        k = float(m.group(1))
+        if k < 1:
+            raise SimulationError(f"slack rule {rule!r}: the factor must be at least 1")
+        return submit_epoch + k * requested_s
+    if m := _HOURS.match(rule):
+        return submit_epoch + requested_s + float(m.group(1)) * 3600
+    if rule == "workday":
+        zone = ZoneInfo(tz)
+        out = np.empty_like(submit_epoch)
+        for i, t in enumerate(submit_epoch):
+            local = datetime.fromtimestamp(float(t), UTC).astimezone(zone)
+            day = local.date() + timedelta(days=1)
+            while day.weekday() >= 5:
+                day += timedelta(days=1)
+            nine = datetime(day.year, day.month, day.day, 9, 0, tzinfo=zone)
+            out[i] = max(nine.timestamp(), t + requested_s[i])
+        return out
+    raise SimulationError(f"unknown slack rule {rule!r} (use none, <k>x such as 2x, <h>h such as 24h, or workday)")
+
+
+# -- the simulation -----------------------------------------------------------------------------
+
+
+TICK_SECONDS = 300
+TICKS_PER_SLOT = SLOT_SECONDS // TICK_SECONDS
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    watts_per_proc: float = 10.0
+    horizon_hours: float = 48.0
+    carbon_price_gbp_per_tonne: float = 250.0
+    safety_margin_seconds: int = 900
+    use_price: bool = True
+    solve_time_limit: float = 2.0
+    # Plan against this share of the processors: backfilling cannot pack jobs of uneven sizes
+    # perfectly, and a plan that fills every processor spills past its deadlines.
+    plan_capacity_fraction: float = 0.9
+    # Plan each job within this share of its slack (latest safe start - submission); the rest is
+    # a buffer for the queue and for work that arrives later with the same deadline.
+    slack_use_fraction: float = 0.8
+    # Flexible jobs this close (slots) to their latest safe start go first, earliest first.
+    urgency_slots: int = 4
+    # Jobs needing more than this share of the machine are not deferred: planned capacity is not
+    # a reservation, and backfilled work easily keeps such a job from starting in its window.
+    max_deferred_share: float = 0.5
+    # Work not submitted yet will need processors too: reserve, in every future slot, the
+    # processors that work submitted over this many past hours kept busy on average (0: none).
+    arrival_lookback_hours: float = 0.0
+    # Defer new work only while no job waits for processors (a saturated machine has no cleaner
+    # window to offer, only a longer backlog).
+    defer_only_when_idle_queue: bool = True
+
+
+@dataclass
+class Outcome:
+    name: str
+    start_s: FloatArray  # seconds from the simulation start
+    busy: FloatArray  # processors in use per slot (average over the slot)
+    flexible: npt.NDArray[np.bool_]
+    eligible_s: FloatArray  # when each job was allowed to start (arrival, or release by the plan)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SimResult:
+    trace: str
+    signals: str
+    slack: str
+    start_epoch: int
+    n_slots: int
+    capacity_procs: float
+    carbon_actual: FloatArray
+    price: FloatArray
+    baseline: Outcome
+    flex: Outcome
+    planning_seconds: float
+
+    def savings(self) -> dict[str, float]:
+        b, f = self.baseline.metrics, self.flex.metrics
+        out = {}
+        for key in ("carbon_kg", "cost_gbp"):
+            if b.get(key) and math.isfinite(b[key]) and math.isfinite(f.get(key, math.nan)):
+                out[f"{key}_saved"] = round(b[key] - f[key], 3)
+                out[f"{key}_saved_percent"] = round((b[key] - f[key]) / b[key] * 100, 3)
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "trace": self.trace,
+            "signals": self.signals,
+            "slack": self.slack,
+            "start": datetime.fromtimestamp(self.start_epoch, UTC).strftime("%Y-%m-%dT%H:%MZ"),
+            "days": round(self.n_slots * SLOT_H / 24, 1),
+            "capacity_procs": self.capacity_procs,
+            "baseline": self.baseline.metrics,
+            "slurm_flex": self.flex.metrics,
+            "savings": self.savings(),
+            "planning_seconds": round(self.planning_seconds, 2),
+        }
+
+
+@dataclass
+class _Jobs:
+    submit_s: FloatArray  # seconds from the simulation start
+    submit_tick: IntArray
+    runtime_s: FloatArray
+    run_ticks: IntArray
+    req_ticks: IntArray
+    procs: FloatArray
+    kw: FloatArray
+    deadline_s: FloatArray  # seconds from the simulation start (inf: none)
+    latest_tick: IntArray  # latest safe start (huge when none)
+    flexible: npt.NDArray[np.bool_]
+
+
+def align_start(trace: Trace, signals: SimSignals, start: datetime | None) -> int:
+    """Epoch at which trace time 0 is laid over the grid data: ``start`` if given, else the first
+    time in the data with the trace's own weekday and time of day (local time where known)."""
+    if start is not None:
+        epoch = int(start.timestamp())
+    else:
+        first = signals.start
+        if trace.start_unix is None:
+            epoch = first
+        else:
+            zone = ZoneInfo(trace.timezone) if trace.timezone else UTC
+            real = datetime.fromtimestamp(trace.start_unix, zone)
+            data0 = datetime.fromtimestamp(first, UTC)
+            candidate = data0.replace(hour=real.hour, minute=real.minute, second=0)
+            candidate += timedelta(days=(real.weekday() - candidate.weekday()) % 7)
+            if candidate < data0:
+                candidate += timedelta(days=7)
+            epoch = int(candidate.timestamp())
+    return epoch - epoch % SLOT_SECONDS
+
+
+def _jobs(trace: Trace, deadlines_epoch: FloatArray, start_epoch: int, cfg: SimConfig) -> _Jobs:
+    """Per-job arrays in ticks; a job is flexible when its latest safe start leaves at least a
+    slot of room after submission and it is not too big to defer."""
+    submit_tick = np.ceil(trace.submit_s / TICK_SECONDS).astype(np.int64)
+    run_ticks = np.maximum(1, np.ceil(trace.runtime_s / TICK_SECONDS)).astype(np.int64)
+    req_ticks = np.maximum(run_ticks, np.ceil(trace.requested_s / TICK_SECONDS).astype(np.int64))
+    deadline_s = deadlines_epoch - start_epoch
+    latest = np.floor((deadline_s - trace.requested_s - cfg.safety_margin_seconds) / TICK_SECONDS)
+    latest_tick = np.where(np.isfinite(latest), latest, 2**40).astype(np.int64)
+    flexible = (latest_tick >= submit_tick + TICKS_PER_SLOT) & (
+        trace.procs <= cfg.max_deferred_share * trace.capacity_procs
+    )
+    return _Jobs(
+        trace.submit_s,
+        submit_tick,
+        trace.runtime_s,
+        run_ticks,
+        req_ticks,
+        trace.procs,
+        trace.procs * cfg.watts_per_proc / 1000.0,
+        deadline_s,
+        latest_tick,
+        flexible,
+    )
+
+
+def _charge(jobs: _Jobs, start_s: FloatArray, series: FloatArray) -> float:
+    """Σ over jobs of kW x (∫ series over the actual run, in hours): per-second exact."""
+    values = np.nan_to_num(series, nan=0.0)
+    prefix = np.concatenate(([0.0], np.cumsum(values) * SLOT_SECONDS))
+
+    def integral(x: FloatArray) -> FloatArray:
+        k = np.minimum((x // SLOT_SECONDS).astype(np.int64), values.size - 1)
+        return prefix[k] + (x - k * SLOT_SECONDS) * values[k]
+
+    per_job = jobs.kw * (integral(start_s + jobs.runtime_s) - integral(start_s)) / 3600
+    return float(per_job.sum())
+
+
+def _metrics(
+    jobs: _Jobs,
+    start_s: FloatArray,
+    carbon: FloatArray,
+    price: FloatArray,
+    baseline_missed: npt.NDArray[np.bool_] | None = None,
+) -> dict[str, float]:
+    delay_h = (start_s - jobs.submit_s) / 3600
+    missed = (start_s + jobs.runtime_s > jobs.deadline_s + 1e-6) & jobs.flexible
+    energy = float((jobs.kw * jobs.runtime_s / 3600).sum())
+    cost = _charge(jobs, start_s, price) / 1000 if np.isfinite(price).any() else math.nan
+    flex = jobs.flexible
+    out = {
+        "jobs": int(start_s.size),
+        "flexible_jobs": int(flex.sum()),
+        "energy_kwh": round(energy, 6),
+        "carbon_kg": round(_charge(jobs, start_s, carbon) / 1000, 6),
+        "cost_gbp": round(cost, 6) if math.isfinite(cost) else math.nan,
+        "mean_delay_h": round(float(delay_h.mean()), 3),
+        "p95_delay_h": round(float(np.percentile(delay_h, 95)), 3),
+        "mean_delay_flexible_h": round(float(delay_h[flex].mean()), 3) if flex.any() else 0.0,
+        "mean_delay_other_h": round(float(delay_h[~flex].mean()), 3) if (~flex).any() else 0.0,
+        "deadline_misses": int(missed.sum()),
+    }
+    if baseline_missed is not None:
+        out["deadline_misses_not_missed_as_submitted"] = int((missed & ~baseline_missed).sum())
+    return out
+
+
+RESERVATION_WINDOW_TICKS = 7 * 24 * 12  # look this far ahead for a reservation (a week)
+
+
+def _easy(
+    tick: int,
+    queue: list[int],
+    jobs: _Jobs,
+    capacity: float,
+    busy: FloatArray,
+    expected: FloatArray,
+    start: IntArray,
+    reserve_all: npt.NDArray[np.bool_] | None = None,
+) -> list[int]:
+    """Start what backfilling starts at ``tick``; returns the jobs still waiting.
+
+    Jobs start in queue order while they fit. A job that does not fit gets a reservation at the
+    earliest tick its processors are free for its whole time limit (as running jobs' time limits
+    and earlier reservations leave them): the first such job (EASY), and every job flagged in
+    ``reserve_all`` (conservative backfilling for them). Later jobs may start now only if they
+    fit and delay no reservation: they end (by their time limits) before it, or leave it enough
+    processors."""
+    free = capacity - busy[tick]
+    waiting: list[int] = []
+    span = min(expected.size - tick, RESERVATION_WINDOW_TICKS)
+    reserved = np.zeros(span)  # processors held by reservations, per tick from now
+    reservations = False
+    for j in queue:
+        p = float(jobs.procs[j])
+        req = int(jobs.req_ticks[j])
+        if p <= free + 1e-9:
+            # Would starting now eat into a reservation?
+            end = min(req, span)
+            if not reservations or (capacity - expected[tick : tick + end] - reserved[:end]).min() >= p - 1e-9:
+                _start(j, tick, jobs, busy, expected, start)
+                free -= p
+                continue
+        if not reservations or (reserve_all is not None and reserve_all[j]):
+            spare = capacity - expected[tick : tick + span] - reserved
+            if req < span:
+                ok = np.lib.stride_tricks.sliding_window_view(spare, req).min(axis=1) >= p - 1e-9
+                if ok.any():
+                    k = int(np.argmax(ok))
+                    reserved[k : k + req] += p
+            reservations = True
+        waiting.append(j)
+    return waiting
+
+
+def _start(j: int, tick: int, jobs: _Jobs, busy: FloatArray, expected: FloatArray, start: IntArray) -> None:
+    """Start job ``j``: its processors are busy for its run time; the planner's view holds them
+    until its time limit, until the job is seen to end (see _finish)."""
+    start[j] = tick
+    busy[tick : tick + jobs.run_ticks[j]] += jobs.procs[j]
+    expected[tick : tick + jobs.req_ticks[j]] += jobs.procs[j]
+
+
+def _finish(j: int, tick: int, jobs: _Jobs, expected: FloatArray, start: IntArray) -> None:
+    """Job ``j`` ended at ``tick``, before its time limit: what the view still held is free."""
+    expected[tick : start[j] + jobs.req_ticks[j]] -= jobs.procs[j]
+
+
+def _project(tick: int, queue: list[int], jobs: _Jobs, capacity: float, expected: FloatArray) -> FloatArray:
+    """Expected use from ``tick`` on, per tick: running jobs until their time limits, plus the
+    waiting queue placed in order at the first ticks where it fits (as `squeue --start` would)."""
+    view = expected[tick:].copy()
+    for j in queue:
+        p, req = float(jobs.procs[j]), int(jobs.req_ticks[j])
+        if req >= view.size:
+            view[:] += p
+            continue
+        ok = np.lib.stride_tricks.sliding_window_view(view, req).max(axis=1) <= capacity - p + 1e-9
+        k = int(np.argmax(ok)) if ok.any() else 0
+        view[k : k + req] += p
+    return view
+
+
+PlanHook = Callable[[int, list[int], FloatArray], list[int]]
+
+
+def _run(
+    jobs: _Jobs,
+    capacity: float,
+    n_ticks: int,
+    plan: PlanHook | None,
+    cfg: SimConfig,
+    progress: Callable[[int], None] | None,
+) -> tuple[IntArray, FloatArray, IntArray]:
+    """The tick loop shared by both runs. ``plan(slot, pending_flexible, expected_per_tick)``
+    (called at every half-hour) returns the flexible jobs to release now; without it every job
+    is eligible on arrival.
+    Returns start ticks, busy processors per tick, eligible ticks."""
+    n = jobs.procs.size
+    pad = int(jobs.req_ticks.max()) + 2
+    busy = np.zeros(n_ticks + pad)  # actual use (actual run times)
+    expected = np.zeros(n_ticks + pad)  # what time limits promise
+    start = np.full(n, -1, dtype=np.int64)
+    eligible_at = np.full(n, -1, dtype=np.int64)
+    order = np.argsort(jobs.submit_tick, kind="stable")
+    arrivals = np.split(order, np.searchsorted(jobs.submit_tick[order], np.arange(1, n_ticks)))
+    ending: dict[int, list[int]] = {}  # tick -> jobs whose run ends then
+    eligible: list[int] = []
+    pending: list[int] = []
+    urgency = cfg.urgency_slots * TICKS_PER_SLOT
+
+    def priority(j: int) -> tuple[int, int, int]:
+        # Urgent once the slack left is less than the job's own length plus the urgency window:
+        # a long job needs a long stretch of free processors, found well ahead.
+        if plan is not None and jobs.flexible[j] and jobs.latest_tick[j] <= tick + urgency + jobs.req_ticks[j]:
+            return (0, int(jobs.latest_tick[j]), int(eligible_at[j]))
+        return (1, int(eligible_at[j]), int(jobs.submit_tick[j]))
+
+    for tick in range(n_ticks):
+        done = ending.pop(tick, ())
+        for j in done:
+            if jobs.run_ticks[j] < jobs.req_ticks[j]:
+                _finish(j, tick, jobs, expected, start)
+        changed = bool(done)
+        for j in arrivals[tick] if tick < len(arrivals) else ():
+            # While jobs already wait for processors the machine is saturated: deferring more
+            # work into it only lengthens the backlog, so new work goes straight to the queue.
+            if plan is not None and jobs.flexible[j] and not (cfg.defer_only_when_idle_queue and eligible):
+                pending.append(int(j))
+            else:
+                eligible.append(int(j))
+                eligible_at[j] = tick
+                changed = True
+        if pending and tick % TICKS_PER_SLOT == 0 and plan is not None:
+            view = _project(tick, eligible, jobs, capacity, expected)
+            released = set(plan(tick // TICKS_PER_SLOT, pending, view))
+            if released:
+                pending = [j for j in pending if j not in released]
+                eligible_at[list(released)] = tick
+                eligible.extend(released)
+                changed = True
+        if plan is not None and pending:
+            # A job reaching its latest safe start between plans goes at once.
+            due = [j for j in pending if jobs.latest_tick[j] <= tick]
+            if due:
+                pending = [j for j in pending if jobs.latest_tick[j] > tick]
+                eligible_at[due] = tick
+                eligible.extend(due)
+                changed = True
+        if eligible and (changed or tick % TICKS_PER_SLOT == 0):
+            eligible.sort(key=priority)
+            # Every job with a deadline holds a reservation once it waits (conservative backfilling
+            # for them); the rest are served EASY-style.
+            reserve = jobs.flexible if plan is not None else None
+            waiting = set(_easy(tick, eligible, jobs, capacity, busy, expected, start, reserve))
+            for j in eligible:
+                if j not in waiting:
+                    ending.setdefault(tick + int(jobs.run_ticks[j]), []).append(j)
+            eligible = [j for j in eligible if j in waiting]
+        if progress is not None:
+            progress(tick)
+    left = start < 0  # the run ended first: start them at the end, so they are still charged
+    start[left] = n_ticks - 1
+    eligible_at[eligible_at < 0] = n_ticks - 1
+    return start, busy[:n_ticks], eligible_at
+
+
+def simulate(
+    trace: Trace,
+    signals: SimSignals,
+    slack_rule: str,
+    cfg: SimConfig = SimConfig(),
+    start: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SimResult:
+    start_epoch = align_start(trace, signals, start)
+    offset = (start_epoch - signals.start) // SLOT_SECONDS
+    if offset < 0:
+        raise SimulationError("the simulation starts before the grid data does")
+    deadlines = slack_deadlines(slack_rule, trace.submit_s + start_epoch, trace.requested_s)
+    jobs = _jobs(trace, deadlines, start_epoch, cfg)
+    horizon = int(cfg.horizon_hours * 3600 // SLOT_SECONDS)
+    # Long enough for every job to start by its latest safe start (or its submission) and end.
+    latest = np.where(jobs.flexible, jobs.latest_tick, jobs.submit_tick)
+    n_ticks = int((np.maximum(latest, jobs.submit_tick) + jobs.req_ticks).max() + 2 * TICKS_PER_SLOT)
+    n_slots = -(-n_ticks // TICKS_PER_SLOT)
+    need = n_slots + max(horizon, int(jobs.req_ticks.max()) // TICKS_PER_SLOT + 1) + 2
+    available = signals.n_slots - offset
+    if available < need:
+        raise SimulationError(
+            f"grid data covers {available * SLOT_H / 24:.0f} days from the start, the trace needs "
+            f"{need * SLOT_H / 24:.0f}: use --days or an earlier --start"
+        )
+    fc = signals.forecast[offset : offset + need]
+    actual = signals.actual[offset : offset + need]
+    price = signals.price[offset : offset + need]
+    capacity = trace.capacity_procs
+    planning = [0.0]
+
+    def tick_progress(base: int) -> Callable[[int], None] | None:
+        return None if progress is None else (lambda t: progress(base + t + 1, 2 * n_ticks))
+
+    by_submit = np.argsort(jobs.submit_s, kind="stable")
+    submitted_work = np.cumsum((jobs.procs * jobs.req_ticks * TICK_SECONDS)[by_submit])  # processor-seconds
+    submit_sorted = jobs.submit_s[by_submit]
+
+    def arriving(slot: int, h: int) -> FloatArray:
+        """Processors per future slot for work that will still be submitted (steady state)."""
+        out = np.zeros(h)
+        window = cfg.arrival_lookback_hours * 3600
+        if window <= 0:
+            return out
+        now = slot * SLOT_SECONDS
+        lo = int(np.searchsorted(submit_sorted, now - window))
+        hi = int(np.searchsorted(submit_sorted, now))
+        work = (submitted_work[hi - 1] if hi else 0.0) - (submitted_work[lo - 1] if lo else 0.0)
+        out[1:] = work / min(window, max(now, SLOT_SECONDS))
+        return out
+
+    def plan(slot: int, pending: list[int], expected_ticks: FloatArray) -> list[int]:
+        idx = np.asarray(pending)
+        h = min(horizon, fc.size - slot)
+        now_tick = slot * TICKS_PER_SLOT
+        dur = -(-jobs.req_ticks[idx] // TICKS_PER_SLOT)  # slots
+        latest_slot = (jobs.latest_tick[idx] - now_tick) // TICKS_PER_SLOT
+        # Plan within the first share of each job's slack only (the rest is a buffer).
+        share = jobs.submit_tick[idx] + cfg.slack_use_fraction * (jobs.latest_tick[idx] - jobs.submit_tick[idx])
+        planned_latest = np.minimum(latest_slot, (share.astype(np.int64) - now_tick) // TICKS_PER_SLOT)
+        plannable = (planned_latest > 0) & (dur < h)
+        # Released now: jobs with no window left to plan in, and those the plan starts now
+        # (including any it could not fit before their deadline: they need to queue at once).
+        release = list(idx[~plannable])
+        if plannable.any():
+            p = idx[plannable]
+            d = dur[plannable]
+            last = np.minimum(planned_latest[plannable], h - d)
+            ticks = expected_ticks[: h * TICKS_PER_SLOT]
+            ticks = np.pad(ticks, (0, h * TICKS_PER_SLOT - ticks.size))
+            per_slot = ticks.reshape(h, TICKS_PER_SLOT).max(axis=1)
+            inst = Instance(
+                slot_minutes=SLOT_SECONDS // 60,
+                start=0,
+                carbon_price_gbp_per_tonne=cfg.carbon_price_gbp_per_tonne,
+                carbon=fc[slot : slot + h],
+                price=price[slot : slot + h] if cfg.use_price else np.full(h, np.nan),
+                capacity_nodes=np.maximum(capacity * cfg.plan_capacity_fraction - per_slot - arriving(slot, h), 0.0),
+                power_cap_kw=np.full(h, np.inf),
+                job_ids=tuple(str(j) for j in p),
+                nodes=jobs.procs[p],
+                power_kw=jobs.kw[p],
+                duration=d.astype(np.int64),
+                release=np.zeros(p.size, np.int64),
+                deadline=(last + d).astype(np.int64),
+            )
+            t0 = time.perf_counter()
+            sol = solve(inst, method="fast", time_limit=cfg.solve_time_limit, bound=False)
+            planning[0] += time.perf_counter() - t0
+            release.extend(int(j) for j in p if sol.starts[str(j)] == 0)
+        return release
+
+    b_start, b_busy, b_elig = _run(jobs, capacity, n_ticks, None, cfg, tick_progress(0))
+    f_start, f_busy, f_elig = _run(jobs, capacity, n_ticks, plan, cfg, tick_progress(n_ticks))
+
+    def per_slot(busy_ticks: FloatArray) -> FloatArray:
+        padded = np.pad(busy_ticks, (0, n_slots * TICKS_PER_SLOT - busy_ticks.size))
+        return padded.reshape(n_slots, TICKS_PER_SLOT).mean(axis=1)
+
+    b_s, f_s = b_start * TICK_SECONDS * 1.0, f_start * TICK_SECONDS * 1.0
+    baseline = Outcome("baseline", b_s, per_slot(b_busy), np.zeros(jobs.procs.size, bool), b_elig * TICK_SECONDS * 1.0)
+    flex = Outcome("slurm-flex", f_s, per_slot(f_busy), jobs.flexible, f_elig * TICK_SECONDS * 1.0)
+    baseline.metrics = _metrics(jobs, b_s, actual, price)
+    base_missed = (b_s + jobs.runtime_s > jobs.deadline_s + 1e-6) & jobs.flexible
+    flex.metrics = _metrics(jobs, f_s, actual, price, base_missed)
+    return SimResult(
+        trace=trace.name,
+        signals=signals.source + (" (perfect foresight)" if signals.perfect_foresight else ""),
+        slack=slack_rule,
+        start_epoch=start_epoch,
+        n_slots=n_slots,
+        capacity_procs=capacity,
+        carbon_actual=actual[:n_slots],
+        price=price[:n_slots],
+        baseline=baseline,
+        flex=flex,
+        planning_seconds=planning[0],
+    )

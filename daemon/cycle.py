@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+import numpy as np
 import structlog
 
-from slurm_flex.config import Config, NodeType, PowerConfig
-from slurm_flex.daemon.decide import Assessment, Intent, assess, reconcile
+from slurm_flex.config import Config, FlexConfig, NodeType, PowerConfig
+from slurm_flex.daemon.decide import Assessment, Intent, annotate_comment, assess, reconcile
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, iso_utc
 from slurm_flex.planner.instance import instance_to_json
@@ -51,6 +52,11 @@ class CycleResult:
     commands: int
     duration_s: float
     message: str
+    mode: str = "enforce"
+    slurm_ok: bool = True  # False: Slurm could not be read (the loop backs off)
+    forecast_age_s: float | None = None  # now - when the forecast was issued, where known
+    planned_kw: tuple[float, ...] = ()  # per half-hour slot from now: power of the planned flexible jobs
+    carbon_saved_kg: float = 0.0  # planned, on pending jobs
 
 
 def policy_from(config: Config) -> Policy:
@@ -61,6 +67,8 @@ def policy_from(config: Config) -> Policy:
         carbon_price_gbp_per_tonne=p.carbon_price_gbp_per_tonne,
         max_horizon_hours=p.max_horizon_hours,
         use_price=p.use_price,
+        capacity_headroom=p.capacity_headroom,
+        slack_use_fraction=p.slack_use_fraction,
     )
 
 
@@ -168,17 +176,25 @@ class Cycle:
         self.rules = config.flex
         self.plans_dir = config.daemon.state_dir / "plans"
 
+    def mode(self) -> str:
+        """The mode in force: an admin's runtime choice (``slurmflex mode``) over the config."""
+        return self.store.setting("mode") or self.config.daemon.mode
+
     def run(self, now: float | None = None) -> CycleResult:
         started = time.time() if now is None else now
         t0 = time.monotonic()
         commands_before = sum(self.backend.command_counts().values())
-        mode = self.config.daemon.mode
+        mode = self.mode()
         cycle_id = self.store.start_cycle(started, mode)
         errors = 0
         message = ""
         ok = False
+        slurm_ok = True
         jobs_seen = flexible = deferred = updates = 0
         forecast_name = self.source.name
+        forecast_age: float | None = None
+        planned_kw: tuple[float, ...] = ()
+        saved_kg = 0.0
         try:
             jobs = self.backend.read_jobs()
             nodes = self.backend.read_nodes()
@@ -187,6 +203,8 @@ class Cycle:
             try:
                 forecast = self.source.forecast(started)
                 forecast_name = forecast.source
+                if forecast.issued_at is not None:
+                    forecast_age = started - forecast.issued_at
             except ForecastError as exc:
                 errors += 1
                 forecast = None
@@ -194,14 +212,17 @@ class Cycle:
                 log.warning("forecast_unavailable", error=str(exc), source=self.source.name)
             plan_, intents, records = self._decide(jobs, nodes, forecast, int(started))
             flexible = sum(1 for r in records.values() if r.status in ("deferred", "runs-now", "late"))
-            applied, failed_errors = self._apply(cycle_id, intents, records, mode)
+            applied, failed_errors = self._apply(cycle_id, intents, records, mode, plan_, jobs)
             errors += failed_errors
             updates = applied
             deferred = sum(1 for r in records.values() if r.status == "deferred")
+            planned_kw = _planned_kw(plan_)
+            saved_kg = sum(r.carbon_saved_g for r in records.values() if r.status in PENDING_STATUSES) / 1000
             self._write_plan(cycle_id, plan_)
             ok = True
         except SlurmError as exc:
             errors += 1
+            slurm_ok = False
             message = f"Slurm unavailable, nothing changed this cycle: {exc}"
             log.error("slurm_unavailable", error=str(exc))
         except SlurmFlexError as exc:
@@ -236,13 +257,30 @@ class Cycle:
             seconds=round(duration, 3),
             mode=mode,
         )
-        return CycleResult(cycle_id, ok, jobs_seen, flexible, deferred, updates, errors, commands, duration, message)
+        return CycleResult(
+            cycle_id,
+            ok,
+            jobs_seen,
+            flexible,
+            deferred,
+            updates,
+            errors,
+            commands,
+            duration,
+            message,
+            mode=mode,
+            slurm_ok=slurm_ok,
+            forecast_age_s=forecast_age,
+            planned_kw=planned_kw,
+            carbon_saved_kg=saved_kg,
+        )
 
     # -- decide: pure apart from reading the store ------------------------------------------
     def _decide(
         self, jobs: tuple[SlurmJob, ...], nodes: tuple[SlurmNode, ...], forecast: SignalSeries | None, now: int
     ) -> tuple[Plan, list[Intent], dict[str, JobRecord]]:
         previous = self.store.jobs()
+        exempt = self.store.exemptions()
         pending_targets: dict[str, list[int | None]] = defaultdict(list)
         for action in self.store.pending_intents():
             pending_targets[action.job_id].append(action.new_begin)
@@ -258,13 +296,17 @@ class Cycle:
                 self.rules,
                 self.power,
                 now,
+                exempt,
             )
             if a is not None:
                 assessments.append(a)
+        usable = sum(1 for n in nodes if n.usable and _managed_node(n, self.rules))
+        assessments = self._limit_deferral(assessments, jobs, previous, usable)
         flex_jobs = [a.flex for a in assessments if a.flex is not None]
         n_slots = int(self.policy.max_horizon_hours * 3600) // SLOT_SECONDS + 1
-        usable = sum(1 for n in nodes if n.usable)
-        capacity = capacity_profile(usable, _busy(jobs, {f.job_id for f in flex_jobs}, now), now, n_slots)
+        capacity = capacity_profile(
+            usable * self.policy.capacity_headroom, _busy(jobs, {f.job_id for f in flex_jobs}, now), now, n_slots
+        )
         plan_ = plan(flex_jobs, forecast, capacity, self.policy, now)
         intents = reconcile(assessments, plan_, now)
         by_intent = {i.job_id: i for i in intents}
@@ -294,9 +336,44 @@ class Cycle:
             records[job_id] = prev.evolve(status=final, reason=reason, last_seen=now, updated_at=now)
         return plan_, intents, records
 
+    def _limit_deferral(
+        self, assessments: list[Assessment], jobs: tuple[SlurmJob, ...], previous: dict[str, JobRecord], usable: int
+    ) -> list[Assessment]:
+        """Jobs that may not be deferred this cycle run as soon as possible: those too big for a
+        planned window to be safe, and new work while others already wait for resources."""
+        p = self.config.policy
+        waiting = p.defer_only_when_queue_idle and any(
+            j.pending and j.state_reason in _WAITING_REASONS and self.rules.manages(j.partition) for j in jobs
+        )
+        out = []
+        for assessed in assessments:
+            a = _as_waves(assessed, usable * self.policy.capacity_headroom, self.policy.safety_margin_seconds)
+            if a.flex is not None:
+                deferred_already = (rec := previous.get(a.flex.job_id)) is not None and rec.status == "deferred"
+                reason = ""
+                if a.job.nodes > p.max_deferred_share * max(usable, 1):
+                    reason = f"needs more than {p.max_deferred_share:.0%} of the nodes"
+                elif waiting and not deferred_already:
+                    reason = "jobs are waiting for resources, so deferring would only lengthen the queue"
+                if reason:
+                    a = replace(a, flex=replace(a.flex, no_defer=reason))
+            out.append(a)
+        return out
+
     # -- act ----------------------------------------------------------------------------------
-    def _apply(self, cycle_id: int, intents: list[Intent], records: dict[str, JobRecord], mode: str) -> tuple[int, int]:
-        """Apply intents (enforce mode); returns (updates applied, per-job failures)."""
+    def _apply(
+        self,
+        cycle_id: int,
+        intents: list[Intent],
+        records: dict[str, JobRecord],
+        mode: str,
+        plan_: Plan,
+        jobs: tuple[SlurmJob, ...],
+    ) -> tuple[int, int]:
+        """Act on the intents as the mode says; returns (jobs updated, per-job failures).
+
+        shadow: nothing; advise: release jobs (the hook's grace) and write each deferred job's
+        planned start into its comment instead of deferring it; enforce: move start times."""
         # Settle intents left pending by a crash: the records just computed reflect Slurm's
         # real state, which is what matters now.
         stale = {a.id: "unknown" for a in self.store.pending_intents()}
@@ -312,14 +389,32 @@ class Cycle:
                 reason=i.reason,
                 mode=mode,
             )
-        if mode != "enforce" or not intents:
-            if mode != "enforce":
-                # Shadow mode: remember what Slurm really has, not what we would have set.
-                for i in intents:
-                    rec = records[i.job_id]
-                    records[i.job_id] = rec.evolve(expected_begin=i.old_begin, applied_begin=None)
-            self.store.save_jobs(records.values())
-            return 0, 0
+        now = int(time.time())
+        if mode == "enforce":
+            acting = intents
+        elif mode == "advise":
+            acting = _advise_only(intents, records, now)
+        else:
+            acting = []
+        acted = {i.job_id: i for i in acting}
+        for i in intents:
+            if i.job_id not in acted:
+                # Remember what Slurm really has, not what we would have set.
+                records[i.job_id] = records[i.job_id].evolve(expected_begin=i.old_begin, applied_begin=None)
+            elif acted[i.job_id] is not i:  # advise mode turned a deferral into a release
+                new = acted[i.job_id].new_begin
+                records[i.job_id] = records[i.job_id].evolve(expected_begin=new, applied_begin=new or now)
+        applied = failed = 0
+        if acting:
+            applied, failed = self._set_start_times(cycle_id, acting, records)
+        if mode == "advise":
+            a, f = self._annotate(plan_, jobs)
+            applied += a
+            failed += f
+        self.store.save_jobs(records.values())
+        return applied, failed
+
+    def _set_start_times(self, cycle_id: int, intents: list[Intent], records: dict[str, JobRecord]) -> tuple[int, int]:
         ids = self.store.record_intents(
             cycle_id, [(i.job_id, i.old_begin, i.new_begin, i.kind, i.reason) for i in intents]
         )
@@ -335,7 +430,25 @@ class Cycle:
             else:
                 outcomes[action_id] = "applied"
         self.store.settle_intents(outcomes)
-        self.store.save_jobs(records.values())
+        return len(report.applied), len(report.failed)
+
+    def _annotate(self, plan_: Plan, jobs: tuple[SlurmJob, ...]) -> tuple[int, int]:
+        """Advise mode: each planned job's comment carries ``slurmflex-plan=<UTC time>`` for a
+        later start it would have been given (the user's own text kept); changed ones only."""
+        planned = plan_.by_id()
+        changes: dict[str, str] = {}
+        for job in jobs:
+            p = planned.get(job.update_id)
+            if p is None or not job.pending:
+                continue
+            wanted = annotate_comment(job.comment, p.start if p.deferred else None)
+            if wanted != job.comment:
+                changes[job.update_id] = wanted
+        if not changes:
+            return 0, 0
+        report = self.backend.set_comments(changes)
+        for job_id, error in report.failed.items():
+            log.warning("annotate_failed", job=job_id, error=error)
         return len(report.applied), len(report.failed)
 
     def _write_plan(self, cycle_id: int, plan_: Plan) -> None:
@@ -360,6 +473,71 @@ class Cycle:
                 old.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("plan_not_written", error=str(exc), dir=str(self.plans_dir))
+
+
+_WAITING_REASONS = frozenset({"Resources", "Priority"})
+
+
+def _advise_only(intents: list[Intent], records: dict[str, JobRecord], now: int) -> list[Intent]:
+    """Advise mode defers nothing: every job slurm-flex (or its hook's grace) made wait goes back
+    to its own earliest start (its --begin, or now); the plan is only written down."""
+    out = []
+    for i in intents:
+        if i.kind == "release":
+            out.append(i)
+            continue
+        earliest = records[i.job_id].earliest if i.job_id in records else None
+        if i.old_begin is None or earliest is None or i.old_begin <= max(earliest, now) + 2:
+            continue  # nothing of ours to undo
+        target = earliest if earliest > now else None
+        out.append(Intent(i.job_id, i.old_begin, target, "release", "advise mode: not deferred"))
+    return out
+
+
+def _as_waves(a: Assessment, capacity: float, margin: int) -> Assessment:
+    """A job array runs as many tasks at a time as fit (or as its %N throttle allows): plan it as
+    that many tasks side by side for as many waves as it takes, and make its latest safe start
+    leave time for every wave."""
+    job, flex = a.job, a.flex
+    if flex is None or job.array_tasks <= 1:
+        return a
+    per_wave = max(1, int(capacity // max(job.nodes, 1)))
+    if job.array_throttle:
+        per_wave = min(per_wave, job.array_throttle)
+    per_wave = min(per_wave, job.array_tasks)
+    waves = -(-job.array_tasks // per_wave)
+    if waves == 1:
+        return a
+    duration = flex.duration_s * waves
+    latest = min(flex.latest_start, flex.deadline - duration - margin)
+    plan_latest = None if flex.plan_latest is None else min(flex.plan_latest, latest)
+    return replace(
+        a,
+        flex=replace(
+            flex,
+            nodes=job.nodes * per_wave,
+            power_w=flex.power_w / job.array_tasks * per_wave,
+            duration_s=duration,
+            latest_start=latest,
+            plan_latest=plan_latest,
+        ),
+    )
+
+
+def _managed_node(node: SlurmNode, rules: FlexConfig) -> bool:
+    return not rules.partitions or any(rules.manages(p) for p in node.partitions)
+
+
+def _planned_kw(plan_: Plan) -> tuple[float, ...]:
+    """Power of the planned flexible jobs per half-hour slot of the plan's horizon."""
+    if plan_.instance is None or plan_.solution is None:
+        return ()
+    inst, sol = plan_.instance, plan_.solution
+    kw = np.zeros(inst.n_slots)
+    for j, job_id in enumerate(inst.job_ids):
+        s = sol.starts[job_id]
+        kw[s : s + int(inst.duration[j])] += inst.power_kw[j]
+    return tuple(float(x) for x in kw)
 
 
 def _iso(epoch: int | None) -> str | None:

@@ -13,15 +13,19 @@ Safety rules live here, where they can be tested without Slurm:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from slurm_flex.config import FlexConfig
+from slurm_flex.grid.series import iso_utc
 from slurm_flex.planner.queue import FlexJob, Plan, Policy
 from slurm_flex.powermodel import PowerModel, Request, gpus
 from slurm_flex.slurm.parsers import SlurmJob
-from slurm_flex.state import JobRecord
+from slurm_flex.state import Exemptions, JobRecord
 from slurm_flex.tag import HookTag
+
+NO_EXEMPTIONS = Exemptions()
 
 # scontrol takes and reports StartTime with one-second resolution.
 BEGIN_TOLERANCE_S = 2
@@ -100,13 +104,25 @@ def assess(
     rules: FlexConfig,
     power: PowerModel,
     now: int,
+    exempt: Exemptions = NO_EXEMPTIONS,
 ) -> Assessment | None:
     """Classify a pending job; None when slurm-flex has nothing to do with it."""
     tag = job.tag
     we_deferred = record is not None and record.applied_begin is not None and record.status == "deferred"
     not_flexible = _why_not_flexible(job, tag, rules)
+    if not_flexible is None and exempt.covers(job.update_id, job.user):
+        not_flexible = "exempted by an admin"
+    if not_flexible is None and job.array_job_id and exempt.covers(str(job.array_job_id), job.user):
+        not_flexible = "exempted by an admin"
     if not_flexible is not None:
-        if we_deferred:
+        # Hand back what slurm-flex made the job wait for: its deferral, or the hook's grace.
+        graced = (
+            tag is not None
+            and tag.grace is not None
+            and job.eligible_time is not None
+            and (abs(job.eligible_time - tag.grace) <= BEGIN_TOLERANCE_S)
+        )
+        if we_deferred or (graced and job.eligible_time is not None and job.eligible_time > now):
             return Assessment(job, "released", f"released: {not_flexible}", must_release=True)
         return None
     current = job.eligible_time
@@ -138,6 +154,9 @@ def assess(
     if tag is not None and tag.slack:
         limits.append(earliest + tag.slack)
     latest_start = min(limits)
+    # The planner uses only the first share of the slack; the rest absorbs queueing and work that
+    # arrives later with the same deadline. The true latest safe start still bounds everything.
+    plan_latest = earliest + int(policy.slack_use_fraction * max(0, latest_start - earliest))
     if tag is not None and tag.power_w is not None:
         power_w = tag.power_w
     else:
@@ -150,6 +169,7 @@ def assess(
         earliest=earliest,
         latest_start=latest_start,
         deadline=min(deadlines) if deadlines else latest_start + job.time_limit_s,
+        plan_latest=min(plan_latest, latest_start),
     )
     return Assessment(job, "planned", "", flex=flex, earliest=earliest)
 
@@ -181,3 +201,16 @@ def reconcile(assessments: Iterable[Assessment], plan: Plan, now: int) -> list[I
             kind = "defer" if current is None or target > current else "advance"
             intents.append(Intent(job_id, current, target, kind, p.reason))
     return intents
+
+
+_PLAN_TOKEN = re.compile(r"\s*slurmflex-plan=\S*")
+
+
+def annotate_comment(comment: str, planned_start: int | None) -> str:
+    """The job's comment with slurm-flex's ``slurmflex-plan=<UTC time>`` token replaced (or
+    removed when ``planned_start`` is None); the user's own text is kept as it is."""
+    base = _PLAN_TOKEN.sub("", comment or "").strip()
+    if planned_start is None:
+        return base
+    token = f"slurmflex-plan={iso_utc(planned_start)}"
+    return f"{base} {token}" if base else token

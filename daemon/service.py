@@ -2,7 +2,8 @@
 
 SIGTERM/SIGINT stop it after the current cycle; SIGHUP reloads the config file (a bad file is
 reported and the old config kept). Nothing a cycle raises stops the loop: it is logged, counted
-and retried next interval.
+and retried next interval (later, while Slurm stays unreachable). Under systemd it reports
+READY/RELOADING/STOPPING/STATUS and feeds the watchdog (Type=notify, WatchdogSec=).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from slurm_flex.config import Config
 from slurm_flex.daemon.cycle import Cycle, CycleResult, ForecastSource
 from slurm_flex.errors import ConfigError, SlurmFlexError
 from slurm_flex.grid.filesource import FileSource
+from slurm_flex.metrics import Metrics
+from slurm_flex.sdnotify import Notifier
 from slurm_flex.slurm.backend import make_backend
 from slurm_flex.state import StateStore
 
@@ -50,7 +53,17 @@ class LoopStats:
 
 
 class Daemon:
-    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
+    """The loop: a cycle, then sleep until the next one, keeping systemd's watchdog fed.
+
+    When Slurm cannot be read, the wait doubles (up to ``max_backoff_seconds``) until it can."""
+
+    def __init__(
+        self,
+        config: Config,
+        reload: Callable[[], Config] | None = None,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
         self._reload = reload
         self._stop = threading.Event()
@@ -58,6 +71,9 @@ class Daemon:
         self.stats = LoopStats()
         self.store = StateStore(config.state_db)
         self.cycle = make_cycle(config, self.store)
+        self.notifier = notifier or Notifier()
+        self.metrics = metrics
+        self._failures_in_a_row = 0
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -71,17 +87,21 @@ class Daemon:
         self._stop.clear()
         if self._reload is None:
             return
+        self.notifier.reloading()
         try:
             new = self._reload()
         except ConfigError as exc:
             log.error("reload_rejected", error=str(exc), kept="previous config")
+            self.notifier.ready(f"reload rejected, previous config kept: {exc}")
             return
         if new.daemon.state_dir != self.config.daemon.state_dir:
             log.error("reload_rejected", error="state_dir cannot change at runtime", kept="previous config")
+            self.notifier.ready("reload rejected: state_dir cannot change at runtime")
             return
         self.config = new
         self.cycle = make_cycle(new, self.store)
         log.info("reloaded", mode=new.daemon.mode, interval=new.daemon.interval_seconds)
+        self.notifier.ready("reloaded")
 
     def run_once(self) -> CycleResult | None:
         try:
@@ -89,13 +109,41 @@ class Daemon:
         except SlurmFlexError as exc:
             # The store itself failed: count it and try again next time.
             self.stats.failed_cycles += 1
+            self._failures_in_a_row += 1
             log.error("cycle_crashed", error=str(exc))
             return None
         self.stats.cycles += 1
         self.stats.soft_errors += result.errors
         if not result.ok:
             self.stats.failed_cycles += 1
+        self._failures_in_a_row = 0 if result.slurm_ok else self._failures_in_a_row + 1
+        if self.metrics is not None:
+            self.metrics.observe(result, time.time())
+        self.notifier.status(
+            f"{result.mode}: {result.deferred} deferred of {result.flexible} flexible, last cycle "
+            f"{'ok' if result.ok else 'failed'} in {result.duration_s:.2f}s"
+        )
         return result
+
+    def next_wait(self) -> float:
+        """Seconds until the next cycle: the interval, doubled per failed Slurm read in a row."""
+        interval = float(self.config.daemon.interval_seconds)
+        if self._failures_in_a_row == 0:
+            return interval
+        backoff = interval * 2 ** min(self._failures_in_a_row - 1, 20)
+        return min(max(interval, backoff), float(self.config.daemon.max_backoff_seconds))
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep, feeding the watchdog; True when woken by a stop or reload request."""
+        deadline = time.monotonic() + seconds
+        beat = self.notifier.watchdog_seconds / 2 if self.notifier.watchdog_seconds else None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._stop.wait(min(left, beat) if beat else left):
+                return True
+            self.notifier.watchdog()
 
     def run(self, max_cycles: int | None = None) -> LoopStats:
         signal.signal(signal.SIGTERM, self.stop)
@@ -103,23 +151,26 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         log.info(
             "daemon_start",
-            mode=self.config.daemon.mode,
+            mode=self.cycle.mode(),
             interval=self.config.daemon.interval_seconds,
             state_dir=str(self.config.daemon.state_dir),
         )
+        self.notifier.ready("starting")
         done = 0
         while True:
             started = time.monotonic()
             self.run_once()
+            self.notifier.watchdog()
             done += 1
             if max_cycles is not None and done >= max_cycles:
                 break
-            remaining = self.config.daemon.interval_seconds - (time.monotonic() - started)
-            if self._stop.wait(max(0.0, remaining)):
+            remaining = self.next_wait() - (time.monotonic() - started)
+            if self._sleep(max(0.0, remaining)):
                 if self._reload_requested:
                     self._do_reload()
                     continue
                 break
+        self.notifier.stopping()
         log.info("daemon_stop", cycles=self.stats.cycles, failed=self.stats.failed_cycles)
         self.store.close()
         return self.stats

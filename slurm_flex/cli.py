@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
+import os
 import sys
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import numpy as np
+import structlog
 from rich.console import Console
 
 from slurm_flex import __version__
 from slurm_flex.config import Config, load_config
 from slurm_flex.errors import SlurmFlexError
 from slurm_flex.logsetup import configure_logging
+from slurm_flex.state import StateStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,7 +101,7 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
 @click.option("--once", is_flag=True, help="Run a single cycle and exit.")
 @click.option("--cycles", type=click.IntRange(min=1), default=None, help="Run this many cycles and exit.")
 @click.option("--interval", type=click.IntRange(min=1), default=None, help="Seconds between cycles.")
-@click.option("--mode", type=click.Choice(["shadow", "enforce"]), default=None)
+@click.option("--mode", type=click.Choice(["shadow", "advise", "enforce"]), default=None)
 @click.pass_obj
 @_fail_cleanly
 def daemon(obj: _Ctx, once: bool, cycles: int | None, interval: int | None, mode: str | None) -> None:
@@ -109,7 +113,16 @@ def daemon(obj: _Ctx, once: bool, cycles: int | None, interval: int | None, mode
     if interval is not None:
         # The CLI may go below the config's floor (demos, tests); the file may not.
         cfg = cfg.model_copy(update={"daemon": cfg.daemon.model_copy(update={"interval_seconds": interval})})
-    d = Daemon(cfg, reload=lambda: obj.config(**overrides))
+    metrics = None
+    if cfg.daemon.metrics_listen:
+        from slurm_flex.metrics import Metrics
+
+        metrics = Metrics()
+        try:
+            metrics.serve(cfg.daemon.metrics_listen)
+        except OSError as exc:
+            raise SlurmFlexError(f"daemon.metrics_listen {cfg.daemon.metrics_listen}: {exc.strerror or exc}") from exc
+    d = Daemon(cfg, reload=lambda: obj.config(**overrides), metrics=metrics)
     stats = d.run(max_cycles=1 if once else cycles)
     if once and d.stats.failed_cycles:
         sys.exit(2)
@@ -327,6 +340,123 @@ def forecast(obj: _Ctx, as_json: bool) -> None:
         carbon = "   -" if c is None else f"{c:4.0f}"
         price = "" if p is None else f"{p:8.2f} GBP/MWh"
         click.echo(f"{iso_utc(t)[:16]}  {carbon} g/kWh {price}  {bar}")
+
+
+def _operator() -> str:
+    """Who is acting, for the record (the login name behind sudo where there is one)."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _open_store(obj: _Ctx) -> tuple[Config, StateStore]:
+    from slurm_flex.state import StateStore
+
+    cfg = obj.config()
+    return cfg, StateStore(cfg.state_db)
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--user", "users", multiple=True, help="All jobs of this user (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Every job: the big red button; deferral stops until resumed.")
+@click.option("--reason", default="", help="Recorded with the release.")
+@click.pass_obj
+@_fail_cleanly
+def release(obj: _Ctx, job_ids: tuple[str, ...], users: tuple[str, ...], everything: bool, reason: str) -> None:
+    """Start jobs slurm-flex deferred now, and leave them alone from now on.
+
+    Takes effect at once (scontrol, from this command) and is recorded so the daemon does not
+    defer them again; `slurmflex resume` lifts it. If Slurm cannot be reached now, the daemon
+    releases them at its next cycle."""
+    if not (job_ids or users or everything):
+        raise click.UsageError("give job ids, --user or --all")
+    from slurm_flex.slurm.backend import make_backend
+
+    cfg, store = _open_store(obj)
+    by = _operator()
+    with store:
+        for job_id in job_ids:
+            store.add_control("job", job_id, by, reason)
+        for user in users:
+            store.add_control("user", user, by, reason)
+        if everything:
+            store.add_control("all", "*", by, reason)
+        exempt = store.exemptions()
+        deferred = {
+            job_id: rec
+            for job_id, rec in store.jobs(["deferred"]).items()
+            if exempt.covers(job_id, rec.user) or exempt.covers(job_id.split("_", 1)[0], rec.user)
+        }
+    log = structlog.get_logger("slurm_flex.cli")
+    log.warning(
+        "release",
+        by=by,
+        jobs=list(job_ids),
+        users=list(users),
+        everything=everything,
+        reason=reason,
+        deferred=len(deferred),
+    )
+    if not deferred:
+        click.echo("recorded; no job is deferred by slurm-flex right now")
+        return
+    backend = make_backend(
+        cfg.slurm.backend,
+        bin_dir=cfg.slurm.bin_dir,
+        slurm_conf=cfg.slurm.slurm_conf,
+        timeout_seconds=cfg.slurm.command_timeout_seconds,
+    )
+    try:
+        report = backend.set_start_times({job_id: None for job_id in deferred})
+    except SlurmFlexError as exc:
+        click.echo(f"recorded; Slurm could not be reached now ({exc}); the daemon releases them next cycle")
+        return
+    click.echo(f"released {len(report.applied)} job(s): {', '.join(sorted(report.applied))}")
+    for job_id, error in sorted(report.failed.items()):
+        click.echo(f"  {job_id}: {error}", err=True)
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--user", "users", multiple=True)
+@click.option("--all", "everything", is_flag=True, help="Lift every release, of jobs, users and --all.")
+@click.pass_obj
+@_fail_cleanly
+def resume(obj: _Ctx, job_ids: tuple[str, ...], users: tuple[str, ...], everything: bool) -> None:
+    """Let slurm-flex plan jobs again after `slurmflex release`."""
+    if not (job_ids or users or everything):
+        raise click.UsageError("give job ids, --user or --all")
+    _, store = _open_store(obj)
+    with store:
+        lifted = 0
+        for job_id in job_ids:
+            lifted += store.clear_controls("job", job_id)
+        for user in users:
+            lifted += store.clear_controls("user", user)
+        if everything:
+            lifted += sum(store.clear_controls(kind) for kind in ("all", "job", "user"))
+    structlog.get_logger("slurm_flex.cli").warning(
+        "resume", by=_operator(), jobs=list(job_ids), users=list(users), everything=everything, lifted=lifted
+    )
+    click.echo(f"lifted {lifted} release(s)")
+
+
+@main.command("mode")
+@click.argument("new_mode", required=False, type=click.Choice(["shadow", "advise", "enforce"]))
+@click.option("--clear", is_flag=True, help="Go back to the mode in the config file.")
+@click.pass_obj
+@_fail_cleanly
+def mode_command(obj: _Ctx, new_mode: str | None, clear: bool) -> None:
+    """Show or switch the daemon's mode at runtime (it takes effect at the next cycle)."""
+    cfg, store = _open_store(obj)
+    with store:
+        if clear:
+            store.set_setting("mode", None, _operator())
+        elif new_mode:
+            store.set_setting("mode", new_mode, _operator())
+            structlog.get_logger("slurm_flex.cli").warning("mode", by=_operator(), mode=new_mode)
+        current = store.setting("mode")
+    source = "set at runtime" if current else "from the config"
+    click.echo(f"mode: {current or cfg.daemon.mode} ({source})")
 
 
 @main.group()

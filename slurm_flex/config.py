@@ -33,12 +33,28 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Mode = Literal["shadow", "advise", "enforce"]
+
+
 class DaemonConfig(_Section):
-    mode: Literal["shadow", "enforce"] = "enforce"
+    mode: Mode = "enforce"
     interval_seconds: int = Field(300, ge=10, le=86400)
+    # While Slurm cannot be reached, wait longer between tries, up to this.
+    max_backoff_seconds: int = Field(1800, ge=10, le=86400)
     state_dir: Path = Path("/var/lib/slurm-flex")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    # Prometheus metrics endpoint, "host:port"; empty: off.
+    metrics_listen: str = ""
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("expected host:port, e.g. 127.0.0.1:9861")
+        return value
 
 
 class SlurmConfig(_Section):
@@ -71,6 +87,18 @@ class PolicyConfig(_Section):
     # Whether the electricity price counts at all (sites on flat tariffs may say false).
     use_price: bool = True
     max_horizon_hours: float = Field(168.0, gt=0.0, le=24 * 31)
+    # Plan against this share of the free nodes: the scheduler cannot pack jobs perfectly, and a
+    # plan that fills every node spills past its deadlines (see the simulator).
+    capacity_headroom: float = Field(0.9, gt=0.0, le=1.0)
+    # Plan each job to start within this share of its slack; the rest is a buffer for the queue
+    # and for work that arrives later with the same deadline.
+    slack_use_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    # Jobs needing more than this share of the managed nodes are not deferred: a planned window
+    # is not a reservation, and a big job can miss it while smaller work backfills.
+    max_deferred_share: float = Field(0.5, gt=0.0, le=1.0)
+    # Defer new work only while no job in the managed partitions waits for resources: a busy
+    # machine has no cleaner window to offer, only a longer backlog.
+    defer_only_when_queue_idle: bool = True
 
 
 class SlackPolicy(_Section):

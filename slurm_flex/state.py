@@ -17,7 +17,7 @@ from typing import Any
 
 from slurm_flex.errors import StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -69,6 +69,22 @@ CREATE TABLE IF NOT EXISTS cycles (
     errors INTEGER NOT NULL DEFAULT 0,
     forecast_source TEXT NOT NULL DEFAULT '',
     message TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS controls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('job', 'user', 'all')),
+    target TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('exempt')),
+    by TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    active INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    by TEXT NOT NULL
 );
 """
 
@@ -139,6 +155,33 @@ class ActionRecord:
     kind: str
     reason: str
     outcome: str
+
+
+@dataclass(frozen=True)
+class Control:
+    """An admin's instruction: leave a job, a user's jobs or everything alone (and hand back
+    whatever slurm-flex deferred), until resumed."""
+
+    id: int
+    ts: int
+    kind: str  # job | user | all
+    target: str  # job id, user name, or "*"
+    action: str  # exempt
+    by: str
+    reason: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class Exemptions:
+    """The active controls, in the form decisions need."""
+
+    everything: bool = False
+    jobs: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+
+    def covers(self, job_id: str, user: str) -> bool:
+        return self.everything or job_id in self.jobs or user in self.users
 
 
 _JOB_COLUMNS = tuple(f.name for f in fields(JobRecord))
@@ -265,3 +308,47 @@ class StateStore:
 
     def cycle_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM cycles")[0][0])
+
+    # -- admin controls and runtime settings -----------------------------------------------------
+    def add_control(self, kind: str, target: str, by: str, reason: str = "") -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO controls (ts, kind, target, action, by, reason) VALUES (?, ?, ?, 'exempt', ?, ?)",
+                (int(time.time()), kind, target, by, reason),
+            )
+            return int(cur.lastrowid or 0)
+
+    def clear_controls(self, kind: str, target: str | None = None) -> int:
+        """Deactivate exemptions of ``kind`` (for ``target``, or all of that kind)."""
+        with self.transaction() as db:
+            if target is None:
+                cur = db.execute("UPDATE controls SET active=0 WHERE active=1 AND kind=?", (kind,))
+            else:
+                cur = db.execute("UPDATE controls SET active=0 WHERE active=1 AND kind=? AND target=?", (kind, target))
+            return cur.rowcount
+
+    def controls(self, active_only: bool = True) -> list[Control]:
+        sql = "SELECT * FROM controls" + (" WHERE active=1" if active_only else "") + " ORDER BY id"
+        return [Control(**{**dict(r), "active": bool(r["active"])}) for r in self._query(sql)]
+
+    def exemptions(self) -> Exemptions:
+        active = self.controls()
+        return Exemptions(
+            everything=any(c.kind == "all" for c in active),
+            jobs=frozenset(c.target for c in active if c.kind == "job"),
+            users=frozenset(c.target for c in active if c.kind == "user"),
+        )
+
+    def set_setting(self, key: str, value: str | None, by: str) -> None:
+        with self.transaction() as db:
+            if value is None:
+                db.execute("DELETE FROM settings WHERE key=?", (key,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO settings (key, value, ts, by) VALUES (?, ?, ?, ?)",
+                    (key, value, int(time.time()), by),
+                )
+
+    def setting(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM settings WHERE key=?", (key,))
+        return str(rows[0][0]) if rows else None

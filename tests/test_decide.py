@@ -86,9 +86,21 @@ def series(carbon: list[float]) -> SignalSeries:
     return SignalSeries(start=SLOT0, carbon=tuple(carbon), price=(math.nan,) * len(carbon), source="t")
 
 
+def eligible(**changes: object) -> SlurmJob:
+    """A job no longer inside the hook's grace (its start time is its own)."""
+    return job(eligible_time=NOW - 10, **changes)
+
+
 def test_jobs_without_deadline_are_never_touched() -> None:
-    assert assess(job(deadline=None), None, (), POLICY, RULES, POWER, NOW) is None
-    assert assess(job(deadline=None), record(), (), POLICY, RULES, POWER, NOW) is None
+    assert assess(eligible(deadline=None), None, (), POLICY, RULES, POWER, NOW) is None
+    assert assess(eligible(deadline=None), record(), (), POLICY, RULES, POWER, NOW) is None
+
+
+def test_the_hooks_grace_is_handed_back_when_a_job_is_not_flexible_after_all() -> None:
+    a = assess(job(deadline=None), None, (), POLICY, RULES, POWER, NOW)  # still inside its grace
+    assert a is not None and a.must_release
+    (intent,) = reconcile([a], plan([], None, None, POLICY, NOW), NOW)
+    assert intent.kind == "release" and intent.new_begin is None
 
 
 def test_jobs_we_deferred_are_handed_back_when_they_lose_their_deadline() -> None:
@@ -107,8 +119,10 @@ def test_jobs_we_deferred_are_handed_back_when_they_lose_their_deadline() -> Non
 
 
 def test_partition_scope() -> None:
-    assert assess(job(partition="gpu"), None, (), POLICY, FlexConfig(partitions=("debug",)), POWER, NOW) is None
-    assert assess(job(partition="debug"), None, (), POLICY, FlexConfig(partitions=("debug",)), POWER, NOW) is not None
+    assert assess(eligible(partition="gpu"), None, (), POLICY, FlexConfig(partitions=("debug",)), POWER, NOW) is None
+    assert (
+        assess(eligible(partition="debug"), None, (), POLICY, FlexConfig(partitions=("debug",)), POWER, NOW) is not None
+    )
 
 
 def test_held_dependency_het_and_unlimited_are_left_alone() -> None:
@@ -204,9 +218,9 @@ def test_user_begin_wins_when_the_deadline_is_already_impossible() -> None:
 
 def test_flexibility_rules_scope_exemptions_and_opt_out() -> None:
     rules = FlexConfig(exclude_partitions=("debug",))
-    assert assess(job(), None, (), POLICY, rules, POWER, NOW) is None
-    assert assess(job(), None, (), POLICY, FlexConfig(exempt_users=("alice",)), POWER, NOW) is None
-    assert assess(job(account="ops"), None, (), POLICY, FlexConfig(exempt_accounts=("ops",)), POWER, NOW) is None
+    assert assess(eligible(), None, (), POLICY, rules, POWER, NOW) is None
+    assert assess(eligible(), None, (), POLICY, FlexConfig(exempt_users=("alice",)), POWER, NOW) is None
+    assert assess(eligible(account="ops"), None, (), POLICY, FlexConfig(exempt_accounts=("ops",)), POWER, NOW) is None
     opted_out = job(admin_comment="slurmflex:v1;power_w=5;begin=0;grace=0;deadline=0;slack=0;flex=no;why=optout")
     assert assess(opted_out, None, (), POLICY, RULES, POWER, NOW) is None
     # ...and a job slurm-flex had deferred is handed back when it opts out.

@@ -24,6 +24,8 @@ class Policy:
 
     safety_margin_seconds: int = 900
     min_saving_fraction: float = 0.05
+    capacity_headroom: float = 0.9
+    slack_use_fraction: float = 0.8
     carbon_price_gbp_per_tonne: float = 250.0
     max_horizon_hours: float = 168.0
     use_price: bool = True
@@ -41,6 +43,10 @@ class FlexJob:
     earliest: int
     latest_start: int
     deadline: int
+    # The latest start the planner may choose (at most latest_start); None: latest_start.
+    plan_latest: int | None = None
+    # Why the job must not be deferred this time (it runs as soon as possible), or "".
+    no_defer: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,10 +162,14 @@ def plan(
         if job.latest_start < earliest:
             planned.append(_run_now(job, now, "runs as soon as possible: deadline can no longer be met", late=True))
             continue
+        if job.no_defer:
+            planned.append(_run_now(job, now, f"runs as submitted: {job.no_defer}"))
+            continue
         if release + duration > n_slots:
             planned.append(_run_now(job, now, "runs as submitted: longer than the forecast horizon"))
             continue
-        last = min((floor_slot(job.latest_start) - slot0) // SLOT_SECONDS, n_slots - duration)
+        latest_plan = job.latest_start if job.plan_latest is None else min(job.plan_latest, job.latest_start)
+        last = min((floor_slot(max(latest_plan, earliest)) - slot0) // SLOT_SECONDS, n_slots - duration)
         rows.append((job, duration, release, last))
     if not rows:
         return Plan(now, tuple(planned), None, None, series.source)

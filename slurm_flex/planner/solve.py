@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from slurm_flex.planner.instance import Instance, IntArray, Solution
+from slurm_flex.planner.instance import FloatArray, Instance, IntArray, Solution
 from slurm_flex.planner.lagrange import (
     best_starts,
     group_by_duration,
@@ -35,6 +35,7 @@ from slurm_flex.planner.lagrange import (
     repair,
     solve_lagrange,
     true_costs,
+    window_sums,
 )
 from slurm_flex.planner.lp import candidate_count, lp_bound, lp_relaxation, solve_milp
 
@@ -79,6 +80,45 @@ def overload(inst: Instance, starts: IntArray) -> float:
     """The largest excess of running nodes over capacity in any slot (0 when feasible)."""
     excess = load_of(inst, starts, inst.nodes) - inst.capacity_nodes
     return float(max(0.0, np.nanmax(np.where(np.isfinite(excess), excess, -np.inf), initial=0.0)))
+
+
+def shift_to_earliest_tie(inst: Instance, starts: IntArray) -> IntArray:
+    """Move each job to the earliest start that costs the same (within rounding) and still fits.
+
+    Solvers return any one of equally cheap plans; a receding-horizon planner that does not
+    prefer the earliest would let a job drift one slot later at every cycle."""
+    if inst.n_jobs == 0:
+        return starts
+    w = inst.weights()
+    out = starts.copy()
+    costs = true_costs(inst, w, out)
+    free_nodes = inst.capacity_nodes - load_of(inst, out, inst.nodes)
+    free_kw = inst.power_cap_kw - load_of(inst, out, inst.power_kw)
+    for j in np.argsort(out, kind="stable"):
+        s, r, d = int(out[j]), int(inst.release[j]), int(inst.duration[j])
+        if s <= r or not np.isfinite(costs[j]):
+            continue
+        earlier = np.arange(r, s)
+        c = _costs_at(inst, w, j, earlier)
+        tied = np.flatnonzero(c <= costs[j] + 1e-9 * abs(costs[j]) + 1e-15)
+        n, p = inst.nodes[j], inst.power_kw[j]
+        free_nodes[s : s + d] += n
+        free_kw[s : s + d] += p
+        for k in tied:
+            t = int(earlier[k])
+            if free_nodes[t : t + d].min() >= n - 1e-9 and free_kw[t : t + d].min() >= p - 1e-9:
+                out[j] = s = t
+                break
+        free_nodes[s : s + d] -= n
+        free_kw[s : s + d] -= p
+    return out
+
+
+def _costs_at(inst: Instance, weights: FloatArray, job: int, starts: IntArray) -> FloatArray:
+    """Job ``job``'s objective at each of ``starts``."""
+    d = int(inst.duration[job])
+    sums = window_sums(weights, d)[starts]
+    return np.asarray(sums * inst.power_kw[job] * inst.slot_hours, dtype=np.float64)
 
 
 def apply_min_saving(inst: Instance, starts: IntArray, fraction: float) -> IntArray:
@@ -190,7 +230,7 @@ def solve(
                 lower = mres.value if mres.optimal else mres.bound
     else:
         raise ValueError(f"unknown method {method!r}")
-    starts = apply_min_saving(inst, starts, min_saving_fraction)
+    starts = apply_min_saving(inst, shift_to_earliest_tie(inst, starts), min_saving_fraction)
     # The LP relaxation is the tightest bound of this model; the Lagrangian one approaches it
     # from below. Compute it where that is cheap and keep the better of the two.
     wants_lp = bound and not late and inst.n_jobs and capacity_binds(inst) and used not in ("milp", "lp-rounding")

@@ -28,8 +28,9 @@ from slurm_flex.slurm.runner import SlurmRunner
 
 log = structlog.get_logger(__name__)
 
-# Keep each scontrol command line comfortably below ARG_MAX and slurmctld's message limits.
-MAX_IDS_PER_UPDATE = 500
+# One scontrol command per distinct value; only a huge batch is split, to keep the command line
+# far below ARG_MAX (5,000 ids are about 40 KB).
+MAX_IDS_PER_UPDATE = 5000
 
 #: A target start time: an epoch, or None meaning "now" (release).
 StartTarget = int | None
@@ -50,6 +51,8 @@ class SlurmBackend(Protocol):
     def read_nodes(self) -> tuple[SlurmNode, ...]: ...
 
     def set_start_times(self, targets: Mapping[str, StartTarget]) -> UpdateReport: ...
+
+    def set_comments(self, comments: Mapping[str, str]) -> UpdateReport: ...
 
     def command_counts(self) -> Mapping[str, int]: ...
 
@@ -72,19 +75,27 @@ class CommandBackend:
         return parse_sinfo_json(self.runner.run(["sinfo", "--json"]).stdout)
 
     def set_start_times(self, targets: Mapping[str, StartTarget]) -> UpdateReport:
-        by_time: dict[StartTarget, list[str]] = defaultdict(list)
-        for job_id, target in targets.items():
-            by_time[target].append(job_id)
+        """One ``scontrol update`` per distinct start time (None: now)."""
+        values = {job_id: "now" if t is None else format_start_time(t) for job_id, t in targets.items()}
+        return self._update("StartTime", values)
+
+    def set_comments(self, comments: Mapping[str, str]) -> UpdateReport:
+        """One ``scontrol update`` per distinct comment."""
+        return self._update("Comment", comments)
+
+    def _update(self, field_name: str, values: Mapping[str, str]) -> UpdateReport:
+        by_value: dict[str, list[str]] = defaultdict(list)
+        for job_id, value in values.items():
+            by_value[value].append(job_id)
         applied: list[str] = []
         failed: dict[str, str] = {}
         commands = 0
-        for target, ids in sorted(by_time.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
-            value = "now" if target is None else format_start_time(target)
+        for value, ids in sorted(by_value.items()):
             for chunk_start in range(0, len(ids), MAX_IDS_PER_UPDATE):
                 chunk = ids[chunk_start : chunk_start + MAX_IDS_PER_UPDATE]
                 commands += 1
                 try:
-                    self.runner.run(["scontrol", "update", f"JobId={','.join(chunk)}", f"StartTime={value}"])
+                    self.runner.run(["scontrol", "update", f"JobId={','.join(chunk)}", f"{field_name}={value}"])
                     applied.extend(chunk)
                 except SlurmCommandError as exc:
                     per_job = parse_update_failures(exc.stderr)

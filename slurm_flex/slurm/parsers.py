@@ -78,6 +78,12 @@ class SlurmJob:
         return count_array_tasks(self.array_task_string)
 
     @property
+    def array_throttle(self) -> int | None:
+        """The %N limit on concurrently running tasks of a pending array, if any."""
+        _, sep, limit = self.array_task_string.partition("%")
+        return int(limit) if sep and limit.isdigit() and int(limit) > 0 else None
+
+    @property
     def update_id(self) -> str:
         """The id ``scontrol update`` needs to address exactly this record."""
         if self.array_task_string and self.array_job_id:

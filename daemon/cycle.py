@@ -148,6 +148,7 @@ def _record_for(
     status = "late" if p.late else ("deferred" if p.deferred else "runs-now")
     baseline = rec.baseline_carbon_g if rec.baseline_carbon_g is not None else p.carbon_now_g
     ci_base = rec.mean_ci_baseline if rec.mean_ci_baseline is not None else p.mean_ci_now
+    cost_base = rec.baseline_cost_gbp if rec.baseline_cost_gbp is not None else p.cost_now_gbp
     return rec.evolve(
         status=status,
         reason=p.reason,
@@ -160,6 +161,8 @@ def _record_for(
         planned_carbon_g=p.carbon_planned_g,
         mean_ci_baseline=ci_base,
         mean_ci_planned=p.mean_ci_planned,
+        baseline_cost_gbp=cost_base,
+        planned_cost_gbp=p.cost_planned_gbp,
     )
 
 

@@ -130,8 +130,8 @@ class Daemon:
         interval = float(self.config.daemon.interval_seconds)
         if self._failures_in_a_row == 0:
             return interval
-        backoff = interval * 2 ** min(self._failures_in_a_row - 1, 20)
-        return min(max(interval, backoff), float(self.config.daemon.max_backoff_seconds))
+        backoff = interval * float(2 ** min(self._failures_in_a_row - 1, 20))
+        return float(min(max(interval, backoff), float(self.config.daemon.max_backoff_seconds)))
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep, feeding the watchdog; True when woken by a stop or reload request."""

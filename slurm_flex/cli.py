@@ -90,7 +90,15 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
     if not cfg.state_db.exists():
         raise SlurmFlexError(f"no state at {cfg.state_db}: has the daemon run with this state_dir?")
     with StateStore(cfg.state_db) as store:
-        doc = build_status(store.jobs(), store.last_cycles(1), cfg.daemon.mode, include_finished=include_finished)
+        runtime_mode = store.setting("mode")
+        doc = build_status(
+            store.jobs(),
+            store.last_cycles(1),
+            runtime_mode or cfg.daemon.mode,
+            include_finished=include_finished,
+            mode_set_at_runtime=runtime_mode is not None,
+            controls=store.controls(),
+        )
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -283,7 +291,7 @@ def simulate(
                     rule,
                     cfg,
                     start,
-                    progress=lambda done, total, task=task: bar.update(task, completed=done, total=total),
+                    progress=_progress_updater(bar, task),
                 )
             )
     report = write_report(results, out_dir)
@@ -312,6 +320,13 @@ def simulate(
             f"deadline misses {f['deadline_misses']}"
         )
     click.echo(f"report: {report}")
+
+
+def _progress_updater(bar: Any, task: Any) -> Callable[[int, int], None]:
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return update
 
 
 @main.command()

@@ -17,7 +17,7 @@ from typing import Any
 
 from slurm_flex.errors import StateError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     planned_carbon_g REAL,
     mean_ci_baseline REAL,
     mean_ci_planned REAL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    baseline_cost_gbp REAL,
+    planned_cost_gbp REAL
 );
 CREATE TABLE IF NOT EXISTS actions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -116,12 +118,20 @@ class JobRecord:
     mean_ci_baseline: float | None
     mean_ci_planned: float | None
     updated_at: int
+    baseline_cost_gbp: float | None = None
+    planned_cost_gbp: float | None = None
 
     @property
     def carbon_saved_g(self) -> float:
         if self.baseline_carbon_g is None or self.planned_carbon_g is None:
             return 0.0
         return self.baseline_carbon_g - self.planned_carbon_g
+
+    @property
+    def cost_saved_gbp(self) -> float:
+        if self.baseline_cost_gbp is None or self.planned_cost_gbp is None:
+            return 0.0
+        return self.baseline_cost_gbp - self.planned_cost_gbp
 
     def evolve(self, **changes: Any) -> JobRecord:
         return replace(self, **changes)
@@ -202,11 +212,20 @@ class StateStore:
             if version > SCHEMA_VERSION:
                 raise StateError(f"{path}: written by a newer slurm-flex (schema {version} > {SCHEMA_VERSION})")
             self._db.executescript(_SCHEMA)
+            self._migrate(version)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state store {path}: {exc}") from exc
         except OSError as exc:
             raise StateError(f"cannot create state dir {path.parent}: {exc.strerror}") from exc
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older store up to date (new tables come from the schema script)."""
+        if 0 < version < 3:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            for name in ("baseline_cost_gbp", "planned_cost_gbp"):
+                if name not in columns:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} REAL")
 
     def close(self) -> None:
         self._db.close()

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slurm_flex.grid.series import iso_utc
-from slurm_flex.state import FINAL_STATUSES, PENDING_STATUSES, CycleRecord, JobRecord
+from slurm_flex.state import FINAL_STATUSES, PENDING_STATUSES, Control, CycleRecord, JobRecord
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -31,6 +31,8 @@ def build_status(
     mode: str,
     now: float | None = None,
     include_finished: bool = False,
+    mode_set_at_runtime: bool = False,
+    controls: Sequence[Control] = (),
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
     shown = PENDING_STATUSES + (FINAL_STATUSES if include_finished else ())
@@ -51,6 +53,7 @@ def build_status(
             "carbon_intensity_baseline_g_per_kwh": None if r.mean_ci_baseline is None else round(r.mean_ci_baseline, 1),
             "carbon_intensity_planned_g_per_kwh": None if r.mean_ci_planned is None else round(r.mean_ci_planned, 1),
             "carbon_saved_kg": _kg(r.carbon_saved_g),
+            "cost_saved_gbp": round(r.cost_saved_gbp, 4) + 0.0,
             "reason": r.reason,
         }
     pending = [r for r in records.values() if r.status in PENDING_STATUSES]
@@ -59,6 +62,10 @@ def build_status(
     return {
         "generated_at": _iso(now),
         "mode": mode,
+        "mode_set_at_runtime": mode_set_at_runtime,
+        "released_by_admin": [
+            {"kind": c.kind, "target": c.target, "by": c.by, "since": _iso(c.ts), "reason": c.reason} for c in controls
+        ],
         "last_cycle": None
         if last is None
         else {
@@ -83,6 +90,8 @@ def build_status(
             "started": len(started),
             "carbon_saved_kg_planned": _kg(sum(r.carbon_saved_g for r in pending)),
             "carbon_saved_kg_started": _kg(sum(r.carbon_saved_g for r in started)),
+            "cost_saved_gbp_planned": round(sum(r.cost_saved_gbp for r in pending), 4) + 0.0,
+            "cost_saved_gbp_started": round(sum(r.cost_saved_gbp for r in started), 4) + 0.0,
             "energy_kwh_deferred": round(sum(r.energy_kwh or 0.0 for r in pending if r.status == "deferred"), 3),
         },
     }
@@ -94,17 +103,22 @@ def _short(iso: str | None) -> str:
 
 def render_status(doc: Mapping[str, Any], console: Console) -> None:
     last = doc["last_cycle"]
+    mode = doc["mode"] + (", set at runtime" if doc.get("mode_set_at_runtime") else "")
     if last is None:
-        console.print(f"slurm-flex ({doc['mode']} mode): no cycle has run yet.")
+        console.print(f"slurm-flex ({mode} mode): no cycle has run yet.")
     else:
         health = "ok" if last["ok"] else "FAILED"
         console.print(
-            f"slurm-flex ({doc['mode']} mode): last cycle #{last['id']} at {_short(last['started_at'])} UTC "
+            f"slurm-flex ({mode} mode): last cycle #{last['id']} at {_short(last['started_at'])} UTC "
             f"({last['age_seconds']:.0f}s ago, {health}, {last['duration_seconds']}s, "
             f"{last['slurm_commands']} Slurm commands); forecast: {last['forecast_source']}"
         )
         if last["message"]:
             console.print(f"  note: {last['message']}")
+    for c in doc.get("released_by_admin", ()):
+        what = "every job" if c["kind"] == "all" else f"{c['kind']} {c['target']}"
+        why = f": {c['reason']}" if c["reason"] else ""
+        console.print(f"  released by {c['by']} since {_short(c['since'])}: {what}{why} (slurmflex resume to lift)")
     table = Table(title="Flexible jobs (times UTC)", title_justify="left")
     for col, kw in (
         ("Job", {}),
@@ -138,6 +152,7 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
     console.print(
         f"Deferred: {t['deferred']} jobs ({t['energy_kwh_deferred']:.1f} kWh), to run now: {t['runs_now']}, "
         f"left alone: {t['left_alone']}, late: {t['late']}, started: {t['started']}. "
-        f"Carbon saved vs running at submission: {t['carbon_saved_kg_planned']:.2f} kg planned, "
-        f"{t['carbon_saved_kg_started']:.2f} kg on jobs already started."
+        f"Saved vs running at submission: {t['carbon_saved_kg_planned']:.2f} kg CO2 and "
+        f"{t['cost_saved_gbp_planned']:.2f} GBP planned, {t['carbon_saved_kg_started']:.2f} kg and "
+        f"{t['cost_saved_gbp_started']:.2f} GBP on jobs already started."
     )

@@ -203,3 +203,17 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     )
     proc = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_grafana_dashboard_uses_only_exported_metrics() -> None:
+    import json
+    import re
+
+    dash = json.loads((REPO / "conf" / "grafana-dashboard.json").read_text())
+    exported = {m.name for m in Metrics().registry.collect()}
+    exported |= {f"{n}_total" for n in exported} | {f"{n}_bucket" for n in exported}
+    used = set()
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            used |= set(re.findall(r"slurmflex_[a-z_]+", target["expr"]))
+    assert used and used <= exported, used - exported

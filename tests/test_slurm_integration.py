@@ -66,7 +66,7 @@ def test_daemon_defers_into_the_cleanest_window_before_the_deadline(env: Env) ->
         assert [a.kind for a in store.actions(job_id)] == ["defer"]
         assert store.last_cycles(1)[0].updates == 0
     human = env.slurmflex("status").stdout
-    assert job_id in human and "deferred" in human and "Carbon saved" in human
+    assert job_id in human and "deferred" in human and "Saved vs running" in human
 
 
 def test_daemon_releases_the_grace_when_now_is_cleanest(env: Env, tmp_path: Path) -> None:

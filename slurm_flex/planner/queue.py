@@ -64,6 +64,8 @@ class PlannedJob:
     mean_ci_planned: float | None
     late: bool
     reason: str
+    cost_now_gbp: float | None = None
+    cost_planned_gbp: float | None = None
 
     @property
     def carbon_saved_g(self) -> float:
@@ -203,13 +205,13 @@ def plan(
         energy = job.power_w / 1000.0 * job.duration_s / 3600.0
         ci_now = _mean(carbon, release, duration)
         ci_plan = _mean(carbon, slot, duration)
+        price_now = _mean(price, release, duration)
+        price_plan = _mean(price, slot, duration)
         deferred = start > max(now, job.earliest)
         if job.job_id in late_ids:
             reason = "runs as soon as possible: no capacity before its deadline"
         elif deferred:
-            reason = _deferral_reason(
-                start, ci_now, ci_plan, _mean(price, release, duration), _mean(price, slot, duration)
-            )
+            reason = _deferral_reason(start, ci_now, ci_plan, price_now, price_plan)
         elif job.earliest > now:
             reason = "runs at its requested begin time: no better window before its latest safe start"
         else:
@@ -229,13 +231,15 @@ def plan(
                 mean_ci_planned=ci_plan,
                 late=job.job_id in late_ids,
                 reason=reason,
+                cost_now_gbp=None if price_now is None else price_now * energy / 1000,
+                cost_planned_gbp=None if price_plan is None else price_plan * energy / 1000,
             )
         )
     return Plan(now, tuple(planned), inst, solution, series.source)
 
 
 def capacity_profile(
-    total_nodes: int,
+    total_nodes: float,
     busy: Sequence[tuple[int, int | None]],
     now: int,
     n_slots: int,

@@ -233,7 +233,7 @@ def _charge(jobs: _Jobs, start_s: FloatArray, series: FloatArray) -> float:
 
     def integral(x: FloatArray) -> FloatArray:
         k = np.minimum((x // SLOT_SECONDS).astype(np.int64), values.size - 1)
-        return prefix[k] + (x - k * SLOT_SECONDS) * values[k]
+        return np.asarray(prefix[k] + (x - k * SLOT_SECONDS) * values[k], dtype=np.float64)
 
     per_job = jobs.kw * (integral(start_s + jobs.runtime_s) - integral(start_s)) / 3600
     return float(per_job.sum())
@@ -526,11 +526,14 @@ def simulate(
 
     def per_slot(busy_ticks: FloatArray) -> FloatArray:
         padded = np.pad(busy_ticks, (0, n_slots * TICKS_PER_SLOT - busy_ticks.size))
-        return padded.reshape(n_slots, TICKS_PER_SLOT).mean(axis=1)
+        return np.asarray(padded.reshape(n_slots, TICKS_PER_SLOT).mean(axis=1), dtype=np.float64)
 
-    b_s, f_s = b_start * TICK_SECONDS * 1.0, f_start * TICK_SECONDS * 1.0
-    baseline = Outcome("baseline", b_s, per_slot(b_busy), np.zeros(jobs.procs.size, bool), b_elig * TICK_SECONDS * 1.0)
-    flex = Outcome("slurm-flex", f_s, per_slot(f_busy), jobs.flexible, f_elig * TICK_SECONDS * 1.0)
+    def seconds(ticks: IntArray) -> FloatArray:
+        return np.asarray(ticks * TICK_SECONDS, dtype=np.float64)
+
+    b_s, f_s = seconds(b_start), seconds(f_start)
+    baseline = Outcome("baseline", b_s, per_slot(b_busy), np.zeros(jobs.procs.size, bool), seconds(b_elig))
+    flex = Outcome("slurm-flex", f_s, per_slot(f_busy), jobs.flexible, seconds(f_elig))
     baseline.metrics = _metrics(jobs, b_s, actual, price)
     base_missed = (b_s + jobs.runtime_s > jobs.deadline_s + 1e-6) & jobs.flexible
     flex.metrics = _metrics(jobs, f_s, actual, price, base_missed)

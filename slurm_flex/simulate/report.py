@@ -8,13 +8,14 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from slurm_flex.simulate.engine import SLOT_H, SimResult
 
 
-def _figure_module():  # type: ignore[no-untyped-def]
+def _figure_module() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never a display

@@ -29,8 +29,8 @@ from slurm_flex.slurm.runner import SlurmRunner
 log = structlog.get_logger(__name__)
 
 # One scontrol command per distinct value; only a huge batch is split, to keep the command line
-# far below ARG_MAX (5,000 ids are about 40 KB).
-MAX_IDS_PER_UPDATE = 5000
+# far below ARG_MAX (20,000 ids are about 150 KB).
+MAX_IDS_PER_UPDATE = 20000
 
 #: A target start time: an epoch, or None meaning "now" (release).
 StartTarget = int | None

@@ -88,8 +88,9 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="leave the bench cluster running")
     args = ap.parse_args()
+    # A fresh controller: finished jobs linger in squeue --json for MinJobAge and would skew it.
+    devcluster("purge")
     devcluster("up")
-    run("scancel", "--user", os.environ.get("USER", "root"))
     install_hook(Config.model_validate({"power": {"cpus_per_node": 2}}), DIR / "etc", force=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
@@ -142,6 +143,14 @@ def main() -> None:
                 flush=True,
             )
     run("scancel", "--user", os.environ.get("USER", "root"))
+    # Slurm 22.05's squeue --json ignores --states: finished jobs stay in it for MinJobAge.
+    t0 = time.perf_counter()
+    doc = json.loads(run("squeue", "--json").stdout)
+    print(
+        f"after scancel: squeue --json still lists {len(doc['jobs'])} finished jobs (MinJobAge), "
+        f"read in {time.perf_counter() - t0:.2f} s",
+        flush=True,
+    )
     if not args.keep:
         devcluster("down")
 

@@ -8,8 +8,10 @@ and update) are logged and counted; the cycle still records itself and returns.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -21,7 +23,15 @@ from slurm_flex.daemon.decide import Assessment, Intent, annotate_comment, asses
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, iso_utc
 from slurm_flex.planner.instance import instance_to_json
-from slurm_flex.planner.queue import Plan, PlannedJob, Policy, capacity_profile, plan
+from slurm_flex.planner.queue import (
+    Plan,
+    PlannedJob,
+    Policy,
+    WaitingWork,
+    deadlines_at_risk,
+    plan,
+    queue_capacity,
+)
 from slurm_flex.powermodel import NodePower, PowerModel
 from slurm_flex.slurm.backend import SlurmBackend
 from slurm_flex.slurm.parsers import SlurmJob, SlurmNode
@@ -31,6 +41,9 @@ log = structlog.get_logger(__name__)
 
 # How many per-cycle plan files to keep in <state_dir>/plans.
 PLAN_FILES_KEPT = 200
+# Tasks of one pending array placed in the queue projection (beyond that they are far off).
+MAX_PROJECTED_TASKS = 1000
+AT_RISK = "the queue could no longer start it by its latest safe start if it waited longer"
 
 
 class ForecastSource(Protocol):
@@ -88,18 +101,25 @@ def power_model_from(config: Config) -> PowerModel:
     )
 
 
-def _busy(jobs: tuple[SlurmJob, ...], planned_ids: set[str], now: int) -> list[tuple[int, int | None]]:
-    """(nodes, until) of work that occupies nodes whatever slurm-flex does."""
-    busy: list[tuple[int, int | None]] = []
+def _queue_work(
+    jobs: tuple[SlurmJob, ...], planned_ids: set[str], now: int, managed: Callable[[str], bool]
+) -> tuple[list[tuple[int, int | None]], list[WaitingWork]]:
+    """Work that occupies the managed nodes whatever slurm-flex does: running jobs (nodes,
+    until) and the pending jobs it does not plan, in Slurm's priority order (held jobs wait for
+    a person)."""
+    running: list[tuple[int, int | None]] = []
+    waiting: list[tuple[int, int, WaitingWork]] = []
     for j in jobs:
-        if j.update_id in planned_ids:
+        if j.update_id in planned_ids or not managed(j.partition):
             continue
         if j.state in ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED"):
-            busy.append((j.nodes, j.end_time))
-        elif j.pending:
-            until = None if j.time_limit_s is None else now + j.time_limit_s
-            busy.append((j.nodes * j.array_tasks, until))
-    return busy
+            running.append((j.nodes, j.end_time))
+        elif j.pending and not j.held:
+            work = WaitingWork(j.nodes, j.time_limit_s, max(now, j.eligible_time or now))
+            # An array's tasks queue one after another in the projection, not as one block.
+            waiting.extend((-j.priority, j.submit_time, work) for _ in range(min(j.array_tasks, MAX_PROJECTED_TASKS)))
+    waiting.sort(key=lambda w: (w[0], w[1]))
+    return running, [w for _, _, w in waiting]
 
 
 def _record_for(
@@ -307,9 +327,20 @@ class Cycle:
         assessments = self._limit_deferral(assessments, jobs, previous, usable)
         flex_jobs = [a.flex for a in assessments if a.flex is not None]
         n_slots = int(self.policy.max_horizon_hours * 3600) // SLOT_SECONDS + 1
-        capacity = capacity_profile(
-            usable * self.policy.capacity_headroom, _busy(jobs, {f.job_id for f in flex_jobs}, now), now, n_slots
-        )
+        running, waiting = _queue_work(jobs, {f.job_id for f in flex_jobs}, now, self.rules.manages)
+        free = queue_capacity(usable, running, waiting, now, n_slots)
+        # Jobs the queue could no longer start in time if they waited another cycle go now.
+        margin = 1 + math.ceil(self.config.daemon.interval_seconds / SLOT_SECONDS)
+        risky = deadlines_at_risk([f for f in flex_jobs if not f.no_defer], free, now, margin)
+        if risky:
+            flex_jobs = [replace(f, no_defer=AT_RISK) if f.job_id in risky else f for f in flex_jobs]
+            assessments = [
+                replace(a, flex=replace(a.flex, no_defer=AT_RISK))
+                if a.flex is not None and a.flex.job_id in risky
+                else a
+                for a in assessments
+            ]
+        capacity = np.maximum(free - (1.0 - self.policy.capacity_headroom) * usable, 0.0)
         plan_ = plan(flex_jobs, forecast, capacity, self.policy, now)
         intents = reconcile(assessments, plan_, now)
         by_intent = {i.job_id: i for i in intents}
@@ -470,7 +501,7 @@ class Cycle:
             }
             path = self.plans_dir / f"cycle-{cycle_id:08d}.json"
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
             tmp.replace(path)
             for old in sorted(self.plans_dir.glob("cycle-*.json"))[:-PLAN_FILES_KEPT]:
                 old.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import math
@@ -117,10 +118,15 @@ def daemon(obj: _Ctx, once: bool, cycles: int | None, interval: int | None, mode
     from slurm_flex.daemon.service import Daemon
 
     overrides: dict[str, Any] = {"mode": mode}
-    cfg = obj.config(**overrides)
-    if interval is not None:
+
+    def load() -> Config:
+        loaded = obj.config(**overrides)
+        if interval is None:
+            return loaded
         # The CLI may go below the config's floor (demos, tests); the file may not.
-        cfg = cfg.model_copy(update={"daemon": cfg.daemon.model_copy(update={"interval_seconds": interval})})
+        return loaded.model_copy(update={"daemon": loaded.daemon.model_copy(update={"interval_seconds": interval})})
+
+    cfg = load()
     metrics = None
     if cfg.daemon.metrics_listen:
         from slurm_flex.metrics import Metrics
@@ -130,7 +136,7 @@ def daemon(obj: _Ctx, once: bool, cycles: int | None, interval: int | None, mode
             metrics.serve(cfg.daemon.metrics_listen)
         except OSError as exc:
             raise SlurmFlexError(f"daemon.metrics_listen {cfg.daemon.metrics_listen}: {exc.strerror or exc}") from exc
-    d = Daemon(cfg, reload=lambda: obj.config(**overrides), metrics=metrics)
+    d = Daemon(cfg, reload=load, metrics=metrics)
     stats = d.run(max_cycles=1 if once else cycles)
     if once and d.stats.failed_cycles:
         sys.exit(2)
@@ -232,6 +238,13 @@ def plan(instance_path: Path, as_json: bool, method: str, time_limit: float) -> 
     show_default=True,
     help="Where the plots and report.html go.",
 )
+@click.option(
+    "--capacity-scale",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Run the workload on a machine this many times the traced one (lower utilisation).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @_fail_cleanly
 def simulate(
@@ -246,6 +259,7 @@ def simulate(
     horizon_hours: float,
     carbon_price: float,
     out_dir: Path,
+    capacity_scale: float,
     as_json: bool,
 ) -> None:
     """Replay a real workload against real grid data: as submitted vs with slurm-flex."""
@@ -272,6 +286,8 @@ def simulate(
         trace = trace.window(first_day, days if days is not None else 1e9)
     if trace.n_jobs == 0:
         raise SlurmFlexError("no jobs in the chosen window of the trace")
+    if capacity_scale != 1.0:
+        trace = dataclasses.replace(trace, capacity_procs=trace.capacity_procs * capacity_scale)
     signals = load_signals(carbon_path, price_path)
     cfg = SimConfig(
         watts_per_proc=watts_per_proc,
@@ -303,7 +319,8 @@ def simulate(
         b, f, s = r.baseline.metrics, r.flex.metrics, r.savings()
         click.echo(
             f"{r.trace} | slack {r.slack} | {f['flexible_jobs']} of {f['jobs']} jobs flexible | "
-            f"{r.n_slots * 0.5 / 24:.0f} days from {r.to_json()['start']} | {r.signals}"
+            f"{r.n_slots * 0.5 / 24:.0f} days from {r.to_json()['start']} | "
+            f"{r.capacity_procs:.0f} processors, {r.utilisation:.0%} utilised | {r.signals}"
         )
         click.echo(
             f"  carbon  {b['carbon_kg']:>12.1f} kg -> {f['carbon_kg']:>12.1f} kg "
@@ -317,7 +334,8 @@ def simulate(
         click.echo(
             f"  energy  {b['energy_kwh']:>12.1f} kWh; mean delay {b['mean_delay_h']:.2f} h -> "
             f"{f['mean_delay_h']:.2f} h (p95 {b['p95_delay_h']:.2f} -> {f['p95_delay_h']:.2f} h); "
-            f"deadline misses {f['deadline_misses']}"
+            f"deadline misses {b['deadline_misses']} -> {f['deadline_misses']} "
+            f"({f['deadline_misses_not_missed_as_submitted']} not missed as submitted)"
         )
     click.echo(f"report: {report}")
 

@@ -11,7 +11,8 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,7 @@ class Exemptions:
 
 
 _JOB_COLUMNS = tuple(f.name for f in fields(JobRecord))
+_job_row = attrgetter(*_JOB_COLUMNS)
 
 
 class StateStore:
@@ -270,7 +272,7 @@ class StateStore:
         with self.transaction() as db:
             db.executemany(
                 f"INSERT OR REPLACE INTO jobs ({cols}) VALUES ({marks})",
-                [tuple(asdict(r)[c] for c in _JOB_COLUMNS) for r in records],
+                [_job_row(r) for r in records],
             )
 
     # -- actions ----------------------------------------------------------------------------

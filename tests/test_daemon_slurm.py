@@ -105,6 +105,21 @@ def test_no_deferral_while_jobs_wait_for_resources(env: Env) -> None:
     assert slurm_epoch(env.cluster.show_job(job_id)["EligibleTime"]) <= time.time() + 5  # the hook's grace released
 
 
+def test_a_deferred_job_goes_as_soon_as_the_queue_puts_its_deadline_at_risk(env: Env) -> None:
+    job_id = env.submit_flexible(hours=10, minutes=60)
+    env.slurmflex("daemon", "--once")
+    assert env.status()["jobs"][job_id]["status"] == "deferred"
+    # Work that holds every node for up to 10 h (by its time limit) arrives while it waits:
+    # waiting for the clean window now could cost the deadline (latest safe start ~8.75 h).
+    filler = [env.cluster.sbatch("-t", "600", "-n", "2", "--wrap", "sleep 300") for _ in range(4)]
+    for j in filler:
+        wait_state(env.cluster, j, {"RUNNING"})
+    env.slurmflex("daemon", "--once")
+    entry = env.status()["jobs"][job_id]
+    assert entry["status"] == "runs-now" and "could no longer start it" in entry["reason"], entry
+    assert slurm_epoch(env.cluster.show_job(job_id)["EligibleTime"]) <= time.time() + 5  # queued now
+
+
 def test_big_jobs_are_not_deferred(env: Env) -> None:
     big = env.submit_flexible(hours=10, extra=("-N", "3"))  # 3 of 4 nodes
     small = env.submit_flexible(hours=10)

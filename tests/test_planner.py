@@ -26,6 +26,8 @@ from slurm_flex.planner import (
     plan,
     solve,
 )
+from slurm_flex.planner.queue import WaitingWork, deadlines_at_risk, queue_capacity
+from slurm_flex.planner.risk import at_risk, first_fit, place_in_order
 
 NOW = 1795251000  # 2026-11-21T08:50Z, mid-slot on purpose
 SLOT0 = NOW - NOW % SLOT_SECONDS
@@ -357,3 +359,66 @@ def test_capacity_spreads_queue_jobs() -> None:
     planned = plan(jobs, _series(carbon), cap, POLICY, NOW)
     starts = sorted(p.start for p in planned.jobs)
     assert starts.count(SLOT0 + 4 * SLOT_SECONDS) == 2
+
+
+# -- the queue projection and deadlines at risk -------------------------------------------------
+
+
+def test_first_fit_respects_room_limit_earliest_and_the_grid_end() -> None:
+    free = np.array([1.0, 3, 3, 1, 3, 3, 3])
+    assert first_fit(free, 2, 2) == 1
+    assert first_fit(free, 2, 3) == 4
+    assert first_fit(free, 2, 1, limit=0) == -1
+    assert first_fit(free, 2, 2, earliest=2) == 4
+    assert first_fit(free, 2, 10) == 4  # runs past the grid: only the part inside must fit
+    assert first_fit(free, 4, 1) == -1
+
+
+def test_place_in_order_never_lets_a_later_job_delay_an_earlier_one() -> None:
+    free = np.full(6, 2.0)
+    starts, left = place_in_order(free, np.array([2.0, 1.0, 1.0]), np.array([2, 3, 1]))
+    assert starts.tolist() == [0, 2, 2]  # the second waits for the first; the third fits beside it
+    assert left.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 2.0]
+    starts, _ = place_in_order(free, np.array([3.0]), np.array([1]))
+    assert starts.tolist() == [-1]  # never fits: takes nothing
+
+
+@given(
+    free=st.lists(st.integers(0, 4), min_size=1, max_size=24),
+    jobs=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(0, 30)), max_size=8),
+)
+@settings(max_examples=200, deadline=None)
+def test_jobs_not_at_risk_fit_by_their_latest_start_in_latest_start_order(
+    free: list[int], jobs: list[tuple[int, int, int]]
+) -> None:
+    grid = np.asarray(free, dtype=np.float64)
+    sizes = np.asarray([j[0] for j in jobs], dtype=np.float64)
+    lengths = np.asarray([j[1] for j in jobs], dtype=np.int64)
+    latest = np.asarray([j[2] for j in jobs], dtype=np.int64)
+    risky = at_risk(grid, sizes, lengths, latest, margin=0)
+    order = np.argsort(latest, kind="stable")
+    starts, _ = place_in_order(grid, sizes[order], lengths[order])
+    for rank, i in enumerate(order):
+        if latest[i] >= grid.size:
+            assert not risky[i]  # beyond the grid: judged later
+        elif not risky[i]:
+            assert 0 <= starts[rank] <= latest[i]
+
+
+def test_queue_capacity_places_waiting_work_after_running_work() -> None:
+    running = [(2, NOW + 3600)]  # until slot 2 (08:50 + 1 h = 09:50, in 09:30-10:00)
+    waiting = [WaitingWork(nodes=3, duration_s=3600, earliest=NOW), WaitingWork(nodes=1, duration_s=1800, earliest=NOW)]
+    free = queue_capacity(4, running, waiting, NOW, 8)
+    # 3 nodes do not fit beside the running 2 until slot 3; the 1-node job fits at once.
+    assert free.tolist() == [1.0, 2.0, 2.0, 1.0, 1.0, 4.0, 4.0, 4.0]
+
+
+def test_deadlines_at_risk_picks_the_jobs_the_queue_could_no_longer_fit() -> None:
+    free = np.array([0.0] * 10 + [1.0] * 30)  # the node is busy for 5 h
+    soon = _job("soon", hours=1, deadline_h=4)  # latest safe start ~2.75 h: cannot make it
+    later = _job("later", hours=1, deadline_h=12)
+    far = _job("far", hours=1, deadline_h=40)  # beyond the 20 h grid: judged later
+    assert deadlines_at_risk([soon, later, far], free, NOW, margin_slots=1) == frozenset({"soon"})
+    two = [_job("a", hours=2, deadline_h=8.5), _job("b", hours=2, deadline_h=8.75)]
+    # From slot 10 on one fits at a time: a starts at slot 10, b only at 14, after its latest 13.
+    assert deadlines_at_risk(two, free, NOW, margin_slots=0) == frozenset({"b"})

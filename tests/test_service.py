@@ -217,3 +217,52 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
         for target in panel["targets"]:
             used |= set(re.findall(r"slurmflex_[a-z_]+", target["expr"]))
     assert used and used <= exported, used - exported
+
+
+def test_sighup_reloads_and_a_bad_file_keeps_the_old_config(tmp_path: Path) -> None:
+    import json
+    import signal
+    import sys
+
+    cfg = _config(tmp_path, mode="shadow", log_format="json")
+    log_path = tmp_path / "daemon.log"
+
+    def events() -> list[dict[str, object]]:
+        return [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+
+    def wait_for(event: str, count: int = 1) -> dict[str, object]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = [e for e in events() if e.get("event") == event]
+            if len(found) >= count:
+                return found[count - 1]
+            time.sleep(0.1)
+        raise AssertionError(f"no {event} event in:\n{log_path.read_text()}")
+
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slurm_flex.cli", "--config", str(cfg), "daemon", "--interval", "1"],
+            stderr=log_file,
+            stdout=subprocess.DEVNULL,
+        )
+    try:
+        wait_for("daemon_start")
+        good = cfg.read_text()
+        cfg.write_text(good.replace('mode = "shadow"', 'mode = "sometimes"'))
+        proc.send_signal(signal.SIGHUP)
+        rejected = wait_for("reload_rejected")
+        assert "daemon.mode" in str(rejected["error"]) and "enforce" in str(rejected["error"])
+        assert str(cfg) in str(rejected["error"]) and rejected["kept"] == "previous config"
+        assert proc.poll() is None  # a bad file never stops the service
+
+        cfg.write_text(good.replace('mode = "shadow"', 'mode = "advise"'))
+        proc.send_signal(signal.SIGHUP)
+        reloaded = wait_for("reloaded")
+        assert reloaded["mode"] == "advise" and reloaded["interval"] == 1  # the CLI's --interval survives
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert wait_for("daemon_stop")["cycles"] >= 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -15,6 +15,7 @@ import numpy as np
 
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot, iso_utc
 from slurm_flex.planner.instance import FloatArray, Instance, Solution
+from slurm_flex.planner.risk import at_risk, place_in_order
 from slurm_flex.planner.solve import solve
 
 
@@ -252,3 +253,54 @@ def capacity_profile(
         end = n_slots if until is None else max(0, min(n_slots, math.ceil((until - slot0) / SLOT_SECONDS)))
         free[:end] -= nodes
     return free
+
+
+@dataclass(frozen=True)
+class WaitingWork:
+    """A pending job slurm-flex does not plan, as the queue will place it."""
+
+    nodes: float
+    duration_s: int | None  # its time limit; None: unlimited
+    earliest: int  # epoch it may start from (its begin time, or now)
+
+
+def queue_capacity(
+    total_nodes: float,
+    running: Sequence[tuple[int, int | None]],
+    waiting: Sequence[WaitingWork],
+    now: int,
+    n_slots: int,
+) -> FloatArray:
+    """Free nodes per slot from floor_slot(now) once running work (nodes, until) holds its nodes
+    and the waiting work, in priority order, takes its first fit after it (as Slurm's backfill
+    would plan it, by time limits)."""
+    free = capacity_profile(total_nodes, running, now, n_slots)
+    if not waiting:
+        return free
+    slot0 = floor_slot(now)
+    sizes = np.asarray([w.nodes for w in waiting], dtype=np.float64)
+    lengths = np.asarray(
+        [n_slots if w.duration_s is None else max(1, math.ceil(w.duration_s / SLOT_SECONDS)) for w in waiting],
+        dtype=np.int64,
+    )
+    earliest = np.asarray([max(0, (floor_slot(w.earliest) - slot0) // SLOT_SECONDS) for w in waiting], dtype=np.int64)
+    _, left = place_in_order(free, sizes, lengths, earliest)
+    return left
+
+
+def deadlines_at_risk(jobs: Sequence[FlexJob], free: FloatArray, now: int, margin_slots: int) -> frozenset[str]:
+    """The jobs that must not wait any longer: queued now, behind the waiting work (``free`` is
+    what it leaves) and in order of latest safe start, they would not start by their latest
+    safe start less ``margin_slots``. See :mod:`slurm_flex.planner.risk`."""
+    if not jobs:
+        return frozenset()
+    slot0 = floor_slot(now)
+    risky = at_risk(
+        free,
+        np.asarray([j.nodes for j in jobs], dtype=np.float64),
+        np.asarray([max(1, math.ceil(j.duration_s / SLOT_SECONDS)) for j in jobs], dtype=np.int64),
+        np.asarray([(j.latest_start - slot0) // SLOT_SECONDS for j in jobs], dtype=np.int64),
+        margin_slots,
+        np.asarray([max(0, (floor_slot(max(j.earliest, now)) - slot0) // SLOT_SECONDS) for j in jobs], dtype=np.int64),
+    )
+    return frozenset(j.job_id for j, r in zip(jobs, risky, strict=True) if r)

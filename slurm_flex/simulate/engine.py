@@ -3,15 +3,17 @@
 Both runs use the same cluster model, so the only difference is when flexible jobs may start.
 The scheduler works in 5-minute ticks (half-hour slots would round every short job up to 30
 minutes and overload the machine: LLNL Thunder's 86% utilisation would become 99%). A job holds
-its processors for its actual run time; eligible jobs start by EASY backfilling (what the traced
-machines ran, and what Slurm's backfill does for its top job), first eligible first served.
+its processors for its actual run time; eligible jobs start by backfilling, first eligible
+first served, with reservations for the first 100 waiting jobs (Slurm's backfill plans
+``bf_max_job_test`` jobs the same way; 1 would be EASY backfilling). Both runs alike.
 
 * **baseline**: every job is eligible from submission;
 * **slurm-flex**: a job with a deadline (from the slack rule) is planned in a receding horizon:
   every half-hour the pending flexible jobs are re-planned with :func:`slurm_flex.planner.solve`
   against the *forecast* carbon and price and the capacity left by running and queued work (as
-  their time limits promise it); a job becomes eligible when its planned start arrives, or at
-  its latest safe start. Jobs near their latest safe start get priority (the daemon raises it).
+  their time limits promise it); a job becomes eligible when its planned start arrives, at its
+  latest safe start, or as soon as the queue could no longer start it in time (see
+  :mod:`slurm_flex.planner.risk`). Released jobs queue like any other: no priority boost.
   Carbon and cost are charged with the *actual* series, per second of actual run time.
 """
 
@@ -31,6 +33,7 @@ import numpy.typing as npt
 from slurm_flex.errors import SlurmFlexError
 from slurm_flex.grid.series import SLOT_SECONDS
 from slurm_flex.planner.instance import Instance
+from slurm_flex.planner.risk import at_risk, place_in_order
 from slurm_flex.planner.solve import solve
 from slurm_flex.simulate.signals import SimSignals
 from slurm_flex.simulate.traces import Trace
@@ -98,20 +101,23 @@ class SimConfig:
     safety_margin_seconds: int = 900
     use_price: bool = True
     solve_time_limit: float = 2.0
+    # As the daemon's [policy] min_saving_fraction: a job moves only for at least this saving.
+    min_saving_fraction: float = 0.05
     # Plan against this share of the processors: backfilling cannot pack jobs of uneven sizes
     # perfectly, and a plan that fills every processor spills past its deadlines.
     plan_capacity_fraction: float = 0.9
     # Plan each job within this share of its slack (latest safe start - submission); the rest is
     # a buffer for the queue and for work that arrives later with the same deadline.
     slack_use_fraction: float = 0.8
-    # Flexible jobs this close (slots) to their latest safe start go first, earliest first.
-    urgency_slots: int = 4
+    # Release a deferred job as soon as the queue (running work, waiting work, and the deferred
+    # jobs with earlier latest starts) could no longer start it by its latest safe start.
+    release_at_risk: bool = True
+    # Waiting jobs that get a reservation, in priority order (1: EASY backfilling; Slurm's
+    # backfill plans up to bf_max_job_test jobs, so it is close to conservative). Both runs alike.
+    backfill_reservations: int = 100
     # Jobs needing more than this share of the machine are not deferred: planned capacity is not
     # a reservation, and backfilled work easily keeps such a job from starting in its window.
     max_deferred_share: float = 0.5
-    # Work not submitted yet will need processors too: reserve, in every future slot, the
-    # processors that work submitted over this many past hours kept busy on average (0: none).
-    arrival_lookback_hours: float = 0.0
     # Defer new work only while no job waits for processors (a saturated machine has no cleaner
     # window to offer, only a longer backlog).
     defer_only_when_idle_queue: bool = True
@@ -140,6 +146,7 @@ class SimResult:
     baseline: Outcome
     flex: Outcome
     planning_seconds: float
+    utilisation: float = math.nan  # processor-seconds run / (capacity x simulated span)
 
     def savings(self) -> dict[str, float]:
         b, f = self.baseline.metrics, self.flex.metrics
@@ -158,6 +165,7 @@ class SimResult:
             "start": datetime.fromtimestamp(self.start_epoch, UTC).strftime("%Y-%m-%dT%H:%MZ"),
             "days": round(self.n_slots * SLOT_H / 24, 1),
             "capacity_procs": self.capacity_procs,
+            "utilisation": round(self.utilisation, 4),
             "baseline": self.baseline.metrics,
             "slurm_flex": self.flex.metrics,
             "savings": self.savings(),
@@ -279,21 +287,21 @@ def _easy(
     busy: FloatArray,
     expected: FloatArray,
     start: IntArray,
-    reserve_all: npt.NDArray[np.bool_] | None = None,
+    max_reservations: int = 1,
 ) -> list[int]:
     """Start what backfilling starts at ``tick``; returns the jobs still waiting.
 
-    Jobs start in queue order while they fit. A job that does not fit gets a reservation at the
-    earliest tick its processors are free for its whole time limit (as running jobs' time limits
-    and earlier reservations leave them): the first such job (EASY), and every job flagged in
-    ``reserve_all`` (conservative backfilling for them). Later jobs may start now only if they
-    fit and delay no reservation: they end (by their time limits) before it, or leave it enough
-    processors."""
+    Jobs start in queue order while they fit. The first ``max_reservations`` jobs that do not
+    fit each get a reservation at the earliest tick their processors are free for their whole
+    time limit (as running jobs' time limits and earlier reservations leave them): 1 is EASY
+    backfilling, more is conservative backfilling for that many. Later jobs may start now only
+    if they fit and delay no reservation: they end (by their time limits) before it, or leave it
+    enough processors."""
     free = capacity - busy[tick]
     waiting: list[int] = []
     span = min(expected.size - tick, RESERVATION_WINDOW_TICKS)
     reserved = np.zeros(span)  # processors held by reservations, per tick from now
-    reservations = False
+    reservations = 0
     for j in queue:
         p = float(jobs.procs[j])
         req = int(jobs.req_ticks[j])
@@ -304,14 +312,14 @@ def _easy(
                 _start(j, tick, jobs, busy, expected, start)
                 free -= p
                 continue
-        if not reservations or (reserve_all is not None and reserve_all[j]):
+        if reservations < max_reservations:
             spare = capacity - expected[tick : tick + span] - reserved
             if req < span:
                 ok = np.lib.stride_tricks.sliding_window_view(spare, req).min(axis=1) >= p - 1e-9
                 if ok.any():
                     k = int(np.argmax(ok))
                     reserved[k : k + req] += p
-            reservations = True
+            reservations += 1
         waiting.append(j)
     return waiting
 
@@ -332,16 +340,9 @@ def _finish(j: int, tick: int, jobs: _Jobs, expected: FloatArray, start: IntArra
 def _project(tick: int, queue: list[int], jobs: _Jobs, capacity: float, expected: FloatArray) -> FloatArray:
     """Expected use from ``tick`` on, per tick: running jobs until their time limits, plus the
     waiting queue placed in order at the first ticks where it fits (as `squeue --start` would)."""
-    view = expected[tick:].copy()
-    for j in queue:
-        p, req = float(jobs.procs[j]), int(jobs.req_ticks[j])
-        if req >= view.size:
-            view[:] += p
-            continue
-        ok = np.lib.stride_tricks.sliding_window_view(view, req).max(axis=1) <= capacity - p + 1e-9
-        k = int(np.argmax(ok)) if ok.any() else 0
-        view[k : k + req] += p
-    return view
+    idx = np.asarray(queue, dtype=np.int64)
+    _, free = place_in_order(capacity - expected[tick:], jobs.procs[idx], jobs.req_ticks[idx])
+    return np.asarray(capacity - free, dtype=np.float64)
 
 
 PlanHook = Callable[[int, list[int], FloatArray], list[int]]
@@ -370,14 +371,10 @@ def _run(
     ending: dict[int, list[int]] = {}  # tick -> jobs whose run ends then
     eligible: list[int] = []
     pending: list[int] = []
-    urgency = cfg.urgency_slots * TICKS_PER_SLOT
 
-    def priority(j: int) -> tuple[int, int, int]:
-        # Urgent once the slack left is less than the job's own length plus the urgency window:
-        # a long job needs a long stretch of free processors, found well ahead.
-        if plan is not None and jobs.flexible[j] and jobs.latest_tick[j] <= tick + urgency + jobs.req_ticks[j]:
-            return (0, int(jobs.latest_tick[j]), int(eligible_at[j]))
-        return (1, int(eligible_at[j]), int(jobs.submit_tick[j]))
+    def priority(j: int) -> tuple[int, int]:
+        # First eligible, first served: Slurm's age factor counts from eligibility.
+        return (int(eligible_at[j]), int(jobs.submit_tick[j]))
 
     for tick in range(n_ticks):
         done = ending.pop(tick, ())
@@ -412,10 +409,7 @@ def _run(
                 changed = True
         if eligible and (changed or tick % TICKS_PER_SLOT == 0):
             eligible.sort(key=priority)
-            # Every job with a deadline holds a reservation once it waits (conservative backfilling
-            # for them); the rest are served EASY-style.
-            reserve = jobs.flexible if plan is not None else None
-            waiting = set(_easy(tick, eligible, jobs, capacity, busy, expected, start, reserve))
+            waiting = set(_easy(tick, eligible, jobs, capacity, busy, expected, start, cfg.backfill_reservations))
             for j in eligible:
                 if j not in waiting:
                     ending.setdefault(tick + int(jobs.run_ticks[j]), []).append(j)
@@ -463,23 +457,6 @@ def simulate(
     def tick_progress(base: int) -> Callable[[int], None] | None:
         return None if progress is None else (lambda t: progress(base + t + 1, 2 * n_ticks))
 
-    by_submit = np.argsort(jobs.submit_s, kind="stable")
-    submitted_work = np.cumsum((jobs.procs * jobs.req_ticks * TICK_SECONDS)[by_submit])  # processor-seconds
-    submit_sorted = jobs.submit_s[by_submit]
-
-    def arriving(slot: int, h: int) -> FloatArray:
-        """Processors per future slot for work that will still be submitted (steady state)."""
-        out = np.zeros(h)
-        window = cfg.arrival_lookback_hours * 3600
-        if window <= 0:
-            return out
-        now = slot * SLOT_SECONDS
-        lo = int(np.searchsorted(submit_sorted, now - window))
-        hi = int(np.searchsorted(submit_sorted, now))
-        work = (submitted_work[hi - 1] if hi else 0.0) - (submitted_work[lo - 1] if lo else 0.0)
-        out[1:] = work / min(window, max(now, SLOT_SECONDS))
-        return out
-
     def plan(slot: int, pending: list[int], expected_ticks: FloatArray) -> list[int]:
         idx = np.asarray(pending)
         h = min(horizon, fc.size - slot)
@@ -489,7 +466,19 @@ def simulate(
         # Plan within the first share of each job's slack only (the rest is a buffer).
         share = jobs.submit_tick[idx] + cfg.slack_use_fraction * (jobs.latest_tick[idx] - jobs.submit_tick[idx])
         planned_latest = np.minimum(latest_slot, (share.astype(np.int64) - now_tick) // TICKS_PER_SLOT)
-        plannable = (planned_latest > 0) & (dur < h)
+        # Jobs the queue could no longer fit by their latest safe start if they waited another
+        # slot go now, whatever the forecast says.
+        risky = np.zeros(idx.size, dtype=bool)
+        if cfg.release_at_risk:
+            window = h * TICKS_PER_SLOT
+            risky = at_risk(
+                capacity - expected_ticks[:window],
+                jobs.procs[idx],
+                jobs.req_ticks[idx],
+                jobs.latest_tick[idx] - now_tick,
+                margin=TICKS_PER_SLOT,
+            )
+        plannable = (planned_latest > 0) & (dur < h) & ~risky
         # Released now: jobs with no window left to plan in, and those the plan starts now
         # (including any it could not fit before their deadline: they need to queue at once).
         release = list(idx[~plannable])
@@ -506,7 +495,7 @@ def simulate(
                 carbon_price_gbp_per_tonne=cfg.carbon_price_gbp_per_tonne,
                 carbon=fc[slot : slot + h],
                 price=price[slot : slot + h] if cfg.use_price else np.full(h, np.nan),
-                capacity_nodes=np.maximum(capacity * cfg.plan_capacity_fraction - per_slot - arriving(slot, h), 0.0),
+                capacity_nodes=np.maximum(capacity * cfg.plan_capacity_fraction - per_slot, 0.0),
                 power_cap_kw=np.full(h, np.inf),
                 job_ids=tuple(str(j) for j in p),
                 nodes=jobs.procs[p],
@@ -516,7 +505,13 @@ def simulate(
                 deadline=(last + d).astype(np.int64),
             )
             t0 = time.perf_counter()
-            sol = solve(inst, method="fast", time_limit=cfg.solve_time_limit, bound=False)
+            sol = solve(
+                inst,
+                method="fast",
+                time_limit=cfg.solve_time_limit,
+                bound=False,
+                min_saving_fraction=cfg.min_saving_fraction,
+            )
             planning[0] += time.perf_counter() - t0
             release.extend(int(j) for j in p if sol.starts[str(j)] == 0)
         return release
@@ -549,4 +544,5 @@ def simulate(
         baseline=baseline,
         flex=flex,
         planning_seconds=planning[0],
+        utilisation=float((jobs.procs * jobs.runtime_s).sum() / (capacity * max(float(jobs.submit_s.max()), 1.0))),
     )

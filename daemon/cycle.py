@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -29,6 +29,7 @@ from slurm_flex.planner.queue import (
     Policy,
     WaitingWork,
     deadlines_at_risk,
+    merge_plans,
     plan,
     queue_capacity,
 )
@@ -44,6 +45,8 @@ PLAN_FILES_KEPT = 200
 # Tasks of one pending array placed in the queue projection (beyond that they are far off).
 MAX_PROJECTED_TASKS = 1000
 AT_RISK = "the queue could no longer start it by its latest safe start if it waited longer"
+DEFAULT_SITE = "default"
+NO_SITE = "(no site)"
 
 
 class ForecastSource(Protocol):
@@ -189,10 +192,19 @@ def _record_for(
 class Cycle:
     """Runs cycles against one backend, forecast source and state store."""
 
-    def __init__(self, config: Config, backend: SlurmBackend, source: ForecastSource, store: StateStore) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backend: SlurmBackend,
+        sources: ForecastSource | Mapping[str, ForecastSource],
+        store: StateStore,
+    ) -> None:
         self.config = config
         self.backend = backend
-        self.source = source
+        # One forecast source per site; without [sites] one site plans every job.
+        self.sources: dict[str, ForecastSource] = (
+            dict(sources) if isinstance(sources, Mapping) else {DEFAULT_SITE: sources}
+        )
         self.store = store
         self.policy = policy_from(config)
         self.power = power_model_from(config)
@@ -214,7 +226,7 @@ class Cycle:
         ok = False
         slurm_ok = True
         jobs_seen = flexible = deferred = updates = 0
-        forecast_name = self.source.name
+        forecast_name = ", ".join(src.name for src in self.sources.values())
         forecast_age: float | None = None
         planned_kw: tuple[float, ...] = ()
         saved_kg = 0.0
@@ -222,26 +234,35 @@ class Cycle:
             jobs = self.backend.read_jobs()
             nodes = self.backend.read_nodes()
             jobs_seen = len(jobs)
-            forecast: SignalSeries | None
-            try:
-                forecast = self.source.forecast(started)
-                forecast_name = forecast.source
-                if forecast.issued_at is not None:
-                    forecast_age = started - forecast.issued_at
-            except ForecastError as exc:
-                errors += 1
-                forecast = None
-                message = f"forecast unavailable, running jobs as submitted: {exc}"
-                log.warning("forecast_unavailable", error=str(exc), source=self.source.name)
-            plan_, intents, records = self._decide(jobs, nodes, forecast, int(started))
+            forecasts: dict[str, SignalSeries | None] = {}
+            notes: list[str] = []
+            for site, source in self.sources.items():
+                try:
+                    forecasts[site] = series = source.forecast(started)
+                    notes.extend(series.notes)
+                    if series.issued_at is not None:
+                        age = started - series.issued_at
+                        forecast_age = age if forecast_age is None else max(forecast_age, age)
+                except ForecastError as exc:
+                    errors += 1
+                    forecasts[site] = None
+                    notes.append(f"forecast unavailable, running jobs as submitted: {exc}")
+                    log.warning("forecast_unavailable", error=str(exc), source=source.name, site=site)
+            forecast_name = ", ".join(
+                f.source if f is not None else src.name
+                for f, src in zip(forecasts.values(), self.sources.values(), strict=True)
+            )
+            message = "; ".join(notes)
+            plans, intents, records = self._decide(jobs, nodes, forecasts, int(started))
+            plan_ = merge_plans(plans.values(), int(started))
             flexible = sum(1 for r in records.values() if r.status in ("deferred", "runs-now", "late"))
             applied, failed_errors = self._apply(cycle_id, intents, records, mode, plan_, jobs)
             errors += failed_errors
             updates = applied
             deferred = sum(1 for r in records.values() if r.status == "deferred")
-            planned_kw = _planned_kw(plan_)
+            planned_kw = _planned_kw(plans.values())
             saved_kg = sum(r.carbon_saved_g for r in records.values() if r.status in PENDING_STATUSES) / 1000
-            self._write_plan(cycle_id, plan_)
+            self._write_plan(cycle_id, plans, int(started))
             ok = True
         except SlurmError as exc:
             errors += 1
@@ -299,9 +320,18 @@ class Cycle:
         )
 
     # -- decide: pure apart from reading the store ------------------------------------------
+    def _site_of(self, partition: str) -> str | None:
+        if not self.config.sites:
+            return DEFAULT_SITE
+        return self.config.site_of(partition)
+
     def _decide(
-        self, jobs: tuple[SlurmJob, ...], nodes: tuple[SlurmNode, ...], forecast: SignalSeries | None, now: int
-    ) -> tuple[Plan, list[Intent], dict[str, JobRecord]]:
+        self,
+        jobs: tuple[SlurmJob, ...],
+        nodes: tuple[SlurmNode, ...],
+        forecasts: Mapping[str, SignalSeries | None],
+        now: int,
+    ) -> tuple[dict[str, Plan], list[Intent], dict[str, JobRecord]]:
         previous = self.store.jobs()
         exempt = self.store.exemptions()
         pending_targets: dict[str, list[int | None]] = defaultdict(list)
@@ -323,28 +353,26 @@ class Cycle:
             )
             if a is not None:
                 assessments.append(a)
-        usable = sum(1 for n in nodes if n.usable and _managed_node(n, self.rules))
-        assessments = self._limit_deferral(assessments, jobs, previous, usable)
-        flex_jobs = [a.flex for a in assessments if a.flex is not None]
-        n_slots = int(self.policy.max_horizon_hours * 3600) // SLOT_SECONDS + 1
-        running, waiting = _queue_work(jobs, {f.job_id for f in flex_jobs}, now, self.rules.manages)
-        free = queue_capacity(usable, running, waiting, now, n_slots)
-        # Jobs the queue could no longer start in time if they waited another cycle go now.
-        margin = 1 + math.ceil(self.config.daemon.interval_seconds / SLOT_SECONDS)
-        risky = deadlines_at_risk([f for f in flex_jobs if not f.no_defer], free, now, margin)
-        if risky:
-            flex_jobs = [replace(f, no_defer=AT_RISK) if f.job_id in risky else f for f in flex_jobs]
-            assessments = [
-                replace(a, flex=replace(a.flex, no_defer=AT_RISK))
-                if a.flex is not None and a.flex.job_id in risky
-                else a
-                for a in assessments
-            ]
-        capacity = np.maximum(free - (1.0 - self.policy.capacity_headroom) * usable, 0.0)
-        plan_ = plan(flex_jobs, forecast, capacity, self.policy, now)
-        intents = reconcile(assessments, plan_, now)
+        # Each site is planned on its own signals and its own nodes; jobs of partitions no site
+        # names have no signal and run as submitted.
+        sites: dict[str | None, list[Assessment]] = defaultdict(list)
+        for a in assessments:
+            sites[self._site_of(a.job.partition)].append(a)
+        plans: dict[str, Plan] = {}
+        planned_assessments: list[Assessment] = []
+        for site in [*forecasts, *(s for s in sites if s not in forecasts)]:
+            site_jobs = tuple(j for j in jobs if self._site_of(j.partition) == site)
+            site_nodes = tuple(n for n in nodes if any(self._site_of(p) == site for p in n.partitions))
+            plan_, site_assessments = self._plan_site(
+                sites.get(site, []), site_jobs, site_nodes, forecasts.get(site or ""), previous, now
+            )
+            plans[site or NO_SITE] = plan_
+            planned_assessments.extend(site_assessments)
+        assessments = planned_assessments
+        merged = merge_plans(plans.values(), now)
+        intents = reconcile(assessments, merged, now)
         by_intent = {i.job_id: i for i in intents}
-        planned = plan_.by_id()
+        planned = merged.by_id()
         records: dict[str, JobRecord] = {}
         for a in assessments:
             job_id = a.job.update_id
@@ -368,7 +396,37 @@ class Cycle:
             else:
                 final, reason = "started", prev.reason
             records[job_id] = prev.evolve(status=final, reason=reason, last_seen=now, updated_at=now)
-        return plan_, intents, records
+        return plans, intents, records
+
+    def _plan_site(
+        self,
+        assessments: list[Assessment],
+        jobs: tuple[SlurmJob, ...],
+        nodes: tuple[SlurmNode, ...],
+        forecast: SignalSeries | None,
+        previous: dict[str, JobRecord],
+        now: int,
+    ) -> tuple[Plan, list[Assessment]]:
+        """One site's plan: its jobs, on its nodes, with its signals."""
+        usable = sum(1 for n in nodes if n.usable and _managed_node(n, self.rules))
+        assessments = self._limit_deferral(assessments, jobs, previous, usable)
+        flex_jobs = [a.flex for a in assessments if a.flex is not None]
+        n_slots = int(self.policy.max_horizon_hours * 3600) // SLOT_SECONDS + 1
+        running, waiting = _queue_work(jobs, {f.job_id for f in flex_jobs}, now, self.rules.manages)
+        free = queue_capacity(usable, running, waiting, now, n_slots)
+        # Jobs the queue could no longer start in time if they waited another cycle go now.
+        margin = 1 + math.ceil(self.config.daemon.interval_seconds / SLOT_SECONDS)
+        risky = deadlines_at_risk([f for f in flex_jobs if not f.no_defer], free, now, margin)
+        if risky:
+            flex_jobs = [replace(f, no_defer=AT_RISK) if f.job_id in risky else f for f in flex_jobs]
+            assessments = [
+                replace(a, flex=replace(a.flex, no_defer=AT_RISK))
+                if a.flex is not None and a.flex.job_id in risky
+                else a
+                for a in assessments
+            ]
+        capacity = np.maximum(free - (1.0 - self.policy.capacity_headroom) * usable, 0.0)
+        return plan(flex_jobs, forecast, capacity, self.policy, now), assessments
 
     def _limit_deferral(
         self, assessments: list[Assessment], jobs: tuple[SlurmJob, ...], previous: dict[str, JobRecord], usable: int
@@ -485,19 +543,25 @@ class Cycle:
             log.warning("annotate_failed", job=job_id, error=error)
         return len(report.applied), len(report.failed)
 
-    def _write_plan(self, cycle_id: int, plan_: Plan) -> None:
-        """Keep each cycle's instance and solution so a decision can be replayed and explained."""
+    def _write_plan(self, cycle_id: int, plans: Mapping[str, Plan], now: int) -> None:
+        """Keep each cycle's instances and solutions so a decision can be replayed and explained."""
         try:
             self.plans_dir.mkdir(parents=True, exist_ok=True)
             doc = {
                 "cycle": cycle_id,
-                "now": iso_utc(plan_.now),
-                "forecast_source": plan_.forecast_source,
-                "instance": instance_to_json(plan_.instance) if plan_.instance is not None else None,
-                "solution": plan_.solution.to_json() if plan_.solution is not None else None,
-                "jobs": [
-                    {"id": p.job_id, "start": iso_utc(p.start), "reason": p.reason, "late": p.late} for p in plan_.jobs
-                ],
+                "now": iso_utc(now),
+                "sites": {
+                    site: {
+                        "forecast_source": p.forecast_source,
+                        "instance": instance_to_json(p.instance) if p.instance is not None else None,
+                        "solution": p.solution.to_json() if p.solution is not None else None,
+                        "jobs": [
+                            {"id": j.job_id, "start": iso_utc(j.start), "reason": j.reason, "late": j.late}
+                            for j in p.jobs
+                        ],
+                    }
+                    for site, p in plans.items()
+                },
             }
             path = self.plans_dir / f"cycle-{cycle_id:08d}.json"
             tmp = path.with_suffix(".tmp")
@@ -562,16 +626,21 @@ def _managed_node(node: SlurmNode, rules: FlexConfig) -> bool:
     return not rules.partitions or any(rules.manages(p) for p in node.partitions)
 
 
-def _planned_kw(plan_: Plan) -> tuple[float, ...]:
-    """Power of the planned flexible jobs per half-hour slot of the plan's horizon."""
-    if plan_.instance is None or plan_.solution is None:
-        return ()
-    inst, sol = plan_.instance, plan_.solution
-    kw = np.zeros(inst.n_slots)
-    for j, job_id in enumerate(inst.job_ids):
-        s = sol.starts[job_id]
-        kw[s : s + int(inst.duration[j])] += inst.power_kw[j]
-    return tuple(float(x) for x in kw)
+def _planned_kw(plans: Iterable[Plan]) -> tuple[float, ...]:
+    """Power of the planned flexible jobs per half-hour slot from now, over every site."""
+    total = np.zeros(0)
+    for p in plans:
+        if p.instance is None or p.solution is None:
+            continue
+        inst, sol = p.instance, p.solution
+        kw = np.zeros(inst.n_slots)
+        for j, job_id in enumerate(inst.job_ids):
+            s = sol.starts[job_id]
+            kw[s : s + int(inst.duration[j])] += inst.power_kw[j]
+        if kw.size > total.size:
+            total = np.pad(total, (0, kw.size - total.size))
+        total[: kw.size] += kw
+    return tuple(float(x) for x in total)
 
 
 def _iso(epoch: int | None) -> str | None:

@@ -18,9 +18,12 @@ from types import FrameType
 import structlog
 
 from slurm_flex.config import Config
-from slurm_flex.daemon.cycle import Cycle, CycleResult, ForecastSource
+from slurm_flex.daemon.cycle import DEFAULT_SITE, Cycle, CycleResult, ForecastSource
 from slurm_flex.errors import ConfigError, SlurmFlexError
+from slurm_flex.grid.cache import GridCache
+from slurm_flex.grid.factory import build_sites, grid_cache_path, signal_policy
 from slurm_flex.grid.filesource import FileSource
+from slurm_flex.grid.signals import prune
 from slurm_flex.metrics import Metrics
 from slurm_flex.sdnotify import Notifier
 from slurm_flex.slurm.backend import make_backend
@@ -28,21 +31,32 @@ from slurm_flex.state import StateStore
 
 log = structlog.get_logger(__name__)
 
+PRUNE_EVERY_SECONDS = 86400
 
-def make_source(config: Config) -> ForecastSource:
+
+def make_sources(config: Config, grid: GridCache | None) -> dict[str, ForecastSource]:
+    """The forecast source of every site: live providers for [sites.*], else the [forecast] file."""
+    if config.sites:
+        if grid is None:
+            raise ConfigError("config", "sites", "live sites need the grid cache (daemon.state_dir)")
+        return dict(build_sites(config, grid))
     f = config.forecast
     replay = None if f.replay_from is None else int(f.replay_from.timestamp())
-    return FileSource(f.path, replay_from=replay)
+    return {DEFAULT_SITE: FileSource(f.path, replay_from=replay)}
 
 
-def make_cycle(config: Config, store: StateStore) -> Cycle:
+def open_grid_cache(config: Config) -> GridCache | None:
+    return GridCache(grid_cache_path(config)) if config.sites else None
+
+
+def make_cycle(config: Config, store: StateStore, grid: GridCache | None = None) -> Cycle:
     backend = make_backend(
         config.slurm.backend,
         bin_dir=config.slurm.bin_dir,
         slurm_conf=config.slurm.slurm_conf,
         timeout_seconds=config.slurm.command_timeout_seconds,
     )
-    return Cycle(config, backend, make_source(config), store)
+    return Cycle(config, backend, make_sources(config, grid), store)
 
 
 @dataclass
@@ -70,7 +84,9 @@ class Daemon:
         self._reload_requested = False
         self.stats = LoopStats()
         self.store = StateStore(config.state_db)
-        self.cycle = make_cycle(config, self.store)
+        self.grid = open_grid_cache(config)
+        self.cycle = make_cycle(config, self.store, self.grid)
+        self._pruned_at = 0.0
         self.notifier = notifier or Notifier()
         self.metrics = metrics
         self._failures_in_a_row = 0
@@ -90,20 +106,22 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = self._reload()
+            if new.daemon.state_dir != self.config.daemon.state_dir:
+                raise ConfigError("config", "daemon.state_dir", "cannot change at runtime (restart the service)")
+            grid = self.grid or open_grid_cache(new)
+            cycle = make_cycle(new, self.store, grid)
         except ConfigError as exc:
             log.error("reload_rejected", error=str(exc), kept="previous config")
             self.notifier.ready(f"reload rejected, previous config kept: {exc}")
             return
-        if new.daemon.state_dir != self.config.daemon.state_dir:
-            log.error("reload_rejected", error="state_dir cannot change at runtime", kept="previous config")
-            self.notifier.ready("reload rejected: state_dir cannot change at runtime")
-            return
-        self.config = new
-        self.cycle = make_cycle(new, self.store)
+        self.config, self.grid, self.cycle = new, grid, cycle
         log.info("reloaded", mode=new.daemon.mode, interval=new.daemon.interval_seconds)
         self.notifier.ready("reloaded")
 
     def run_once(self) -> CycleResult | None:
+        if self.grid is not None and time.time() - self._pruned_at > PRUNE_EVERY_SECONDS:
+            self._pruned_at = time.time()
+            prune(self.grid, int(self._pruned_at), signal_policy(self.config))
         try:
             result = self.cycle.run()
         except SlurmFlexError as exc:
@@ -173,4 +191,6 @@ class Daemon:
         self.notifier.stopping()
         log.info("daemon_stop", cycles=self.stats.cycles, failed=self.stats.failed_cycles)
         self.store.close()
+        if self.grid is not None:
+            self.grid.close()
         return self.stats

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from slurm_flex.errors import ForecastError, ForecastFormatError
-from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, parse_iso_utc
+from slurm_flex.grid.readings import Point, Quantity, Reading, make_reading
+from slurm_flex.grid.series import SLOT_SECONDS, Segment, SignalSeries, floor_slot, iso_utc, parse_iso_utc
 
 START_COLUMNS = ("from", "start", "period_start_utc")
 CARBON_COLUMNS = ("carbon_g_per_kwh", "forecast")
@@ -200,7 +201,11 @@ def series_from_rows(
         i = (r.start - first) // SLOT_SECONDS
         carbon[i] = r.carbon
         price[i] = r.price
-    return SignalSeries(start=first, carbon=tuple(carbon), price=tuple(price), source=source)
+    end = first + n * SLOT_SECONDS
+    segments = [Segment("carbon", first, end, "forecast", source)]
+    if any(not math.isnan(p) for p in price):
+        segments.append(Segment("price", first, end, "forecast", source))
+    return SignalSeries(start=first, carbon=tuple(carbon), price=tuple(price), source=source, segments=tuple(segments))
 
 
 def load_series_file(path: Path) -> SignalSeries:
@@ -243,3 +248,39 @@ class FileSource:
             self._cached = (mtime, load_series_file(self.path))
         series = self._cached[1]
         return series if self.replay_from is None else series.shifted(self.replay_from)
+
+
+class FileProvider:
+    """One quantity of a forecast file as a provider (a site may plan on a file: offline
+    sites, demos, tests). Its "history" is whatever the file holds before now."""
+
+    def __init__(self, path: Path, quantity: Quantity, replay_from: int | None = None) -> None:
+        self._source = FileSource(path, replay_from)
+        self._quantity: Quantity = quantity
+
+    @property
+    def name(self) -> str:
+        return f"{self._source.name}#{self._quantity}"
+
+    @property
+    def quantity(self) -> Quantity:
+        return self._quantity
+
+    def _reading(self, now: int, start: int, end: int) -> Reading:
+        series = self._source.forecast(now)
+        values = series.carbon if self._quantity == "carbon" else series.price
+        points = [
+            Point(series.slot_start(i), v, "forecast")
+            for i, v in enumerate(values)
+            if math.isfinite(v) and start <= series.slot_start(i) < end
+        ]
+        return make_reading(self._quantity, points, self.name, series.issued_at or now)
+
+    def fetch(self, now: int) -> Reading:
+        reading = self._reading(now, floor_slot(now), 2**62)
+        if not reading.points:
+            raise ForecastError(f"{self._source.path}: no {self._quantity} values from {iso_utc(now)} on")
+        return reading
+
+    def history(self, start: int, end: int) -> Reading:
+        return self._reading(end, start, end)

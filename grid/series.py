@@ -6,7 +6,7 @@ gap in the data is visible to the planner instead of silently filled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -41,6 +41,24 @@ def iso_utc(epoch: float) -> str:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """Where a run of slots of one quantity came from: ``origin`` is ``forecast``, ``actual``,
+    ``last good forecast`` (the provider failed this cycle; an earlier answer is used) or
+    ``profile`` (typical values from history, past the provider's horizon)."""
+
+    quantity: str
+    start: int
+    end: int  # exclusive
+    origin: str
+    source: str
+    issued_at: int | None = None
+
+    def clipped(self, start: int, end: int) -> Segment | None:
+        lo, hi = max(self.start, start), min(self.end, end)
+        return None if lo >= hi else replace(self, start=lo, end=hi)
+
+
+@dataclass(frozen=True)
 class SignalSeries:
     """Half-hourly carbon intensity (g/kWh) and price (GBP/MWh) from ``start`` on.
 
@@ -54,6 +72,9 @@ class SignalSeries:
     price: tuple[float, ...]
     source: str
     issued_at: int | None = None
+    segments: tuple[Segment, ...] = ()
+    # What went wrong getting it (fallbacks in use), for the status and the logs.
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.start % SLOT_SECONDS:
@@ -89,22 +110,32 @@ class SignalSeries:
         """The slots from the one containing ``from_epoch`` on (at most ``n_slots`` of them)."""
         first = max(self.index_of(from_epoch), 0)
         last = len(self) if n_slots is None else min(len(self), first + n_slots)
-        return SignalSeries(
-            start=self.slot_start(first),
+        lo, hi = self.slot_start(first), self.slot_start(last)
+        return replace(
+            self,
+            start=lo,
             carbon=self.carbon[first:last],
             price=self.price[first:last],
-            source=self.source,
-            issued_at=self.issued_at,
+            segments=tuple(c for seg in self.segments if (c := seg.clipped(lo, hi)) is not None),
         )
 
     def shifted(self, new_start: int) -> SignalSeries:
         """The same values replayed from another slot (for demos and simulations)."""
-        return SignalSeries(
+        delta = floor_slot(new_start) - self.start
+        return replace(
+            self,
             start=floor_slot(new_start),
-            carbon=self.carbon,
-            price=self.price,
             source=f"{self.source} (replayed from {iso_utc(self.start)})",
-            issued_at=None if self.issued_at is None else self.issued_at + floor_slot(new_start) - self.start,
+            issued_at=None if self.issued_at is None else self.issued_at + delta,
+            segments=tuple(
+                replace(
+                    seg,
+                    start=seg.start + delta,
+                    end=seg.end + delta,
+                    issued_at=None if seg.issued_at is None else seg.issued_at + delta,
+                )
+                for seg in self.segments
+            ),
         )
 
     def covers(self, epoch: float) -> bool:

@@ -348,31 +348,49 @@ def _progress_updater(bar: Any, task: Any) -> Callable[[int, int], None]:
 
 
 @main.command()
+@click.option("--site", "site_names", multiple=True, help="Only this site (repeatable; default: every site).")
+@click.option("--cached", is_flag=True, help="Do not ask the providers; show what the cache holds.")
+@click.option("--accuracy", is_flag=True, help="Measure past forecasts against actuals instead.")
+@click.option("--days", type=click.IntRange(1, 365), default=7, show_default=True, help="With --accuracy.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @_fail_cleanly
-def forecast(obj: _Ctx, as_json: bool) -> None:
-    """Show the forecast the daemon would plan with, and where it came from."""
-    from slurm_flex.daemon.service import make_source
-    from slurm_flex.grid.series import iso_utc
+def forecast(obj: _Ctx, site_names: tuple[str, ...], cached: bool, accuracy: bool, days: int, as_json: bool) -> None:
+    """Show each site's planning signals: the merged series and where each part came from."""
+    from slurm_flex.daemon.service import make_sources, open_grid_cache
+    from slurm_flex.grid.report import accuracy_report, forecast_doc, render_accuracy, render_forecast
+    from slurm_flex.grid.signals import SiteSignals
 
     cfg = obj.config()
-    series = make_source(cfg).forecast(time.time())
-    slots = [
-        (series.slot_start(i), None if math.isnan(c) else c, None if math.isnan(p) else p)
-        for i, (c, p) in enumerate(zip(series.carbon, series.price, strict=True))
-    ]
+    grid = open_grid_cache(cfg)
+    try:
+        sources = make_sources(cfg, grid)
+        unknown = [s for s in site_names if s not in sources]
+        if unknown:
+            raise SlurmFlexError(f"no site {', '.join(unknown)} in the config (sites: {', '.join(sources)})")
+        chosen = {n: s for n, s in sources.items() if not site_names or n in site_names}
+        if accuracy:
+            if grid is None:
+                raise SlurmFlexError("--accuracy needs live [sites.*]: a file forecast has no record of issues")
+            feeds = {f.source for s in chosen.values() if isinstance(s, SiteSignals) for f in s.feeds()}
+            report = accuracy_report(grid, sorted(feeds), int(time.time()), days)
+            click.echo(json.dumps(report, indent=2) if as_json else render_accuracy(report))
+            return
+        now = time.time()
+        docs = []
+        for name, source in chosen.items():
+            if cached and isinstance(source, SiteSignals):
+                for f in source.feeds():
+                    f.offline = True
+            docs.append(forecast_doc(name, source, now))
+    finally:
+        if grid is not None:
+            grid.close()
     if as_json:
-        rows = [{"from": iso_utc(t), "carbon_g_per_kwh": c, "price_gbp_per_mwh": p} for t, c, p in slots]
-        click.echo(json.dumps({"source": series.source, "slots": rows}, indent=2))
-        return
-    click.echo(f"source: {series.source}; {len(series)} slots from {iso_utc(series.start)}")
-    top = max((c or 0.0) for _, c, _ in slots) or 1.0
-    for t, c, p in slots:
-        bar = "" if c is None else "#" * int(40 * c / top)
-        carbon = "   -" if c is None else f"{c:4.0f}"
-        price = "" if p is None else f"{p:8.2f} GBP/MWh"
-        click.echo(f"{iso_utc(t)[:16]}  {carbon} g/kWh {price}  {bar}")
+        click.echo(json.dumps({"sites": docs}, indent=2))
+    else:
+        for doc in docs:
+            click.echo(render_forecast(doc))
 
 
 def _operator() -> str:

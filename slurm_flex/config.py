@@ -8,6 +8,7 @@ Validation is strict: an unknown key or a bad value is a :class:`ConfigError` na
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import datetime
@@ -76,6 +77,118 @@ class ForecastConfig(_Section):
         if value is not None and value.tzinfo is None:
             raise ValueError("needs a time zone, e.g. 2026-11-21T08:00:00Z")
         return value
+
+
+class ProviderSettings(_Section):
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+    retries: int = Field(2, ge=0, le=10)
+    # Never ask more often than this (providers update half-hourly or daily).
+    min_interval_seconds: int = Field(900, ge=60, le=86400)
+
+
+class NesoSettings(ProviderSettings):
+    base_url: str = "https://api.carbonintensity.org.uk"
+
+
+class OctopusSettings(ProviderSettings):
+    base_url: str = "https://api.octopus.energy"
+    # The Agile product whose unit rates are the price signal (Octopus publishes new versions).
+    product: str = "AGILE-24-10-01"
+    min_interval_seconds: int = Field(3600, ge=60, le=86400)
+
+
+class ElexonSettings(ProviderSettings):
+    base_url: str = "https://data.elexon.co.uk/bmrs/api/v1"
+    min_interval_seconds: int = Field(3600, ge=60, le=86400)
+
+
+class ElectricityMapsSettings(ProviderSettings):
+    base_url: str = "https://api.electricitymap.org"
+    # The API token: a file readable by the service user (preferred), or the value itself.
+    token_file: Path | None = None
+    token: str = ""
+
+
+class WattTimeSettings(ProviderSettings):
+    base_url: str = "https://api.watttime.org"
+    username: str = ""
+    password_file: Path | None = None
+    password: str = ""
+
+
+class ProvidersConfig(_Section):
+    neso: NesoSettings = NesoSettings()
+    octopus: OctopusSettings = OctopusSettings()
+    elexon: ElexonSettings = ElexonSettings()
+    electricitymaps: ElectricityMapsSettings = ElectricityMapsSettings()
+    watttime: WattTimeSettings = WattTimeSettings()
+
+
+NESO_REGION_IDS = range(1, 19)  # 1-14 DNO regions; 15-18 England, Scotland, Wales, GB
+AGILE_REGIONS = "ABCDEFGHJKLMNP"  # GB DNO region letters (no I or O)
+_POSTCODE_OUTWARD = re.compile(r"^[A-Z]{1,2}[0-9][0-9A-Z]?$")
+
+
+class CarbonSignal(_Section):
+    provider: Literal["neso", "electricitymaps", "watttime", "file"]
+    region_id: int | None = None  # neso: a region (1-14; 15-18 are aggregates)
+    postcode: str | None = None  # neso: an outward postcode, e.g. CB3
+    zone: str | None = None  # electricitymaps: e.g. GB, DE, FR
+    region: str | None = None  # watttime: e.g. CAISO_NORTH
+    path: Path | None = None  # file
+    replay_from: datetime | None = None  # file: replay its first slot from this UTC time
+
+    @model_validator(mode="after")
+    def _complete(self) -> CarbonSignal:
+        if self.provider == "neso":
+            if self.region_id is not None and self.postcode is not None:
+                raise ValueError("neso: give region_id or postcode, not both")
+            if self.region_id is not None and self.region_id not in NESO_REGION_IDS:
+                raise ValueError(f"neso region_id {self.region_id} is not 1-18")
+            if self.postcode is not None and not _POSTCODE_OUTWARD.match(self.postcode.upper()):
+                raise ValueError(f"neso postcode {self.postcode!r} is not an outward postcode such as CB3 or RG10")
+        elif self.provider == "electricitymaps" and not self.zone:
+            raise ValueError('electricitymaps needs zone, e.g. zone = "GB"')
+        elif self.provider == "watttime" and not self.region:
+            raise ValueError('watttime needs region, e.g. region = "CAISO_NORTH"')
+        elif self.provider == "file" and self.path is None:
+            raise ValueError("file needs path")
+        return self
+
+
+class PriceSignal(_Section):
+    provider: Literal["octopus-agile", "elexon-mid", "file", "none"] = "none"
+    region: str | None = None  # octopus-agile: the DNO region letter
+    path: Path | None = None  # file
+    replay_from: datetime | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> PriceSignal:
+        if self.provider == "octopus-agile" and (self.region is None or self.region.upper() not in AGILE_REGIONS):
+            raise ValueError(f"octopus-agile needs region, one of {', '.join(AGILE_REGIONS)}")
+        if self.provider == "file" and self.path is None:
+            raise ValueError("file needs path")
+        return self
+
+
+class SiteConfig(_Section):
+    # Jobs in these partitions run at this site; empty: every partition no other site names.
+    partitions: tuple[str, ...] = ()
+    carbon: CarbonSignal
+    price: PriceSignal = PriceSignal()
+
+
+class SignalsConfig(_Section):
+    # Keep planning on a provider's last answer for this long when it fails.
+    max_forecast_age_hours: float = Field(6.0, gt=0, le=72)
+    # Past a forecast's horizon: median of the same half-hour over this many past weeks...
+    profile_weeks: int = Field(4, ge=1, le=12)
+    # ... or, with less history, over this many past days.
+    profile_days: int = Field(14, ge=1, le=60)
+    # How far back history is fetched once a day to build profiles.
+    history_days: int = Field(28, ge=1, le=90)
+    # Forecasts are kept as issued (for accuracy reports) this long.
+    retention_days: int = Field(60, ge=1, le=3650)
 
 
 class PolicyConfig(_Section):
@@ -173,6 +286,31 @@ class Config(_Section):
     policy: PolicyConfig = PolicyConfig()
     flex: FlexConfig = FlexConfig()
     power: PowerConfig = PowerConfig()
+    providers: ProvidersConfig = ProvidersConfig()
+    signals: SignalsConfig = SignalsConfig()
+    # Sites and their signal providers; none: one site planned on [forecast] (a file).
+    sites: dict[str, SiteConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sites_partition_the_cluster(self) -> Config:
+        owner: dict[str, str] = {}
+        catch_all = [name for name, site in self.sites.items() if not site.partitions]
+        if len(catch_all) > 1:
+            raise ValueError(f"sites {', '.join(catch_all)} all claim every partition; give all but one partitions")
+        for name, site in self.sites.items():
+            for partition in site.partitions:
+                if partition in owner:
+                    raise ValueError(f"partition {partition!r} is in sites {owner[partition]!r} and {name!r}")
+                owner[partition] = name
+        return self
+
+    def site_of(self, partition: str) -> str | None:
+        """The site whose signals plan jobs of ``partition`` (None: no site claims it)."""
+        first = partition.split(",", 1)[0]
+        for name, site in self.sites.items():
+            if first in site.partitions:
+                return name
+        return next((name for name, site in self.sites.items() if not site.partitions), None)
 
     @property
     def state_db(self) -> Path:

@@ -67,6 +67,25 @@ class ForecastFormatError(ForecastError):
     """A forecast file or response is malformed; the message says where."""
 
 
+class ProviderError(ForecastError):
+    """A grid-signal provider could not be asked or did not answer usefully (network error,
+    timeout, HTTP error status). Malformed answers raise :class:`ForecastFormatError`."""
+
+    def __init__(self, provider: str, problem: str, status: int | None = None) -> None:
+        self.provider = provider
+        self.status = status
+        super().__init__(f"{provider}: {problem}")
+
+
+class ProviderRateLimited(ProviderError):
+    """The provider asked us to slow down (HTTP 429); ``retry_after`` seconds, if it said."""
+
+    def __init__(self, provider: str, retry_after: float | None) -> None:
+        self.retry_after = retry_after
+        wait = f", retry after {retry_after:.0f} s" if retry_after is not None else ""
+        super().__init__(provider, f"rate limited (HTTP 429){wait}", status=429)
+
+
 class StateError(SlurmFlexError):
     """The state store could not be opened, read or written."""
 

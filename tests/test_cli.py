@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pydantic import BaseModel
 
 from slurm_flex.cli import main
 from slurm_flex.config import Config, load_config
@@ -67,11 +68,24 @@ def test_plan_instance_json(tmp_path: Path) -> None:
 def test_forecast_command_shows_source(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.toml", {"forecast": {"replay_from": "2026-11-21T08:00:00Z"}})
     code, out, _ = run("--config", str(path), "forecast", "--json")
-    doc = json.loads(out)
-    assert code == 0 and "replayed from 2023-11-17T17:00:00Z" in doc["source"]
-    assert doc["slots"][0] == {"from": "2026-11-21T08:00:00Z", "carbon_g_per_kwh": 289.0, "price_gbp_per_mwh": 142.15}
+    (doc,) = json.loads(out)["sites"]
+    assert code == 0 and doc["site"] == "default" and "replayed from 2023-11-17T17:00:00Z" in doc["source"]
+    assert doc["slots"][0] == {
+        "from": "2026-11-21T08:00:00Z",
+        "carbon_g_per_kwh": 289.0,
+        "carbon_origin": "forecast",
+        "price_gbp_per_mwh": 142.15,
+        "price_origin": "forecast",
+    }
+    assert [(s["quantity"], s["from"], s["origin"]) for s in doc["segments"]] == [
+        ("carbon", "2026-11-21T08:00:00Z", "forecast"),
+        ("price", "2026-11-21T08:00:00Z", "forecast"),
+    ]
     code, out, _ = run("--config", str(path), "forecast")
-    assert code == 0 and "2026-11-21T08:00   289 g/kWh   142.15 GBP/MWh" in out
+    assert code == 0 and "carbon g/kWh: 57 (at 2026-11-22T13:00Z) .. 290" in out
+    assert "2026-11-21 |                █" in out  # the chart starts at 08:00 (16 half-hours in)
+    code, _, err = run("--config", str(path), "forecast", "--site", "nowhere")
+    assert code == 1 and "no site nowhere" in err
 
 
 def test_hook_install_refuses_a_foreign_job_submit(tmp_path: Path) -> None:
@@ -117,10 +131,17 @@ def test_example_config_documents_every_option() -> None:
     cfg = load_config(example, environ={})
     assert cfg == Config()  # the example shows the defaults
     text = example.read_text()
-    for section, model in Config.model_fields.items():
-        assert f"[{section}]" in text
-        assert model.annotation is not None
-        for key, spec in model.annotation.model_fields.items():  # type: ignore[union-attr]
-            table = str(spec.annotation).startswith("dict[")  # tables are shown as commented examples
-            pattern = rf"^# \[{section}\.{key}[.\]]" if table else rf"^#? ?{key} = "
-            assert re.search(pattern, text, re.MULTILINE), f"{section}.{key} is not in {example}"
+
+    def documented(model: type[BaseModel], prefix: str) -> None:
+        for key, spec in model.model_fields.items():
+            name = f"{prefix}.{key}" if prefix else key
+            annotation = spec.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                assert re.search(rf"^\[{re.escape(name)}[.\]]", text, re.MULTILINE), f"[{name}] is not in {example}"
+                documented(annotation, name)
+            elif str(annotation).startswith("dict["):  # tables are shown as commented examples
+                assert re.search(rf"^# \[{re.escape(name)}[.\]]", text, re.MULTILINE), f"{name} is not in {example}"
+            else:
+                assert re.search(rf"^#? ?{key} = ", text, re.MULTILINE), f"{name} is not in {example}"
+
+    documented(Config, "")

@@ -8,7 +8,7 @@ times that are never earlier than a job's earliest start nor later than its late
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -304,3 +304,14 @@ def deadlines_at_risk(jobs: Sequence[FlexJob], free: FloatArray, now: int, margi
         np.asarray([max(0, (floor_slot(max(j.earliest, now)) - slot0) // SLOT_SECONDS) for j in jobs], dtype=np.int64),
     )
     return frozenset(j.job_id for j, r in zip(jobs, risky, strict=True) if r)
+
+
+def merge_plans(plans: Iterable[Plan], now: int) -> Plan:
+    """Several sites' plans as one (for reconciling with Slurm): their jobs together; the
+    instances and solutions stay with the per-site plans."""
+    parts = list(plans)
+    jobs = tuple(j for p in parts for j in p.jobs)
+    source = ", ".join(p.forecast_source for p in parts if p.forecast_source)
+    if len(parts) == 1:
+        return parts[0]
+    return Plan(now, jobs, None, None, source)

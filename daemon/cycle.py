@@ -21,6 +21,7 @@ import structlog
 from slurm_flex.config import Config, FlexConfig, NodeType, PowerConfig
 from slurm_flex.daemon.decide import Assessment, Intent, annotate_comment, assess, reconcile
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
+from slurm_flex.grid.report import signal_summary
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, iso_utc
 from slurm_flex.planner.instance import instance_to_json
 from slurm_flex.planner.queue import (
@@ -36,7 +37,7 @@ from slurm_flex.planner.queue import (
 from slurm_flex.powermodel import NodePower, PowerModel
 from slurm_flex.slurm.backend import SlurmBackend
 from slurm_flex.slurm.parsers import SlurmJob, SlurmNode
-from slurm_flex.state import PENDING_STATUSES, JobRecord, StateStore
+from slurm_flex.state import PENDING_STATUSES, SIGNALS_SETTING, JobRecord, StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -236,10 +237,12 @@ class Cycle:
             jobs_seen = len(jobs)
             forecasts: dict[str, SignalSeries | None] = {}
             notes: list[str] = []
+            signals: dict[str, object] = {}
             for site, source in self.sources.items():
                 try:
                     forecasts[site] = series = source.forecast(started)
                     notes.extend(series.notes)
+                    signals[site] = signal_summary(series, source.name)
                     if series.issued_at is not None:
                         age = started - series.issued_at
                         forecast_age = age if forecast_age is None else max(forecast_age, age)
@@ -247,7 +250,10 @@ class Cycle:
                     errors += 1
                     forecasts[site] = None
                     notes.append(f"forecast unavailable, running jobs as submitted: {exc}")
+                    signals[site] = signal_summary(None, source.name, str(exc))
                     log.warning("forecast_unavailable", error=str(exc), source=source.name, site=site)
+            # What each site planned with, for `slurmflex status` (fallbacks are visible there).
+            self.store.set_setting(SIGNALS_SETTING, json.dumps(signals), by="daemon")
             forecast_name = ", ".join(
                 f.source if f is not None else src.name
                 for f, src in zip(forecasts.values(), self.sources.values(), strict=True)

@@ -69,6 +69,38 @@ def forecast_doc(site: str, source: _Source, now: float) -> dict[str, Any]:
     }
 
 
+def signal_summary(series: SignalSeries | None, source: str, error: str | None = None) -> dict[str, Any]:
+    """What a site planned with this cycle, for ``slurmflex status``: per quantity and origin
+    the hours covered, and whether a fallback is in use. A profile past the provider's horizon
+    is normal; a fallback is a provider that failed or whose last answer is too old (the
+    series then carries notes saying so)."""
+    if series is None:
+        return {"source": source, "ok": False, "fallback": True, "error": error, "parts": [], "notes": []}
+    hours: dict[tuple[str, str, str, int | None], float] = {}
+    for seg in series.segments:
+        key = (seg.quantity, seg.source, seg.origin, seg.issued_at)
+        hours[key] = hours.get(key, 0.0) + (seg.end - seg.start) / 3600
+    parts = [
+        {
+            "quantity": quantity,
+            "source": src,
+            "origin": origin,
+            "hours": round(h, 1),
+            "issued_at": None if issued is None else iso_utc(issued),
+        }
+        for (quantity, src, origin, issued), h in hours.items()
+    ]
+    return {
+        "source": series.source,
+        "ok": True,
+        "fallback": bool(series.notes),
+        "error": None,
+        "horizon_hours": round(len(series) * SLOT_SECONDS / 3600, 1),
+        "parts": parts,
+        "notes": list(series.notes),
+    }
+
+
 def sparkline(values: Sequence[float | None], low: float, high: float) -> str:
     span = (high - low) or 1.0
     out = []

@@ -24,7 +24,7 @@ from slurm_flex import __version__
 from slurm_flex.config import Config, load_config
 from slurm_flex.errors import SlurmFlexError
 from slurm_flex.logsetup import configure_logging
-from slurm_flex.state import StateStore
+from slurm_flex.state import SIGNALS_SETTING, StateStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,6 +99,7 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
             include_finished=include_finished,
             mode_set_at_runtime=runtime_mode is not None,
             controls=store.controls(),
+            signals=_stored_signals(store.setting(SIGNALS_SETTING)),
         )
     if as_json:
         click.echo(json.dumps(doc, indent=2))
@@ -391,6 +392,15 @@ def forecast(obj: _Ctx, site_names: tuple[str, ...], cached: bool, accuracy: boo
     else:
         for doc in docs:
             click.echo(render_forecast(doc))
+
+
+def _stored_signals(text: str | None) -> dict[str, Any]:
+    """The last cycle's signal summaries; an unreadable value (older daemon) shows none."""
+    try:
+        doc = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _operator() -> str:

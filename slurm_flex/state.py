@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS settings (
 # Job statuses: the ones with a pending Slurm job first.
 PENDING_STATUSES = ("deferred", "released", "runs-now", "late", "manual", "held", "waiting")
 FINAL_STATUSES = ("started", "gone", "unmanaged")
+# The setting holding each site's signal summary of the last cycle (JSON), for status.
+SIGNALS_SETTING = "signals"
 
 
 @dataclass(frozen=True)

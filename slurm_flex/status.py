@@ -33,6 +33,7 @@ def build_status(
     include_finished: bool = False,
     mode_set_at_runtime: bool = False,
     controls: Sequence[Control] = (),
+    signals: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
     shown = PENDING_STATUSES + (FINAL_STATUSES if include_finished else ())
@@ -81,6 +82,7 @@ def build_status(
             "forecast_source": last.forecast_source,
             "message": last.message,
         },
+        "signals": dict(signals or {}),
         "jobs": jobs,
         "totals": {
             "deferred": sum(1 for r in pending if r.status == "deferred"),
@@ -101,6 +103,30 @@ def _short(iso: str | None) -> str:
     return "-" if iso is None else iso.replace("T", " ")[:16]
 
 
+def _note_beyond_signals(message: str, signals: Mapping[str, Any]) -> str:
+    """The cycle's message without what the per-site signal lines already say."""
+    said = [n for sig in signals.values() for n in sig.get("notes", ())]
+    said += [sig["error"] for sig in signals.values() if sig.get("error")]
+    for text in said:
+        message = message.replace(text, "")
+    parts = [p.strip() for p in message.split("; ")]
+    return "; ".join(p for p in parts if p and not p.endswith("running jobs as submitted:"))
+
+
+def _signal_line(sig: Mapping[str, Any]) -> str:
+    """E.g. ``carbon neso:regionid=10 forecast 48.0 h + profile 120.0 h; price ...``."""
+    if not sig.get("ok"):
+        return f"NONE, jobs run as submitted ({sig.get('error')})"
+    by_quantity: dict[str, list[str]] = {}
+    for part in sig.get("parts", ()):
+        label = part["origin"].upper() if part["origin"] in ("last good forecast", "profile") else part["origin"]
+        issued = f" issued {_short(part['issued_at'])[11:]}" if part.get("issued_at") else ""
+        by_quantity.setdefault(f"{part['quantity']} {part['source']}", []).append(
+            f"{label} {part['hours']:g} h{issued}"
+        )
+    return "; ".join(f"{k} " + " + ".join(v) for k, v in by_quantity.items()) or "empty"
+
+
 def render_status(doc: Mapping[str, Any], console: Console) -> None:
     last = doc["last_cycle"]
     mode = doc["mode"] + (", set at runtime" if doc.get("mode_set_at_runtime") else "")
@@ -113,8 +139,13 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
             f"({last['age_seconds']:.0f}s ago, {health}, {last['duration_seconds']}s, "
             f"{last['slurm_commands']} Slurm commands); forecast: {last['forecast_source']}"
         )
-        if last["message"]:
-            console.print(f"  note: {last['message']}")
+        note = _note_beyond_signals(last["message"], doc.get("signals", {}))
+        if note:
+            console.print(f"  note: {note}")
+    for site, sig in doc.get("signals", {}).items():
+        console.print(f"  signals, site {site}: {_signal_line(sig)}")
+        for note in sig.get("notes", ()):
+            console.print(f"    fallback: {note}")
     for c in doc.get("released_by_admin", ()):
         what = "every job" if c["kind"] == "all" else f"{c['kind']} {c['target']}"
         why = f": {c['reason']}" if c["reason"] else ""

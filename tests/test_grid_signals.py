@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from slurm_flex.errors import ForecastError, ProviderError, ProviderRateLimited
 from slurm_flex.grid.cache import GridCache
 from slurm_flex.grid.profile import DAY, WEEK, profile
 from slurm_flex.grid.readings import Point, Quantity, Reading, make_reading
+from slurm_flex.grid.report import signal_summary
 from slurm_flex.grid.series import SLOT_SECONDS
 from slurm_flex.grid.signals import ProviderFeed, SignalPolicy, SiteSignals
+from slurm_flex.status import build_status, render_status
 
 T0 = 1_700_000_000 // SLOT_SECONDS * SLOT_SECONDS  # a slot start (2023-11-14T22:00Z)
 
@@ -232,3 +235,24 @@ def test_price_gaps_stay_nan_and_do_not_cut_the_carbon_horizon(cache: GridCache)
     series = site(cache, neso, agile).forecast(T0)
     assert len(series) == 48 and series.price[9] == 20.0 and math.isnan(series.price[10])
     assert {(s.quantity, s.origin) for s in series.segments} == {("carbon", "forecast"), ("price", "forecast")}
+
+
+def test_status_shows_each_sites_signals_and_fallbacks_once(cache: GridCache) -> None:
+    neso = ScriptedProvider("neso", "carbon")
+    neso.answers = [forecast("neso", T0, [150.0] * 96), ProviderError("neso", "HTTP 503", 503)]
+    neso.history_answer = forecast("neso", T0 - 14 * DAY, [90.0] * (14 * 48))
+    s = site(cache, neso)
+    fresh = signal_summary(s.forecast(T0), s.name)
+    assert not fresh["fallback"]
+    assert [(p["origin"], p["hours"]) for p in fresh["parts"]] == [("forecast", 24.0)]  # the policy horizon
+    outage = s.forecast(T0 + 12 * 3600)
+    later = signal_summary(outage, s.name)
+    assert later["fallback"] and later["notes"] == list(outage.notes)
+    none = signal_summary(None, "site x: down", "site x: no carbon signal for now")
+    doc = build_status({}, [], "enforce", now=T0, signals={"lab": later, "x": none})
+    console = Console(record=True, width=300)
+    render_status(doc, console)
+    text = console.export_text()
+    assert "signals, site lab: carbon neso PROFILE 24 h" in text
+    assert "signals, site x: NONE, jobs run as submitted (site x: no carbon signal for now)" in text
+    assert text.count("HTTP 503") == 1 and "fallback: neso: last good answer is 12.0 h old" in text

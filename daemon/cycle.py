@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -74,6 +74,8 @@ class CycleResult:
     forecast_age_s: float | None = None  # now - when the forecast was issued, where known
     planned_kw: tuple[float, ...] = ()  # per half-hour slot from now: power of the planned flexible jobs
     carbon_saved_kg: float = 0.0  # planned, on pending jobs
+    # Per site: True when it planned on a fallback (last good forecast, profile, or no signal).
+    signal_fallback: tuple[tuple[str, bool], ...] = ()
 
 
 def policy_from(config: Config) -> Policy:
@@ -231,13 +233,14 @@ class Cycle:
         forecast_age: float | None = None
         planned_kw: tuple[float, ...] = ()
         saved_kg = 0.0
+        fallback: tuple[tuple[str, bool], ...] = ()
         try:
             jobs = self.backend.read_jobs()
             nodes = self.backend.read_nodes()
             jobs_seen = len(jobs)
             forecasts: dict[str, SignalSeries | None] = {}
             notes: list[str] = []
-            signals: dict[str, object] = {}
+            signals: dict[str, dict[str, Any]] = {}
             for site, source in self.sources.items():
                 try:
                     forecasts[site] = series = source.forecast(started)
@@ -254,6 +257,7 @@ class Cycle:
                     log.warning("forecast_unavailable", error=str(exc), source=source.name, site=site)
             # What each site planned with, for `slurmflex status` (fallbacks are visible there).
             self.store.set_setting(SIGNALS_SETTING, json.dumps(signals), by="daemon")
+            fallback = tuple((site, bool(sig["fallback"])) for site, sig in signals.items())
             forecast_name = ", ".join(
                 f.source if f is not None else src.name
                 for f, src in zip(forecasts.values(), self.sources.values(), strict=True)
@@ -323,6 +327,7 @@ class Cycle:
             forecast_age_s=forecast_age,
             planned_kw=planned_kw,
             carbon_saved_kg=saved_kg,
+            signal_fallback=fallback,
         )
 
     # -- decide: pure apart from reading the store ------------------------------------------

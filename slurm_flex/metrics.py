@@ -39,6 +39,12 @@ class Metrics:
         self.failed_cycles = Counter("slurmflex_failed_cycles_total", "Cycles that could not read Slurm", registry=r)
         self.updates = Counter("slurmflex_job_updates_total", "Start-time (and comment) changes applied", registry=r)
         self.commands = Counter("slurmflex_slurm_commands_total", "Slurm commands run by cycles", registry=r)
+        self.signal_fallback = Gauge(
+            "slurmflex_signal_fallback",
+            "1 when a site plans on a fallback (last good forecast, profile or no signal)",
+            ["site"],
+            registry=r,
+        )
         self.saved = Gauge("slurmflex_carbon_saved_planned_kg", "Planned carbon saving of pending jobs", registry=r)
 
     def observe(self, result: CycleResult, ended_at: float) -> None:
@@ -56,6 +62,8 @@ class Metrics:
         self.flexible.set(result.flexible)
         self.updates.inc(result.updates)
         self.saved.set(result.carbon_saved_kg)
+        for site, fallback in result.signal_fallback:
+            self.signal_fallback.labels(site).set(1 if fallback else 0)
         if result.forecast_age_s is not None:
             self.forecast_age.set(result.forecast_age_s)
         kw = list(result.planned_kw[:PLANNED_SLOTS]) + [0.0] * max(0, PLANNED_SLOTS - len(result.planned_kw))

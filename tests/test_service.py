@@ -140,6 +140,7 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
         forecast_age_s=120.0,
         planned_kw=(1.5, 2.0),
         carbon_saved_kg=0.7,
+        signal_fallback=(("cambridge", False), ("manchester", True)),
     )
     m.observe(result, 1_800_000_000.0)
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -154,6 +155,8 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
         "slurmflex_carbon_saved_planned_kg 0.7",
         "slurmflex_up 1.0",
         "slurmflex_cycle_duration_seconds_count 1.0",
+        'slurmflex_signal_fallback{site="cambridge"} 0.0',
+        'slurmflex_signal_fallback{site="manchester"} 1.0',
     ):
         assert line in text, line
     m.observe(CycleResult(2, False, 0, 0, 0, 0, 1, 1, 9.0, "down", slurm_ok=False), 1_800_000_300.0)

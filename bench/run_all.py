@@ -4,7 +4,8 @@
     .venv/bin/python bench/run_all.py [--quick] [name ...]
 
 planner (about 1 min; 3 min without --quick), daemon_cycle (10,000 jobs on a 32-node local
-cluster, about 3 min), hook_throughput (2,000 submissions per configuration, about 10 min).
+cluster, about 3 min), hook_throughput (2,000 submissions per configuration, about 10 min),
+power_readers (well under a minute), power_ingest (1,000 nodes' pushes, about 1 min).
 Each prints as it goes; the header line records when and on what the figures were taken.
 """
 
@@ -24,6 +25,8 @@ BENCHES = {
     "planner": ["planner_bench.py"],
     "daemon_cycle": ["daemon_cycle.py"],
     "hook_throughput": ["hook_throughput.py"],
+    "power_readers": ["power_readers.py"],
+    "power_ingest": ["power_ingest.py"],
 }
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import structlog
 
 from slurm_flex.config import Config, FlexConfig, NodeType, PowerConfig
-from slurm_flex.daemon.decide import Assessment, Intent, annotate_comment, assess, reconcile
+from slurm_flex.daemon.decide import Assessment, Intent, annotate_comment, assess, power_request, reconcile
+from slurm_flex.daemon.power import PowerLedger
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
 from slurm_flex.grid.report import signal_summary
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, iso_utc
@@ -76,6 +77,7 @@ class CycleResult:
     carbon_saved_kg: float = 0.0  # planned, on pending jobs
     # Per site: True when it planned on a fallback (last good forecast, profile, or no signal).
     signal_fallback: tuple[tuple[str, bool], ...] = ()
+    measured_kw: float | None = None  # measured power of the nodes with fresh readings
 
 
 def policy_from(config: Config) -> Policy:
@@ -201,8 +203,11 @@ class Cycle:
         backend: SlurmBackend,
         sources: ForecastSource | Mapping[str, ForecastSource],
         store: StateStore,
+        power: PowerLedger | None = None,
     ) -> None:
         self.config = config
+        # Measured power ([measure]); None: the planner relies on the power model alone.
+        self.measured = power
         self.backend = backend
         # One forecast source per site; without [sites] one site plans every job.
         self.sources: dict[str, ForecastSource] = (
@@ -234,10 +239,14 @@ class Cycle:
         planned_kw: tuple[float, ...] = ()
         saved_kg = 0.0
         fallback: tuple[tuple[str, bool], ...] = ()
+        measured_kw: float | None = None
         try:
             jobs = self.backend.read_jobs()
             nodes = self.backend.read_nodes()
             jobs_seen = len(jobs)
+            if self.measured is not None:
+                measured_kw, power_errors = self._measure(started, jobs)
+                errors += power_errors
             forecasts: dict[str, SignalSeries | None] = {}
             notes: list[str] = []
             signals: dict[str, dict[str, Any]] = {}
@@ -328,7 +337,24 @@ class Cycle:
             planned_kw=planned_kw,
             carbon_saved_kg=saved_kg,
             signal_fallback=fallback,
+            measured_kw=measured_kw,
         )
+
+    def _measure(self, now: float, jobs: tuple[SlurmJob, ...]) -> tuple[float | None, int]:
+        """Ingest measured power and attribute it to running jobs; failures are soft."""
+        assert self.measured is not None
+        estimates = {j.job_id: _estimate(j, self.power) for j in jobs if j.state == "RUNNING"}
+        try:
+            step = self.measured.step(now, jobs, estimates)
+        except SlurmFlexError as exc:
+            log.warning("power_failed", error=str(exc))
+            return None, 1
+        return (step.cluster_watts / 1000 if step.nodes_measured else None), len(step.errors)
+
+    def _power_factor(self, job: SlurmJob) -> float:
+        if self.measured is None or not self.config.measure.calibrate:
+            return 1.0
+        return self.measured.calibration.factor(job.user, job.account, job.name)
 
     # -- decide: pure apart from reading the store ------------------------------------------
     def _site_of(self, partition: str) -> str | None:
@@ -361,6 +387,7 @@ class Cycle:
                 self.power,
                 now,
                 exempt,
+                power_factor=self._power_factor(job),
             )
             if a is not None:
                 assessments.append(a)
@@ -631,6 +658,14 @@ def _as_waves(a: Assessment, capacity: float, margin: int) -> Assessment:
             plan_latest=plan_latest,
         ),
     )
+
+
+def _estimate(job: SlurmJob, model: PowerModel) -> float:
+    """A running job's submit-time power estimate (the hook's tag, else the model), per task."""
+    tag = job.tag
+    if tag is not None and tag.power_w is not None:
+        return tag.power_w
+    return model.estimate(power_request(job), job.partition)
 
 
 def _managed_node(node: SlurmNode, rules: FlexConfig) -> bool:

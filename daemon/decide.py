@@ -105,8 +105,11 @@ def assess(
     power: PowerModel,
     now: int,
     exempt: Exemptions = NO_EXEMPTIONS,
+    power_factor: float = 1.0,
 ) -> Assessment | None:
-    """Classify a pending job; None when slurm-flex has nothing to do with it."""
+    """Classify a pending job; None when slurm-flex has nothing to do with it.
+
+    ``power_factor`` corrects the submit-time power estimate by what similar jobs measured."""
     tag = job.tag
     we_deferred = record is not None and record.applied_begin is not None and record.status == "deferred"
     not_flexible = _why_not_flexible(job, tag, rules)
@@ -161,6 +164,7 @@ def assess(
         power_w = tag.power_w
     else:
         power_w = power.estimate(power_request(job), job.partition)
+    power_w *= power_factor
     flex = FlexJob(
         job_id=job.update_id,
         nodes=job.nodes * job.array_tasks,

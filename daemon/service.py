@@ -19,14 +19,21 @@ import structlog
 
 from slurm_flex.config import Config
 from slurm_flex.daemon.cycle import DEFAULT_SITE, Cycle, CycleResult, ForecastSource
+from slurm_flex.daemon.power import PowerIngest, PowerLedger
 from slurm_flex.errors import ConfigError, SlurmFlexError
 from slurm_flex.grid.cache import GridCache
 from slurm_flex.grid.factory import build_sites, grid_cache_path, signal_policy
 from slurm_flex.grid.filesource import FileSource
 from slurm_flex.grid.signals import prune
 from slurm_flex.metrics import Metrics
+from slurm_flex.nodeagent import read_token
+from slurm_flex.power.meter import CommandMeter, HttpMeter
+from slurm_flex.power.sample import PowerReader
+from slurm_flex.power.slurm_energy import SlurmEnergyReader
+from slurm_flex.powerstore import POWER_DB, PowerStore
 from slurm_flex.sdnotify import Notifier
 from slurm_flex.slurm.backend import make_backend
+from slurm_flex.slurm.runner import SlurmRunner
 from slurm_flex.state import StateStore
 
 log = structlog.get_logger(__name__)
@@ -49,14 +56,52 @@ def open_grid_cache(config: Config) -> GridCache | None:
     return GridCache(grid_cache_path(config)) if config.sites else None
 
 
-def make_cycle(config: Config, store: StateStore, grid: GridCache | None = None) -> Cycle:
+def make_cycle(
+    config: Config, store: StateStore, grid: GridCache | None = None, power: PowerLedger | None = None
+) -> Cycle:
     backend = make_backend(
         config.slurm.backend,
         bin_dir=config.slurm.bin_dir,
         slurm_conf=config.slurm.slurm_conf,
         timeout_seconds=config.slurm.command_timeout_seconds,
     )
-    return Cycle(config, backend, make_sources(config, grid), store)
+    return Cycle(config, backend, make_sources(config, grid), store, power=power)
+
+
+def open_power(config: Config) -> PowerLedger | None:
+    """The measured-power ledger ([measure]); starts the agents' ingest endpoint when listening."""
+    m = config.measure
+    if not m.enabled:
+        return None
+    pull: list[PowerReader] = []
+    if m.slurm_energy:
+        runner = SlurmRunner(
+            bin_dir=config.slurm.bin_dir,
+            slurm_conf=config.slurm.slurm_conf,
+            timeout_seconds=config.slurm.command_timeout_seconds,
+        )
+        pull.append(SlurmEnergyReader(lambda argv: runner.run(argv).stdout, json_output=m.slurm_energy_json))
+    if m.site_meter_command:
+        pull.append(CommandMeter(list(m.site_meter_command), unit=m.site_meter_unit))
+    if m.site_meter_url:
+        pull.append(HttpMeter(m.site_meter_url, unit=m.site_meter_unit))
+    ingest = None
+    if m.listen:
+        try:
+            ingest = PowerIngest(m.listen, read_token(m.token_file, "measure.token_file"))
+        except OSError as exc:
+            raise ConfigError("config", "measure.listen", f"cannot listen on {m.listen}: {exc.strerror}") from exc
+        ingest.start()
+        log.info("power_ingest", listen=m.listen, port=ingest.port)
+    return PowerLedger(
+        PowerStore(config.daemon.state_dir / POWER_DB),
+        ingest=ingest,
+        pull=pull,
+        max_age_seconds=m.max_age_seconds,
+        raw_retention_seconds=m.raw_retention_hours * 3600,
+        retention_seconds=m.retention_days * 86400,
+        max_interval_seconds=2 * config.daemon.interval_seconds,
+    )
 
 
 @dataclass
@@ -85,7 +130,8 @@ class Daemon:
         self.stats = LoopStats()
         self.store = StateStore(config.state_db)
         self.grid = open_grid_cache(config)
-        self.cycle = make_cycle(config, self.store, self.grid)
+        self.power = open_power(config)
+        self.cycle = make_cycle(config, self.store, self.grid, self.power)
         self._pruned_at = 0.0
         self.notifier = notifier or Notifier()
         self.metrics = metrics
@@ -109,7 +155,7 @@ class Daemon:
             if new.daemon.state_dir != self.config.daemon.state_dir:
                 raise ConfigError("config", "daemon.state_dir", "cannot change at runtime (restart the service)")
             grid = self.grid or open_grid_cache(new)
-            cycle = make_cycle(new, self.store, grid)
+            cycle = make_cycle(new, self.store, grid, self.power)  # agents keep their endpoint
         except ConfigError as exc:
             log.error("reload_rejected", error=str(exc), kept="previous config")
             self.notifier.ready(f"reload rejected, previous config kept: {exc}")
@@ -193,4 +239,6 @@ class Daemon:
         self.store.close()
         if self.grid is not None:
             self.grid.close()
+        if self.power is not None:
+            self.power.close()
         return self.stats

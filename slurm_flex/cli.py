@@ -7,6 +7,7 @@ import getpass
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from rich.console import Console
 
 from slurm_flex import __version__
 from slurm_flex.config import Config, load_config
-from slurm_flex.errors import SlurmFlexError
+from slurm_flex.errors import ConfigError, SlurmFlexError
 from slurm_flex.logsetup import configure_logging
 from slurm_flex.state import SIGNALS_SETTING, StateStore
 
@@ -413,6 +414,73 @@ def _open_store(obj: _Ctx) -> tuple[Config, StateStore]:
 
     cfg = obj.config()
     return cfg, StateStore(cfg.state_db)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--jobs", "job_limit", type=click.IntRange(0, 10000), default=20, show_default=True, help="Recent jobs shown."
+)
+@click.pass_obj
+@_fail_cleanly
+def power(obj: _Ctx, as_json: bool, job_limit: int) -> None:
+    """Measured power: each node's watts with source and age, the site meter, and jobs' energy
+    against their estimates (from the daemon's power store)."""
+    from slurm_flex.powerreport import build_power_doc, render_power
+    from slurm_flex.powerstore import POWER_DB, PowerStore
+
+    cfg = obj.config()
+    path = cfg.daemon.state_dir / POWER_DB
+    if not path.exists():
+        raise SlurmFlexError(f"no power store at {path}: enable [measure] and run the daemon")
+    now = time.time()
+    with PowerStore(path) as store:
+        doc = build_power_doc(
+            store.latest_samples(now - cfg.measure.raw_retention_hours * 3600),
+            store.job_energy(job_limit),
+            store.calibration(),
+            now,
+            cfg.measure.max_age_seconds,
+        )
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        render_power(doc, Console())
+
+
+@main.command("node-agent")
+@click.option("--once", is_flag=True, help="Sample and push once (two reads for RAPL), then exit.")
+@click.option("--cycles", type=click.IntRange(min=1), help="Stop after this many intervals.")
+@click.option("--print", "print_only", is_flag=True, help="Print the samples instead of pushing them.")
+@click.pass_obj
+@_fail_cleanly
+def node_agent(obj: _Ctx, once: bool, cycles: int | None, print_only: bool) -> None:
+    """Sample this node's power (RAPL, GPUs, BMC) and push it to the daemon ([agent] config)."""
+    from slurm_flex.nodeagent import NodeAgent, node_name, read_token, readers_from
+    from slurm_flex.power.collect import collect
+
+    cfg = obj.config().agent
+    node = node_name(cfg)
+    readers = readers_from(cfg, node)
+    if print_only:
+        collect(readers, time.time())  # counters need a first read to measure over an interval
+        time.sleep(1.0)
+        result = collect(readers, time.time())
+        doc = {"node": node, "samples": [vars(s) for s in result.samples], "errors": list(result.errors)}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    if not cfg.push_url:
+        raise ConfigError(
+            "config", "agent.push_url", "set it to the daemon's [measure] listen address, e.g. http://head:9862"
+        )
+    agent = NodeAgent(node, readers, cfg.push_url, read_token(cfg.token_file), buffer_samples=cfg.buffer_samples)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    if once:
+        agent.sample(time.time())
+        time.sleep(1.0)
+        agent.run(cfg.interval_seconds, cycles=1)
+    else:
+        agent.run(cfg.interval_seconds, cycles=cycles)
 
 
 @main.command()

@@ -37,6 +37,14 @@ class _Section(BaseModel):
 Mode = Literal["shadow", "advise", "enforce"]
 
 
+def _host_port_or_empty(value: str) -> str:
+    if value:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port, e.g. 0.0.0.0:9862")
+    return value
+
+
 class DaemonConfig(_Section):
     mode: Mode = "enforce"
     interval_seconds: int = Field(300, ge=10, le=86400)
@@ -51,11 +59,7 @@ class DaemonConfig(_Section):
     @field_validator("metrics_listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        if value:
-            host, _, port = value.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError("expected host:port, e.g. 127.0.0.1:9861")
-        return value
+        return _host_port_or_empty(value)
 
 
 class SlurmConfig(_Section):
@@ -279,6 +283,62 @@ class PowerConfig(_Section):
         return self
 
 
+class MeasureConfig(_Section):
+    """Measured power in the daemon: agents' pushes, Slurm's energy counters, a site meter."""
+
+    enabled: bool = False
+    # Node agents POST their samples here, "host:port"; empty: no agents.
+    listen: str = ""
+    # The shared bearer token agents send (a file only root and the service user can read).
+    token_file: Path | None = None
+    # Also read Slurm's own node power (acct_gather_energy plugins) once per cycle.
+    slurm_energy: bool = False
+    # `scontrol show node --json` (Slurm >= 23.02); false: the text form 22.05 has.
+    slurm_energy_json: bool = False
+    # A site meter: a command printing the site's power, or a URL answering it (JSON {"kw": ..} or a number).
+    site_meter_command: tuple[str, ...] = ()
+    site_meter_url: str = ""
+    site_meter_unit: Literal["W", "kW"] = "kW"
+    # Readings older than this are not used for a node's current power.
+    max_age_seconds: int = Field(60, ge=5, le=3600)
+    # Raw samples are folded into half-hour means after this long ...
+    raw_retention_hours: int = Field(48, ge=1, le=24 * 30)
+    # ... which are kept this long.
+    retention_days: int = Field(90, ge=1, le=3650)
+    # Correct the planner's power estimates with measured/estimated ratios of finished jobs.
+    calibrate: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        return _host_port_or_empty(value)
+
+    @model_validator(mode="after")
+    def _token_with_listen(self) -> MeasureConfig:
+        if self.listen and self.token_file is None:
+            raise ValueError("listen needs token_file (agents authenticate with a shared token)")
+        return self
+
+
+class AgentConfig(_Section):
+    """``slurmflex node-agent`` on each compute node."""
+
+    # The daemon's [measure] listen address as a URL, e.g. http://slurmctld-host:9862
+    push_url: str = ""
+    token_file: Path | None = None
+    # The Slurm node name this node reports as; empty: the short host name.
+    node: str = ""
+    interval_seconds: float = Field(10.0, ge=1.0, le=3600.0)
+    # Where /sys is (tests and containers point it elsewhere).
+    root: Path = Path("/")
+    rapl: bool = True
+    nvidia: Literal["auto", "smi", "nvml", "none"] = "auto"
+    ipmi: Literal["none", "ipmitool", "freeipmi"] = "none"
+    command_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # Samples kept while the daemon cannot be reached (oldest dropped beyond this).
+    buffer_samples: int = Field(10000, ge=100, le=1_000_000)
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     slurm: SlurmConfig = SlurmConfig()
@@ -288,6 +348,8 @@ class Config(_Section):
     power: PowerConfig = PowerConfig()
     providers: ProvidersConfig = ProvidersConfig()
     signals: SignalsConfig = SignalsConfig()
+    measure: MeasureConfig = MeasureConfig()
+    agent: AgentConfig = AgentConfig()
     # Sites and their signal providers; none: one site planned on [forecast] (a file).
     sites: dict[str, SiteConfig] = Field(default_factory=dict)
 

@@ -45,6 +45,9 @@ class Metrics:
             ["site"],
             registry=r,
         )
+        self.measured_kw = Gauge(
+            "slurmflex_measured_power_kw", "Measured power of the nodes with fresh readings", registry=r
+        )
         self.saved = Gauge("slurmflex_carbon_saved_planned_kg", "Planned carbon saving of pending jobs", registry=r)
 
     def observe(self, result: CycleResult, ended_at: float) -> None:
@@ -64,6 +67,8 @@ class Metrics:
         self.saved.set(result.carbon_saved_kg)
         for site, fallback in result.signal_fallback:
             self.signal_fallback.labels(site).set(1 if fallback else 0)
+        if result.measured_kw is not None:
+            self.measured_kw.set(result.measured_kw)
         if result.forecast_age_s is not None:
             self.forecast_age.set(result.forecast_age_s)
         kw = list(result.planned_kw[:PLANNED_SLOTS]) + [0.0] * max(0, PLANNED_SLOTS - len(result.planned_kw))

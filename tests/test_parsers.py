@@ -35,6 +35,8 @@ def test_squeue_fields_from_real_output() -> None:
     running = jobs["8"]
     assert running.state == "RUNNING" and running.nodes == 2
     assert running.end_time == running.start_time + 1800
+    assert running.name == "wrap" and running.allocation == (("node1", 1), ("node2", 1))
+    assert pending.allocation == ()
 
 
 def test_held_dependency_unlimited_and_het() -> None:

@@ -186,21 +186,31 @@ def test_mode_release_and_resume_are_recorded(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    unit = (REPO / "systemd" / "slurmflexd.service").read_text()
-    for needed in (
-        "Type=notify",
-        "WatchdogSec=",
-        "ExecReload=/bin/kill -HUP $MAINPID",
-        "After=network-online.target munge.service slurmctld.service",
-        "User=slurmflex",
-        "ProtectSystem=strict",
-        "ReadWritePaths=/var/lib/slurm-flex",
-        "NoNewPrivileges=yes",
-    ):
+@pytest.mark.parametrize(
+    ("name", "needs"),
+    [
+        (
+            "slurmflexd.service",
+            (
+                "Type=notify",
+                "WatchdogSec=",
+                "ExecReload=/bin/kill -HUP $MAINPID",
+                "After=network-online.target munge.service slurmctld.service",
+                "User=slurmflex",
+                "ProtectSystem=strict",
+                "ReadWritePaths=/var/lib/slurm-flex",
+                "NoNewPrivileges=yes",
+            ),
+        ),
+        ("slurmflex-node-agent.service", ("ExecStart=/usr/local/bin/slurmflex node-agent", "CPUQuota=", "MemoryMax=")),
+    ],
+)
+def test_systemd_units_verify(tmp_path: Path, name: str, needs: tuple[str, ...]) -> None:
+    unit = (REPO / "systemd" / name).read_text()
+    for needed in needs:
         assert needed in unit, needed
     # verify checks that ExecStart exists: point it at this checkout's entry point.
-    local = tmp_path / "slurmflexd.service"
+    local = tmp_path / name
     local.write_text(
         unit.replace("/usr/local/bin/slurmflex", shutil.which("slurmflex") or str(REPO / ".venv/bin/slurmflex"))
     )

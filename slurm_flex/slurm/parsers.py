@@ -61,6 +61,9 @@ class SlurmJob:
     admin_comment: str
     het_job_id: int | None
     dependency: str
+    name: str = ""
+    # Running jobs: (node, allocated cores) per node, for attributing measured node power.
+    allocation: tuple[tuple[str, int], ...] = ()
 
     @property
     def pending(self) -> bool:
@@ -211,9 +214,32 @@ def parse_job(raw: Mapping[str, Any]) -> SlurmJob:
             admin_comment=_str(raw.get("admin_comment")),
             het_job_id=het_job_id,
             dependency=_str(raw.get("dependency")),
+            name=_str(raw.get("name")),
+            allocation=_allocation(raw.get("job_resources")),
         )
     except KeyError as exc:
         raise SlurmParseError(f"job record without {exc.args[0]!r}") from exc
+
+
+def _allocation(resources: Any) -> tuple[tuple[str, int], ...]:
+    """(node, allocated cores) from ``job_resources.allocated_nodes`` (Slurm 22.05+ JSON):
+    each node lists its sockets and the state of each core."""
+    if not isinstance(resources, Mapping):
+        return ()
+    out = []
+    for node in resources.get("allocated_nodes") or ():
+        if not isinstance(node, Mapping) or not node.get("nodename"):
+            continue
+        sockets = node.get("sockets") or {}
+        cores = sum(
+            1
+            for socket in (sockets.values() if isinstance(sockets, Mapping) else ())
+            if isinstance(socket, Mapping)
+            for state in (socket.get("cores") or {}).values()
+            if state == "allocated"
+        )
+        out.append((_str(node["nodename"]), max(cores, 1)))
+    return tuple(out)
 
 
 def parse_squeue_json(text: str) -> tuple[SlurmJob, ...]:

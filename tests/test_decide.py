@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pytest
+
 from slurm_flex.config import FlexConfig
 from slurm_flex.daemon.decide import BEGIN_TOLERANCE_S, assess, power_request, reconcile
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
@@ -168,6 +170,9 @@ def test_flex_job_uses_tag_power_user_begin_and_latest_safe_start() -> None:
     untagged = assess(job(admin_comment="", eligible_time=NOW - 10), None, (), POLICY, RULES, POWER, NOW)
     assert untagged is not None and untagged.flex is not None
     assert untagged.flex.power_w == POWER.estimate(Request(nodes=1, cpus=2)) and untagged.flex.earliest == NOW - 10
+    # Measured jobs like it drew 60 % of their estimate: the plan uses the corrected power.
+    measured = assess(j, None, (), POLICY, RULES, POWER, NOW, power_factor=0.6)
+    assert measured is not None and measured.flex is not None and measured.flex.power_w == pytest.approx(777 * 0.6)
 
 
 def test_array_records_plan_all_their_tasks() -> None:

@@ -102,10 +102,25 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
             controls=store.controls(),
             signals=_stored_signals(store.setting(SIGNALS_SETTING)),
         )
+    doc["power"] = _measured_power(cfg)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
         render_status(doc, Console(width=max(Console().width, 160)))
+
+
+def _measured_power(cfg: Config) -> dict[str, Any] | None:
+    """Fresh measured power for status (None: nothing measured)."""
+    from slurm_flex.powerreport import build_power_doc
+    from slurm_flex.powerstore import POWER_DB, PowerStore
+
+    path = cfg.daemon.state_dir / POWER_DB
+    if not cfg.measure.enabled or not path.exists():
+        return None
+    now = time.time()
+    with PowerStore(path) as store:
+        doc = build_power_doc(store.latest_samples(now - cfg.measure.max_age_seconds), [], {}, now, 1e9)
+    return {"cluster_watts": doc["cluster_watts"], "nodes_measured": len(doc["nodes"]), "site": doc["site"]}
 
 
 @main.command()

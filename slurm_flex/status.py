@@ -142,6 +142,13 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
         note = _note_beyond_signals(last["message"], doc.get("signals", {}))
         if note:
             console.print(f"  note: {note}")
+    power = doc.get("power")
+    if power:
+        site = f"; site meter {power['site']['watts'] / 1000:.1f} kW" if power.get("site") else ""
+        console.print(
+            f"  measured power: {power['cluster_watts'] / 1000:.2f} kW on {power['nodes_measured']} nodes{site}"
+            " (slurmflex power for details)"
+        )
     for site, sig in doc.get("signals", {}).items():
         console.print(f"  signals, site {site}: {_signal_line(sig)}")
         for note in sig.get("notes", ()):

@@ -10,6 +10,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -792,3 +793,46 @@ def test_node_watts_rules() -> None:
         s("site", "site", 1e6, "meter"),
     ]
     assert node_watts(samples) == {"n1": 370.0, "n2": 900.0, "n3": 410.0}
+
+
+def test_nvml_reads_milliwatts_per_gpu_and_survives_a_gpu_without_power_readings() -> None:
+    """Against a stand-in with pynvml's functions (this machine has no NVIDIA driver): NVML
+    reports milliwatts; a GPU that cannot report power gives no sample, not 0 W; a lost driver
+    is a read error and the next read initialises again."""
+
+    class NVMLError(Exception):
+        pass
+
+    calls = {"init": 0}
+    draws: dict[int, int | None] = {0: 71_250, 1: None}
+
+    def power(handle: int) -> int:
+        value = draws[handle]
+        if value is None:
+            raise NVMLError("Not Supported")
+        return value
+
+    def init() -> None:
+        calls["init"] += 1
+
+    def count() -> int:
+        if calls.get("lost"):
+            raise NVMLError("GPU is lost")
+        return len(draws)
+
+    stand_in = types.SimpleNamespace(
+        NVMLError=NVMLError,
+        nvmlInit=init,
+        nvmlDeviceGetCount=count,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=lambda h: b"NVIDIA A100-SXM4-40GB",
+        nvmlDeviceGetPowerUsage=power,
+    )
+    reader = NvmlReader("g1", stand_in)  # type: ignore[arg-type]
+    [gpu0] = reader.read(5.0)
+    assert (gpu0.component, gpu0.watts, gpu0.source, gpu0.node) == ("gpu-0", 71.25, "nvml", "g1")
+    calls["lost"] = 1
+    with pytest.raises(PowerReadError, match="GPU is lost"):
+        reader.read(6.0)
+    del calls["lost"]
+    assert len(reader.read(7.0)) == 1 and calls["init"] == 2

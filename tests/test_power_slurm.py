@@ -5,6 +5,7 @@ cycle attributes the nodes' power to the job Slurm placed on them; `slurmflex po
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -136,6 +137,10 @@ def test_agents_push_node_power_and_the_daemon_attributes_it_to_the_running_job(
         assert doc["jobs"][0]["job_id"] == job_id and doc["jobs"][0]["running"]
         text = env.slurmflex("power").stdout
         assert "node2" in text and "climate" in text
+        status = env.status()["power"]
+        assert status["nodes_measured"] == 2
+        assert status["cluster_watts"] == pytest.approx(sum(sum(w) for w in WATTS.values()), rel=0.15)
+        assert re.search(r"measured power: 0\.\d\d kW on 2 nodes", env.slurmflex("status").stdout)
         # The job ends: its measured power against the estimate calibrates the model.
         env.cluster.run("scancel", job_id)
         wait_state(env.cluster, job_id, {"CANCELLED", "COMPLETED", "GONE"})

@@ -24,12 +24,13 @@ from slurm_flex.daemon.power import PowerLedger
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
 from slurm_flex.grid.report import signal_summary
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, iso_utc
-from slurm_flex.planner.instance import instance_to_json
+from slurm_flex.planner.instance import FloatArray, instance_to_json
 from slurm_flex.planner.queue import (
     Plan,
     PlannedJob,
     Policy,
     WaitingWork,
+    arrival_reserve,
     deadlines_at_risk,
     merge_plans,
     plan,
@@ -402,7 +403,7 @@ class Cycle:
             site_jobs = tuple(j for j in jobs if self._site_of(j.partition) == site)
             site_nodes = tuple(n for n in nodes if any(self._site_of(p) == site for p in n.partitions))
             plan_, site_assessments = self._plan_site(
-                sites.get(site, []), site_jobs, site_nodes, forecasts.get(site or ""), previous, now
+                site or NO_SITE, sites.get(site, []), site_jobs, site_nodes, forecasts.get(site or ""), previous, now
             )
             plans[site or NO_SITE] = plan_
             planned_assessments.extend(site_assessments)
@@ -438,6 +439,7 @@ class Cycle:
 
     def _plan_site(
         self,
+        site: str,
         assessments: list[Assessment],
         jobs: tuple[SlurmJob, ...],
         nodes: tuple[SlurmNode, ...],
@@ -463,8 +465,26 @@ class Cycle:
                 else a
                 for a in assessments
             ]
-        capacity = np.maximum(free - (1.0 - self.policy.capacity_headroom) * usable, 0.0)
+        capacity = np.maximum(
+            free - (1.0 - self.policy.capacity_headroom) * usable - self._reserve(site, jobs, nodes, now, free.size),
+            0.0,
+        )
         return plan(flex_jobs, forecast, capacity, self.policy, now), assessments
+
+    def _reserve(
+        self, site: str, jobs: tuple[SlurmJob, ...], nodes: tuple[SlurmNode, ...], now: int, n_slots: int
+    ) -> FloatArray:
+        """Room for work not submitted yet: the site's busy nodes over the last day (recorded
+        every cycle), phased in over its jobs' typical time limit (planner.queue.arrival_reserve)."""
+        managed = [n for n in nodes if n.usable and _managed_node(n, self.rules)]
+        busy = sum(min(1.0, n.alloc_cpus / n.cpus) for n in managed if n.cpus > 0)
+        self.store.record_load(site, now, busy)
+        if not self.config.policy.arrival_reserve:
+            return np.zeros(n_slots)
+        load = self.store.mean_load(site, now - 86400)
+        limits = [j.time_limit_s for j in jobs if j.time_limit_s and self.rules.manages(j.partition)]
+        ramp = max(1, math.ceil(float(np.median(limits)) / SLOT_SECONDS)) if limits else 1
+        return arrival_reserve(busy if load is None else load, len(managed), ramp, n_slots)
 
     def _limit_deferral(
         self, assessments: list[Assessment], jobs: tuple[SlurmJob, ...], previous: dict[str, JobRecord], usable: int

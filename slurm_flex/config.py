@@ -216,6 +216,10 @@ class PolicyConfig(_Section):
     # Defer new work only while no job in the managed partitions waits for resources: a busy
     # machine has no cleaner window to offer, only a longer backlog.
     defer_only_when_queue_idle: bool = True
+    # Keep room in planned windows for work not submitted yet: the last day's busy nodes, scaled
+    # by utilisation (without it a busy machine's deferred work piles into the same windows as
+    # new arrivals and deadlines are missed; see bench/results/simulate.txt).
+    arrival_reserve: bool = True
 
 
 class SlackPolicy(_Section):

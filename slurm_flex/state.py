@@ -12,13 +12,14 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
+from itertools import pairwise
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from slurm_flex.errors import StateError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -88,6 +89,12 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL,
     ts INTEGER NOT NULL,
     by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS load (
+    site TEXT NOT NULL,
+    ts REAL NOT NULL,
+    busy_nodes REAL NOT NULL,
+    PRIMARY KEY (site, ts)
 );
 """
 
@@ -361,6 +368,26 @@ class StateStore:
             jobs=frozenset(c.target for c in active if c.kind == "job"),
             users=frozenset(c.target for c in active if c.kind == "user"),
         )
+
+    def record_load(self, site: str, ts: float, busy_nodes: float, keep_seconds: float = 2 * 86400) -> None:
+        """One cycle's busy nodes of a site (the history the arrival reserve is built from)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO load VALUES (?, ?, ?)", (site, ts, busy_nodes))
+            db.execute("DELETE FROM load WHERE site = ? AND ts < ?", (site, ts - keep_seconds))
+
+    def mean_load(self, site: str, since: float) -> float | None:
+        """Mean busy nodes of a site since ``since``, weighting each sample by the time until
+        the next one (cycles need not be evenly spaced); None without samples."""
+        rows = self._query("SELECT ts, busy_nodes FROM load WHERE site = ? AND ts >= ? ORDER BY ts", (site, since))
+        if not rows:
+            return None
+        if len(rows) == 1:
+            return float(rows[0][1])
+        spans = [float(b[0]) - float(a[0]) for a, b in pairwise(rows)]
+        total = sum(spans)
+        if total <= 0:
+            return float(rows[-1][1])
+        return sum(float(r[1]) * w for r, w in zip(rows[:-1], spans, strict=True)) / total
 
     def set_setting(self, key: str, value: str | None, by: str) -> None:
         with self.transaction() as db:

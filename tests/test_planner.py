@@ -422,3 +422,14 @@ def test_deadlines_at_risk_picks_the_jobs_the_queue_could_no_longer_fit() -> Non
     two = [_job("a", hours=2, deadline_h=8.5), _job("b", hours=2, deadline_h=8.75)]
     # From slot 10 on one fits at a time: a starts at slot 10, b only at 14, after its latest 13.
     assert deadlines_at_risk(two, free, NOW, margin_slots=0) == frozenset({"b"})
+
+
+def test_arrival_reserve_phases_in_recent_load_scaled_by_utilisation() -> None:
+    from slurm_flex.planner.queue import arrival_reserve
+
+    busy = arrival_reserve(load_nodes=80, total_nodes=100, ramp_slots=4, n_slots=8)
+    assert busy.tolist() == pytest.approx([0, 16, 32, 48, 64, 64, 64, 64])  # 80 x 80 % from slot 4
+    light = arrival_reserve(load_nodes=20, total_nodes=100, ramp_slots=1, n_slots=3)
+    assert light.tolist() == pytest.approx([0, 4, 4])  # a lightly used machine keeps little
+    assert arrival_reserve(80, 100, 4, 3, by_utilisation=False).tolist() == pytest.approx([0, 20, 40])
+    assert not arrival_reserve(0, 100, 4, 5).any()

@@ -70,3 +70,16 @@ def test_unwritable_state_dir(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StateError):
         StateStore(blocker / "sub" / "s.db")
+
+
+def test_mean_load_weights_samples_by_how_long_they_stood(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s.sqlite3") as store:
+        assert store.mean_load("lab", 0) is None
+        store.record_load("lab", 1000, 10.0)
+        assert store.mean_load("lab", 0) == 10.0
+        store.record_load("lab", 1100, 2.0)  # 10 nodes for 100 s ...
+        store.record_load("lab", 1400, 6.0)  # ... then 2 nodes for 300 s
+        store.record_load("other", 1100, 99.0)
+        assert store.mean_load("lab", 0) == pytest.approx((10 * 100 + 2 * 300) / 400)
+        store.record_load("lab", 1000 + 3 * 86400, 1.0)  # samples older than two days are dropped
+        assert store.mean_load("lab", 0) == 1.0

@@ -210,7 +210,10 @@ def plan(
         price_plan = _mean(price, slot, duration)
         deferred = start > max(now, job.earliest)
         if job.job_id in late_ids:
-            reason = "runs as soon as possible: no capacity before its deadline"
+            # The planned capacity (free nodes less headroom and the room kept for new work) has
+            # no window for it: it is not deferred. Whether the queue itself would make it late
+            # is judged by deadlines_at_risk, not here.
+            reason = "runs as soon as possible: no room to defer it into before its latest safe start"
         elif deferred:
             reason = _deferral_reason(start, ci_now, ci_plan, price_now, price_plan)
         elif job.earliest > now:
@@ -230,7 +233,7 @@ def plan(
                 carbon_planned_g=None if ci_plan is None else ci_plan * energy,
                 mean_ci_now=ci_now,
                 mean_ci_planned=ci_plan,
-                late=job.job_id in late_ids,
+                late=False,
                 reason=reason,
                 cost_now_gbp=None if price_now is None else price_now * energy / 1000,
                 cost_planned_gbp=None if price_plan is None else price_plan * energy / 1000,
@@ -286,6 +289,23 @@ def queue_capacity(
     earliest = np.asarray([max(0, (floor_slot(w.earliest) - slot0) // SLOT_SECONDS) for w in waiting], dtype=np.int64)
     _, left = place_in_order(free, sizes, lengths, earliest)
     return left
+
+
+def arrival_reserve(
+    load_nodes: float, total_nodes: float, ramp_slots: int, n_slots: int, by_utilisation: bool = True
+) -> FloatArray:
+    """Nodes per slot from now to keep for work not submitted yet, so that a planned window is
+    not filled by deferred work alone: ``load_nodes`` (what recent arrivals kept busy) phased in
+    over ``ramp_slots`` (their typical time limit, as running work hands over to new work).
+    Scaled by utilisation: on a lightly used machine work arriving into a full window waits
+    little, the backlog drains fast; on a busy one it would queue past its deadline (measured
+    with the simulator on the KTH and LLNL traces, see bench/results/simulate.txt)."""
+    if load_nodes <= 0 or total_nodes <= 0:
+        return np.zeros(n_slots)
+    reserve = load_nodes * np.minimum(1.0, np.arange(n_slots) / max(ramp_slots, 1))
+    if by_utilisation:
+        reserve *= min(1.0, load_nodes / total_nodes)
+    return reserve
 
 
 def deadlines_at_risk(jobs: Sequence[FlexJob], free: FloatArray, now: int, margin_slots: int) -> frozenset[str]:

@@ -33,6 +33,7 @@ import numpy.typing as npt
 from slurm_flex.errors import SlurmFlexError
 from slurm_flex.grid.series import SLOT_SECONDS
 from slurm_flex.planner.instance import Instance
+from slurm_flex.planner.queue import arrival_reserve
 from slurm_flex.planner.risk import at_risk, place_in_order
 from slurm_flex.planner.solve import solve
 from slurm_flex.simulate.signals import SimSignals
@@ -112,6 +113,17 @@ class SimConfig:
     # Release a deferred job as soon as the queue (running work, waiting work, and the deferred
     # jobs with earlier latest starts) could no longer start it by its latest safe start.
     release_at_risk: bool = True
+    # Release that many half-hours before the projection says it is too late.
+    at_risk_margin_slots: int = 1
+    # Queue order of a released job: by when it became eligible (Slurm's age factor) or by its
+    # submission (as if its deferral were compensated in priority).
+    released_priority: str = "eligible"
+    # Leave room for work that will arrive: the processors the last day's arrivals kept busy,
+    # phased in over their typical requested run time (new work needs a window too).
+    arrival_reserve: bool = True
+    # Scale the reserve by the machine's recent utilisation: on a lightly loaded machine work
+    # that arrives into a planned window waits little, since the backlog drains fast.
+    arrival_reserve_by_utilisation: bool = True
     # Waiting jobs that get a reservation, in priority order (1: EASY backfilling; Slurm's
     # backfill plans up to bf_max_job_test jobs, so it is close to conservative). Both runs alike.
     backfill_reservations: int = 100
@@ -345,7 +357,24 @@ def _project(tick: int, queue: list[int], jobs: _Jobs, capacity: float, expected
     return np.asarray(capacity - free, dtype=np.float64)
 
 
-PlanHook = Callable[[int, list[int], FloatArray], list[int]]
+PlanHook = Callable[[int, list[int], FloatArray, float, int], list[int]]
+
+
+def _recent_arrivals(
+    tick: int, jobs: _Jobs, order: IntArray, submit_sorted: IntArray, start: IntArray
+) -> tuple[float, int]:
+    """(processors the last day's arrivals keep busy on average, their median requested ticks):
+    from what was submitted, using actual run times only of jobs that have already ended."""
+    day = 48 * TICKS_PER_SLOT
+    lo, hi = np.searchsorted(submit_sorted, [tick - day, tick])
+    recent = order[lo:hi]
+    if recent.size == 0:
+        return 0.0, 1
+    # A job still running (or waiting) counts with its time limit: its run time is not known yet.
+    ended = (start[recent] >= 0) & (start[recent] + jobs.run_ticks[recent] <= tick)
+    ticks = np.where(ended, jobs.run_ticks[recent], jobs.req_ticks[recent])
+    load = float((jobs.procs[recent] * ticks).sum()) / day
+    return load, int(np.median(jobs.req_ticks[recent]))
 
 
 def _run(
@@ -367,6 +396,7 @@ def _run(
     start = np.full(n, -1, dtype=np.int64)
     eligible_at = np.full(n, -1, dtype=np.int64)
     order = np.argsort(jobs.submit_tick, kind="stable")
+    arrivals_cum = jobs.submit_tick[order]
     arrivals = np.split(order, np.searchsorted(jobs.submit_tick[order], np.arange(1, n_ticks)))
     ending: dict[int, list[int]] = {}  # tick -> jobs whose run ends then
     eligible: list[int] = []
@@ -374,6 +404,8 @@ def _run(
 
     def priority(j: int) -> tuple[int, int]:
         # First eligible, first served: Slurm's age factor counts from eligibility.
+        if cfg.released_priority == "submit":
+            return (int(jobs.submit_tick[j]), int(eligible_at[j]))
         return (int(eligible_at[j]), int(jobs.submit_tick[j]))
 
     for tick in range(n_ticks):
@@ -393,7 +425,8 @@ def _run(
                 changed = True
         if pending and tick % TICKS_PER_SLOT == 0 and plan is not None:
             view = _project(tick, eligible, jobs, capacity, expected)
-            released = set(plan(tick // TICKS_PER_SLOT, pending, view))
+            load, ramp = _recent_arrivals(tick, jobs, order, arrivals_cum, start)
+            released = set(plan(tick // TICKS_PER_SLOT, pending, view, load, ramp))
             if released:
                 pending = [j for j in pending if j not in released]
                 eligible_at[list(released)] = tick
@@ -457,7 +490,7 @@ def simulate(
     def tick_progress(base: int) -> Callable[[int], None] | None:
         return None if progress is None else (lambda t: progress(base + t + 1, 2 * n_ticks))
 
-    def plan(slot: int, pending: list[int], expected_ticks: FloatArray) -> list[int]:
+    def plan(slot: int, pending: list[int], expected_ticks: FloatArray, load: float, ramp: int) -> list[int]:
         idx = np.asarray(pending)
         h = min(horizon, fc.size - slot)
         now_tick = slot * TICKS_PER_SLOT
@@ -476,7 +509,7 @@ def simulate(
                 jobs.procs[idx],
                 jobs.req_ticks[idx],
                 jobs.latest_tick[idx] - now_tick,
-                margin=TICKS_PER_SLOT,
+                margin=TICKS_PER_SLOT * cfg.at_risk_margin_slots,
             )
         plannable = (planned_latest > 0) & (dur < h) & ~risky
         # Released now: jobs with no window left to plan in, and those the plan starts now
@@ -486,6 +519,11 @@ def simulate(
             p = idx[plannable]
             d = dur[plannable]
             last = np.minimum(planned_latest[plannable], h - d)
+            # Work arriving from now on fills the machine as the day's arrivals did.
+            reserve = np.zeros(h)
+            if cfg.arrival_reserve:
+                ramp_slots = max(1, -(-ramp // TICKS_PER_SLOT))
+                reserve = arrival_reserve(load, capacity, ramp_slots, h, cfg.arrival_reserve_by_utilisation)
             ticks = expected_ticks[: h * TICKS_PER_SLOT]
             ticks = np.pad(ticks, (0, h * TICKS_PER_SLOT - ticks.size))
             per_slot = ticks.reshape(h, TICKS_PER_SLOT).max(axis=1)
@@ -495,7 +533,7 @@ def simulate(
                 carbon_price_gbp_per_tonne=cfg.carbon_price_gbp_per_tonne,
                 carbon=fc[slot : slot + h],
                 price=price[slot : slot + h] if cfg.use_price else np.full(h, np.nan),
-                capacity_nodes=np.maximum(capacity * cfg.plan_capacity_fraction - per_slot, 0.0),
+                capacity_nodes=np.maximum(capacity * cfg.plan_capacity_fraction - per_slot - reserve, 0.0),
                 power_cap_kw=np.full(h, np.inf),
                 job_ids=tuple(str(j) for j in p),
                 nodes=jobs.procs[p],

@@ -9,16 +9,11 @@ cycle" are kept.
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from slurm_flex.errors import StateError
 from slurm_flex.grid.readings import Point, Quantity, Reading
+from slurm_flex.sqlitestore import SqliteStore
 
 SCHEMA_VERSION = 1
 
@@ -70,59 +65,19 @@ class StoredReading:
     fetched_at: int
 
 
-class GridCache:
+class GridCache(SqliteStore):
     """The grid-signal store. One per state dir; safe to open from the daemon and the CLI at
     once (WAL, short transactions)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StateError(f"{path}: written by a newer slurm-flex (schema {version} > {SCHEMA_VERSION})")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open grid cache {path}: {exc}") from exc
-        except OSError as exc:
-            raise StateError(f"cannot create state dir {path.parent}: {exc.strerror}") from exc
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> GridCache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StateError(f"grid cache {self.path}: {exc}") from exc
-
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self._db.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise StateError(f"grid cache {self.path}: {exc}") from exc
+    KIND = "grid cache"
+    SCHEMA = _SCHEMA
+    SCHEMA_VERSION = SCHEMA_VERSION
+    PRAGMAS = ("journal_mode=WAL", "foreign_keys=ON")
 
     # -- readings -----------------------------------------------------------------------------
     def store(self, reading: Reading, fetched_at: int | None = None) -> None:
         fetched = int(time.time()) if fetched_at is None else fetched_at
-        with self._transaction() as db:
+        with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO readings (source, quantity, issued_at, fetched_at) VALUES (?,?,?,?)",
                 (reading.source, reading.quantity, reading.issued_at, fetched),
@@ -189,7 +144,7 @@ class GridCache:
 
     def prune(self, before: int) -> int:
         """Forget readings fetched before ``before``; returns how many went."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM readings WHERE fetched_at<?", (before,))]
             db.executemany("DELETE FROM points WHERE reading_id=?", [(i,) for i in ids])
             db.execute("DELETE FROM readings WHERE fetched_at<?", (before,))
@@ -207,7 +162,7 @@ class GridCache:
         error: str = "",
         retry_after: int | None = None,
     ) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO fetches (source, what, ts, ok, seconds, error, retry_after) VALUES (?,?,?,?,?,?,?)",
                 (source, what, ts, int(ok), seconds, error[:500], retry_after),

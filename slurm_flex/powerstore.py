@@ -11,16 +11,13 @@ cycle's job records, and the power history can be wiped without losing any decis
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from slurm_flex.errors import StateError
 from slurm_flex.grid.series import SLOT_SECONDS
 from slurm_flex.power.sample import PowerSample
+from slurm_flex.sqlitestore import SqliteStore
 
 POWER_DB = "power.sqlite3"  # in the daemon's state_dir
 SCHEMA_VERSION = 1
@@ -79,63 +76,22 @@ class EnergyIncrement:
     seconds: float
 
 
-class PowerStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StateError(f"{path}: written by a newer slurm-flex (schema {version} > {SCHEMA_VERSION})")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open power store {path}: {exc}") from exc
-        except OSError as exc:
-            raise StateError(f"cannot create state dir {path.parent}: {exc.strerror}") from exc
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> PowerStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StateError(f"power store {self.path}: {exc}") from exc
-
-    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self._db.execute(sql, tuple(params)).fetchall()
-        except sqlite3.Error as exc:
-            raise StateError(f"power store {self.path}: {exc}") from exc
+class PowerStore(SqliteStore):
+    KIND = "power store"
+    SCHEMA = _SCHEMA
+    SCHEMA_VERSION = SCHEMA_VERSION
 
     # -- samples -------------------------------------------------------------------------------
     def add_samples(self, samples: Iterable[PowerSample]) -> int:
         rows = [(s.node, s.source, s.component, int(s.top_level), s.at, s.watts) for s in samples]
         if rows:
-            with self._tx() as db:
+            with self.transaction() as db:
                 db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
 
     def latest_samples(self, since: float) -> list[PowerSample]:
         """The newest sample per (node, source, component) taken at or after ``since``."""
-        rows = self._rows(
+        rows = self._query(
             "SELECT node, source, component, top_level, MAX(at), watts FROM samples WHERE at >= ? "
             "GROUP BY node, source, component",
             (since,),
@@ -148,7 +104,7 @@ class PowerStore:
         """Fold raw samples of half hours that ended before ``before`` into half-hour means and
         drop them; returns how many raw samples were folded."""
         cutoff = int(before) // SLOT_SECONDS * SLOT_SECONDS
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute(
                 f"""INSERT INTO halfhours (node, source, component, top_level, slot, mean_watts, samples)
                 SELECT node, source, component, MAX(top_level), CAST(at / {SLOT_SECONDS} AS INTEGER) * {SLOT_SECONDS},
@@ -164,7 +120,7 @@ class PowerStore:
         return int(folded)
 
     def prune(self, halfhours_before: float, jobs_before: float) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM halfhours WHERE slot < ?", (int(halfhours_before),))
             db.execute("DELETE FROM job_energy WHERE finished = 1 AND last_seen < ?", (jobs_before,))
 
@@ -175,7 +131,7 @@ class PowerStore:
         if node is not None:
             sql += " AND node = ?"
             params.append(node)
-        return [(r[0], r[1], r[2], int(r[3]), float(r[4])) for r in self._rows(sql + " ORDER BY slot, node", params)]
+        return [(r[0], r[1], r[2], int(r[3]), float(r[4])) for r in self._query(sql + " ORDER BY slot, node", params)]
 
     # -- per-job energy ------------------------------------------------------------------------
     def add_job_energy(self, increments: Iterable[EnergyIncrement], now: float) -> None:
@@ -184,7 +140,7 @@ class PowerStore:
         ]
         if not rows:
             return
-        with self._tx() as db:
+        with self.transaction() as db:
             db.executemany(
                 """INSERT INTO job_energy (job_id, user, account, name, estimated_watts, joules,
                        measured_seconds, first_seen, last_seen)
@@ -197,32 +153,32 @@ class PowerStore:
             )
 
     def open_jobs(self) -> set[str]:
-        return {r[0] for r in self._rows("SELECT job_id FROM job_energy WHERE finished = 0")}
+        return {r[0] for r in self._query("SELECT job_id FROM job_energy WHERE finished = 0")}
 
     def finish_jobs(self, job_ids: Iterable[str]) -> list[JobEnergy]:
         """Mark jobs that stopped running as finished; returns their records."""
         ids = list(job_ids)
         if not ids:
             return []
-        with self._tx() as db:
+        with self.transaction() as db:
             db.executemany("UPDATE job_energy SET finished = 1 WHERE job_id = ?", [(j,) for j in ids])
         marks = ",".join("?" * len(ids))
-        return [_job(r) for r in self._rows(f"SELECT * FROM job_energy WHERE job_id IN ({marks})", ids)]
+        return [_job(r) for r in self._query(f"SELECT * FROM job_energy WHERE job_id IN ({marks})", ids)]
 
     def job_energy(self, limit: int = 100, job_id: str | None = None) -> list[JobEnergy]:
         if job_id is not None:
-            return [_job(r) for r in self._rows("SELECT * FROM job_energy WHERE job_id = ?", (job_id,))]
-        return [_job(r) for r in self._rows("SELECT * FROM job_energy ORDER BY last_seen DESC LIMIT ?", (limit,))]
+            return [_job(r) for r in self._query("SELECT * FROM job_energy WHERE job_id = ?", (job_id,))]
+        return [_job(r) for r in self._query("SELECT * FROM job_energy ORDER BY last_seen DESC LIMIT ?", (limit,))]
 
     # -- calibration ---------------------------------------------------------------------------
     def calibration(self) -> dict[tuple[str, str], tuple[float, int]]:
         return {
             (r[0], r[1]): (float(r[2]), int(r[3]))
-            for r in self._rows("SELECT kind, key, factor, jobs FROM calibration")
+            for r in self._query("SELECT kind, key, factor, jobs FROM calibration")
         }
 
     def save_calibration(self, factors: dict[tuple[str, str], tuple[float, int]], now: float) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO calibration VALUES (?, ?, ?, ?, ?)",
                 [(kind, key, f, n, now) for (kind, key), (f, n) in factors.items()],

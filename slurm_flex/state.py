@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from itertools import pairwise
 from operator import attrgetter
-from pathlib import Path
 from typing import Any
 
 from slurm_flex.errors import StateError
+from slurm_flex.sqlitestore import SqliteStore
 
 SCHEMA_VERSION = 4
 
@@ -208,27 +207,13 @@ _JOB_COLUMNS = tuple(f.name for f in fields(JobRecord))
 _job_row = attrgetter(*_JOB_COLUMNS)
 
 
-class StateStore:
+class StateStore(SqliteStore):
     """SQLite-backed store; one connection, WAL journal, short transactions."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StateError(f"{path}: written by a newer slurm-flex (schema {version} > {SCHEMA_VERSION})")
-            self._db.executescript(_SCHEMA)
-            self._migrate(version)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open state store {path}: {exc}") from exc
-        except OSError as exc:
-            raise StateError(f"cannot create state dir {path.parent}: {exc.strerror}") from exc
+    KIND = "state store"
+    SCHEMA = _SCHEMA
+    SCHEMA_VERSION = SCHEMA_VERSION
+    ROW_FACTORY = sqlite3.Row
 
     def _migrate(self, version: int) -> None:
         """Bring an older store up to date (new tables come from the schema script)."""
@@ -238,35 +223,6 @@ class StateStore:
                 if name not in columns:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} REAL")
 
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> StateStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StateError(f"state store {self.path}: {exc}") from exc
-
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        try:
-            return self._db.execute(sql, tuple(params)).fetchall()
-        except sqlite3.Error as exc:
-            raise StateError(f"state store {self.path}: {exc}") from exc
-
-    # -- jobs -------------------------------------------------------------------------------
     def jobs(self, statuses: Iterable[str] | None = None) -> dict[str, JobRecord]:
         if statuses is None:
             rows = self._query("SELECT * FROM jobs")

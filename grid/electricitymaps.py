@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from slurm_flex.errors import ForecastFormatError
 from slurm_flex.grid.http import HttpClient
-from slurm_flex.grid.readings import Kind, Point, Quantity, Reading, make_reading
-from slurm_flex.grid.series import SLOT_SECONDS, parse_iso_utc
+from slurm_flex.grid.readings import Kind, Point, Quantity, Reading, make_reading, time_field
+from slurm_flex.grid.series import SLOT_SECONDS
 
 BASE_URL = "https://api.electricitymap.org"
 FORECAST_PATH = "/v3/carbon-intensity/forecast"
@@ -29,15 +29,6 @@ HISTORY_PATH = "/v3/carbon-intensity/history"
 LIST_KEYS = ("forecast", "history", "data")
 MAX_SPAN_SECONDS = 3600  # a value never stands for more than an hour (the API's coarsest step)
 _ZONE = re.compile(r"^[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*$")
-
-
-def _time(value: Any, where: str, what: str) -> int:
-    if not isinstance(value, str):
-        raise ForecastFormatError(f"{where}: missing or non-text {what}")
-    try:
-        return parse_iso_utc(value)
-    except ValueError as exc:
-        raise ForecastFormatError(f"{where}: {what}: {exc}") from exc
 
 
 def parse_carbon_intensity(doc: Any, source: str, issued_at: int, kind: Kind) -> Reading:
@@ -51,13 +42,13 @@ def parse_carbon_intensity(doc: Any, source: str, issued_at: int, kind: Kind) ->
     if key is None:
         raise ForecastFormatError(f"{source}: no {'/'.join(LIST_KEYS)} list in the answer")
     if isinstance(doc.get("updatedAt"), str):
-        issued_at = _time(doc["updatedAt"], source, "updatedAt")
+        issued_at = time_field(doc["updatedAt"], source, "updatedAt")
     values: dict[int, float] = {}
     for i, item in enumerate(doc[key]):
         where = f"{source}: {key}[{i}]"
         if not isinstance(item, dict):
             raise ForecastFormatError(f"{where}: expected an object")
-        start = _time(item.get("datetime"), where, "datetime")
+        start = time_field(item.get("datetime"), where, "datetime")
         value = item.get("carbonIntensity")
         if value is None:
             continue

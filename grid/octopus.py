@@ -21,8 +21,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from slurm_flex.errors import ForecastFormatError, ProviderError
 from slurm_flex.grid.http import HttpClient
-from slurm_flex.grid.readings import Kind, Point, Quantity, Reading, make_reading
-from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc, parse_iso_utc
+from slurm_flex.grid.readings import Kind, Point, Quantity, Reading, make_reading, time_field
+from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc
 
 BASE_URL = "https://api.octopus.energy"
 DEFAULT_PRODUCT = "AGILE-24-10-01"  # "Agile Octopus October 2024 v1"
@@ -82,15 +82,6 @@ class RatesPage:
     next: str | None
 
 
-def _time(value: Any, where: str, what: str) -> int:
-    if not isinstance(value, str):
-        raise ForecastFormatError(f"{where}: missing or non-text {what}")
-    try:
-        return parse_iso_utc(value)
-    except ValueError as exc:
-        raise ForecastFormatError(f"{where}: {what}: {exc}") from exc
-
-
 def parse_rates_page(doc: Any, source: str) -> RatesPage:
     """One page of ``standard-unit-rates``: its rates (GBP/MWh excluding VAT) and next link."""
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
@@ -103,9 +94,9 @@ def parse_rates_page(doc: Any, source: str) -> RatesPage:
         where = f"{source}: results[{i}]"
         if not isinstance(row, dict):
             raise ForecastFormatError(f"{where}: expected an object")
-        start = _time(row.get("valid_from"), where, "valid_from")
+        start = time_field(row.get("valid_from"), where, "valid_from")
         # Agile rows always end; other tariffs' current rate can be open-ended (null).
-        end = None if row.get("valid_to") is None else _time(row.get("valid_to"), where, "valid_to")
+        end = None if row.get("valid_to") is None else time_field(row.get("valid_to"), where, "valid_to")
         value = row.get("value_exc_vat")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ForecastFormatError(f"{where}: value_exc_vat {value!r} is not a number")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from slurm_flex.errors import ForecastFormatError
-from slurm_flex.grid.series import SLOT_SECONDS, iso_utc
+from slurm_flex.grid.series import SLOT_SECONDS, iso_utc, parse_iso_utc
 
 Quantity = Literal["carbon", "price"]
 Kind = Literal["forecast", "actual"]
@@ -94,3 +94,14 @@ class Provider(Protocol):
     def fetch(self, now: int) -> Reading: ...
 
     def history(self, start: int, end: int) -> Reading: ...
+
+
+def time_field(value: Any, where: str, what: str) -> int:
+    """An ISO 8601 time field of a provider's answer, as epoch seconds; anything else is a
+    format error naming where it was and which field."""
+    if not isinstance(value, str):
+        raise ForecastFormatError(f"{where}: missing or non-text {what}")
+    try:
+        return parse_iso_utc(value)
+    except ValueError as exc:
+        raise ForecastFormatError(f"{where}: {what}: {exc}") from exc

@@ -36,6 +36,8 @@ from slurm_flex.planner.queue import (
     plan,
     queue_capacity,
 )
+from slurm_flex.power.sample import PowerReader
+from slurm_flex.power.slurm_energy import SlurmEnergyReader
 from slurm_flex.powermodel import NodePower, PowerModel
 from slurm_flex.slurm.backend import SlurmBackend
 from slurm_flex.slurm.parsers import SlurmJob, SlurmNode
@@ -209,6 +211,11 @@ class Cycle:
         self.config = config
         # Measured power ([measure]); None: the planner relies on the power model alone.
         self.measured = power
+        self.slurm_energy: list[PowerReader] = []
+        if power is not None and config.measure.slurm_energy:
+            self.slurm_energy.append(
+                SlurmEnergyReader(backend.read_output, json_output=config.measure.slurm_energy_json)
+            )
         self.backend = backend
         # One forecast source per site; without [sites] one site plans every job.
         self.sources: dict[str, ForecastSource] = (
@@ -244,6 +251,7 @@ class Cycle:
         try:
             jobs = self.backend.read_jobs()
             nodes = self.backend.read_nodes()
+            self._record_load(nodes, int(started))
             jobs_seen = len(jobs)
             if self.measured is not None:
                 measured_kw, power_errors = self._measure(started, jobs)
@@ -346,7 +354,7 @@ class Cycle:
         assert self.measured is not None
         estimates = {j.job_id: _estimate(j, self.power) for j in jobs if j.state == "RUNNING"}
         try:
-            step = self.measured.step(now, jobs, estimates)
+            step = self.measured.step(now, jobs, estimates, also_read=self.slurm_energy)
         except SlurmFlexError as exc:
             log.warning("power_failed", error=str(exc))
             return None, 1
@@ -401,7 +409,7 @@ class Cycle:
         planned_assessments: list[Assessment] = []
         for site in [*forecasts, *(s for s in sites if s not in forecasts)]:
             site_jobs = tuple(j for j in jobs if self._site_of(j.partition) == site)
-            site_nodes = tuple(n for n in nodes if any(self._site_of(p) == site for p in n.partitions))
+            site_nodes = self._nodes_of(site, nodes)
             plan_, site_assessments = self._plan_site(
                 site or NO_SITE, sites.get(site, []), site_jobs, site_nodes, forecasts.get(site or ""), previous, now
             )
@@ -475,16 +483,26 @@ class Cycle:
         self, site: str, jobs: tuple[SlurmJob, ...], nodes: tuple[SlurmNode, ...], now: int, n_slots: int
     ) -> FloatArray:
         """Room for work not submitted yet: the site's busy nodes over the last day (recorded
-        every cycle), phased in over its jobs' typical time limit (planner.queue.arrival_reserve)."""
-        managed = [n for n in nodes if n.usable and _managed_node(n, self.rules)]
-        busy = sum(min(1.0, n.alloc_cpus / n.cpus) for n in managed if n.cpus > 0)
-        self.store.record_load(site, now, busy)
+        every cycle by _record_load), phased in over its jobs' typical time limit
+        (planner.queue.arrival_reserve)."""
         if not self.config.policy.arrival_reserve:
             return np.zeros(n_slots)
+        managed = [n for n in nodes if n.usable and _managed_node(n, self.rules)]
         load = self.store.mean_load(site, now - 86400)
+        if load is None:  # no history (jobs of partitions no site names): this moment's load
+            load = _busy_nodes(managed)
         limits = [j.time_limit_s for j in jobs if j.time_limit_s and self.rules.manages(j.partition)]
         ramp = max(1, math.ceil(float(np.median(limits)) / SLOT_SECONDS)) if limits else 1
-        return arrival_reserve(busy if load is None else load, len(managed), ramp, n_slots)
+        return arrival_reserve(load, len(managed), ramp, n_slots)
+
+    def _nodes_of(self, site: str | None, nodes: tuple[SlurmNode, ...]) -> tuple[SlurmNode, ...]:
+        return tuple(n for n in nodes if any(self._site_of(p) == site for p in n.partitions))
+
+    def _record_load(self, nodes: tuple[SlurmNode, ...], now: int) -> None:
+        """Each site's busy nodes this cycle: the history the arrival reserve is built from."""
+        for site in self.sources:
+            managed = [n for n in self._nodes_of(site, nodes) if n.usable and _managed_node(n, self.rules)]
+            self.store.record_load(site, now, _busy_nodes(managed))
 
     def _limit_deferral(
         self, assessments: list[Assessment], jobs: tuple[SlurmJob, ...], previous: dict[str, JobRecord], usable: int
@@ -686,6 +704,11 @@ def _estimate(job: SlurmJob, model: PowerModel) -> float:
     if tag is not None and tag.power_w is not None:
         return tag.power_w
     return model.estimate(power_request(job), job.partition)
+
+
+def _busy_nodes(nodes: Iterable[SlurmNode]) -> float:
+    """Nodes' worth of allocated CPUs."""
+    return sum(min(1.0, n.alloc_cpus / n.cpus) for n in nodes if n.cpus > 0)
 
 
 def _managed_node(node: SlurmNode, rules: FlexConfig) -> bool:

@@ -280,11 +280,20 @@ class PowerLedger:
             self.ingest.stop()
         self.store.close()
 
-    def step(self, now: float, jobs: Sequence[SlurmJob], estimates: Mapping[str, float | None]) -> PowerStep:
+    def step(
+        self,
+        now: float,
+        jobs: Sequence[SlurmJob],
+        estimates: Mapping[str, float | None],
+        also_read: Sequence[PowerReader] = (),
+    ) -> PowerStep:
+        """``also_read``: readers that belong to the caller this cycle (the cycle's own Slurm
+        backend for Slurm's energy counters, so its command is counted with the cycle's)."""
         errors: list[str] = []
         samples = self.ingest.drain() if self.ingest is not None else []
-        if self.pull:
-            pulled = collect(self.pull, now)
+        readers = [*self.pull, *also_read]
+        if readers:
+            pulled = collect(readers, now)
             samples.extend(pulled.samples)
             errors.extend(pulled.errors)
         self.store.add_samples(samples)

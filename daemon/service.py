@@ -29,11 +29,9 @@ from slurm_flex.metrics import Metrics
 from slurm_flex.nodeagent import read_token
 from slurm_flex.power.meter import CommandMeter, HttpMeter
 from slurm_flex.power.sample import PowerReader
-from slurm_flex.power.slurm_energy import SlurmEnergyReader
 from slurm_flex.powerstore import POWER_DB, PowerStore
 from slurm_flex.sdnotify import Notifier
 from slurm_flex.slurm.backend import make_backend
-from slurm_flex.slurm.runner import SlurmRunner
 from slurm_flex.state import StateStore
 
 log = structlog.get_logger(__name__)
@@ -73,14 +71,8 @@ def open_power(config: Config) -> PowerLedger | None:
     m = config.measure
     if not m.enabled:
         return None
+    # Slurm's own energy counters are read by the cycle, through its backend (daemon/cycle.py).
     pull: list[PowerReader] = []
-    if m.slurm_energy:
-        runner = SlurmRunner(
-            bin_dir=config.slurm.bin_dir,
-            slurm_conf=config.slurm.slurm_conf,
-            timeout_seconds=config.slurm.command_timeout_seconds,
-        )
-        pull.append(SlurmEnergyReader(lambda argv: runner.run(argv).stdout, json_output=m.slurm_energy_json))
     if m.site_meter_command:
         pull.append(CommandMeter(list(m.site_meter_command), unit=m.site_meter_unit))
     if m.site_meter_url:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -56,6 +56,11 @@ class SlurmBackend(Protocol):
 
     def command_counts(self) -> Mapping[str, int]: ...
 
+    def read_output(self, argv: Sequence[str]) -> str:
+        """Stdout of another read-only Slurm command (e.g. node energy), run, timed and
+        counted like the others."""
+        ...
+
 
 def format_start_time(epoch: int) -> str:
     """StartTime as scontrol parses it; the runner pins TZ=UTC, so format in UTC."""
@@ -73,6 +78,9 @@ class CommandBackend:
 
     def read_nodes(self) -> tuple[SlurmNode, ...]:
         return parse_sinfo_json(self.runner.run(["sinfo", "--json"]).stdout)
+
+    def read_output(self, argv: Sequence[str]) -> str:
+        return self.runner.run(argv).stdout
 
     def set_start_times(self, targets: Mapping[str, StartTarget]) -> UpdateReport:
         """One ``scontrol update`` per distinct start time (None: now)."""

@@ -194,12 +194,12 @@ def test_array_heterogeneous_and_interactive_jobs(env: Env) -> None:
     components = env.cluster.run("scontrol", "-o", "show", "job", het).stdout.splitlines()
     assert len(components) == 2 and all("why=hetjob" in c for c in components)
     assert told.count("heterogeneous") == 1
-    proc = env.cluster.run("srun", "--deadline", "now+6hours", "-t", "5", "-J", "interactive-test", "true")
+    # A name of this run only: finished jobs of an earlier run stay listed for MinJobAge (300 s).
+    name = f"interactive-{time.time_ns()}"
+    proc = env.cluster.run("srun", "--deadline", "now+6hours", "-t", "5", "-J", name, "true")
     assert proc.returncode == 0 and "flexible" not in proc.stderr  # started at once, nothing to say
     (record,) = [
-        j
-        for j in env.cluster.run("scontrol", "-o", "show", "job").stdout.splitlines()
-        if "JobName=interactive-test" in j
+        j for j in env.cluster.run("scontrol", "-o", "show", "job").stdout.splitlines() if f"JobName={name} " in j
     ]
     assert "flex=no;why=interactive" in record
 

@@ -19,7 +19,20 @@ import numpy as np
 import structlog
 
 from slurm_flex.config import Config, FlexConfig, NodeType, PowerConfig
-from slurm_flex.daemon.decide import Assessment, Intent, annotate_comment, assess, power_request, reconcile
+from slurm_flex.daemon.decide import (
+    _DEPENDENCY_REASONS,
+    EXPEDITED,
+    PRIORITY_KINDS,
+    RELEASE_SLACK_S,
+    Assessment,
+    Intent,
+    PriorityChange,
+    annotate_comment,
+    assess,
+    power_request,
+    queue_priorities,
+    reconcile,
+)
 from slurm_flex.daemon.power import PowerLedger
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
 from slurm_flex.grid.report import signal_summary
@@ -31,6 +44,7 @@ from slurm_flex.planner.queue import (
     Policy,
     WaitingWork,
     arrival_reserve,
+    capacity_profile,
     deadlines_at_risk,
     merge_plans,
     plan,
@@ -281,10 +295,10 @@ class Cycle:
                 for f, src in zip(forecasts.values(), self.sources.values(), strict=True)
             )
             message = "; ".join(notes)
-            plans, intents, records = self._decide(jobs, nodes, forecasts, int(started))
+            plans, intents, records, priorities = self._decide(jobs, nodes, forecasts, int(started))
             plan_ = merge_plans(plans.values(), int(started))
             flexible = sum(1 for r in records.values() if r.status in ("deferred", "runs-now", "late"))
-            applied, failed_errors = self._apply(cycle_id, intents, records, mode, plan_, jobs)
+            applied, failed_errors = self._apply(cycle_id, intents, records, mode, plan_, jobs, priorities)
             errors += failed_errors
             updates = applied
             deferred = sum(1 for r in records.values() if r.status == "deferred")
@@ -377,12 +391,13 @@ class Cycle:
         nodes: tuple[SlurmNode, ...],
         forecasts: Mapping[str, SignalSeries | None],
         now: int,
-    ) -> tuple[dict[str, Plan], list[Intent], dict[str, JobRecord]]:
+    ) -> tuple[dict[str, Plan], list[Intent], dict[str, JobRecord], list[PriorityChange]]:
         previous = self.store.jobs()
         exempt = self.store.exemptions()
         pending_targets: dict[str, list[int | None]] = defaultdict(list)
         for action in self.store.pending_intents():
-            pending_targets[action.job_id].append(action.new_begin)
+            if action.kind not in PRIORITY_KINDS:
+                pending_targets[action.job_id].append(action.new_begin)
         assessments: list[Assessment] = []
         for job in jobs:
             if not job.pending:
@@ -407,14 +422,16 @@ class Cycle:
             sites[self._site_of(a.job.partition)].append(a)
         plans: dict[str, Plan] = {}
         planned_assessments: list[Assessment] = []
+        priority_changes: list[PriorityChange] = []
         for site in [*forecasts, *(s for s in sites if s not in forecasts)]:
             site_jobs = tuple(j for j in jobs if self._site_of(j.partition) == site)
             site_nodes = self._nodes_of(site, nodes)
-            plan_, site_assessments = self._plan_site(
+            plan_, site_assessments, site_changes = self._plan_site(
                 site or NO_SITE, sites.get(site, []), site_jobs, site_nodes, forecasts.get(site or ""), previous, now
             )
             plans[site or NO_SITE] = plan_
             planned_assessments.extend(site_assessments)
+            priority_changes.extend(site_changes)
         assessments = planned_assessments
         merged = merge_plans(plans.values(), now)
         intents = reconcile(assessments, merged, now)
@@ -443,7 +460,7 @@ class Cycle:
             else:
                 final, reason = "started", prev.reason
             records[job_id] = prev.evolve(status=final, reason=reason, last_seen=now, updated_at=now)
-        return plans, intents, records
+        return plans, intents, records, [c for c in priority_changes if c.job_id in records]
 
     def _plan_site(
         self,
@@ -454,8 +471,9 @@ class Cycle:
         forecast: SignalSeries | None,
         previous: dict[str, JobRecord],
         now: int,
-    ) -> tuple[Plan, list[Assessment]]:
-        """One site's plan: its jobs, on its nodes, with its signals."""
+    ) -> tuple[Plan, list[Assessment], list[PriorityChange]]:
+        """One site's plan (its jobs, on its nodes, with its signals) and the priority changes
+        that keep its queued deadlines."""
         usable = sum(1 for n in nodes if n.usable and _managed_node(n, self.rules))
         assessments = self._limit_deferral(assessments, jobs, previous, usable)
         flex_jobs = [a.flex for a in assessments if a.flex is not None]
@@ -477,7 +495,43 @@ class Cycle:
             free - (1.0 - self.policy.capacity_headroom) * usable - self._reserve(site, jobs, nodes, now, free.size),
             0.0,
         )
-        return plan(flex_jobs, forecast, capacity, self.policy, now), assessments
+        plan_ = plan(flex_jobs, forecast, capacity, self.policy, now)
+        changes: list[PriorityChange] = []
+        if self.config.policy.expedite_at_risk:
+            free_running = capacity_profile(usable, running, now, n_slots)
+            changes = self._expedite(jobs, assessments, plan_, previous, free_running, now, margin)
+        return plan_, assessments, changes
+
+    def _expedite(
+        self,
+        jobs: tuple[SlurmJob, ...],
+        assessments: list[Assessment],
+        plan_: Plan,
+        previous: dict[str, JobRecord],
+        free_running: FloatArray,
+        now: int,
+        margin: int,
+    ) -> list[PriorityChange]:
+        """Priority changes for the site's queue: the jobs this cycle leaves waiting (not those
+        deferred to later), with the deadlines of those slurm-flex plans."""
+        planned = plan_.by_id()
+        later = {job_id for job_id, p in planned.items() if p.start > now + RELEASE_SLACK_S}
+        flex = {
+            a.flex.job_id: a.flex
+            for a in assessments
+            if a.flex is not None and a.flex.job_id in planned and a.flex.job_id not in later
+        }
+        waiting = [
+            j
+            for j in jobs
+            if j.pending
+            and not j.held
+            and self.rules.manages(j.partition)
+            and j.state_reason not in _DEPENDENCY_REASONS
+        ]
+        queue = [j for j in waiting if j.update_id not in later]
+        others_top = max((j.priority for j in waiting if j.update_id in later), default=0)
+        return queue_priorities(queue, flex, previous, free_running, now, margin, others_top)
 
     def _reserve(
         self, site: str, jobs: tuple[SlurmJob, ...], nodes: tuple[SlurmNode, ...], now: int, n_slots: int
@@ -537,11 +591,13 @@ class Cycle:
         mode: str,
         plan_: Plan,
         jobs: tuple[SlurmJob, ...],
+        priorities: list[PriorityChange],
     ) -> tuple[int, int]:
         """Act on the intents as the mode says; returns (jobs updated, per-job failures).
 
         shadow: nothing; advise: release jobs (the hook's grace) and write each deferred job's
-        planned start into its comment instead of deferring it; enforce: move start times."""
+        planned start into its comment instead of deferring it; enforce: move start times and
+        put queued jobs at risk first."""
         # Settle intents left pending by a crash: the records just computed reflect Slurm's
         # real state, which is what matters now.
         stale = {a.id: "unknown" for a in self.store.pending_intents()}
@@ -575,12 +631,43 @@ class Cycle:
         applied = failed = 0
         if acting:
             applied, failed = self._set_start_times(cycle_id, acting, records)
+        for c in priorities:
+            log.info("decision", job=c.job_id, kind=c.kind, priority=f"{c.old} -> {c.new}", reason=c.reason, mode=mode)
+        if mode == "enforce" and priorities:
+            a, f = self._set_priorities(cycle_id, priorities, records)
+            applied += a
+            failed += f
+        for job_id, rec in records.items():
+            if rec.priority_before is not None and rec.status in PENDING_STATUSES:
+                records[job_id] = rec.evolve(reason=EXPEDITED)
         if mode == "advise":
             a, f = self._annotate(plan_, jobs)
             applied += a
             failed += f
         self.store.save_jobs(records.values())
         return applied, failed
+
+    def _set_priorities(
+        self, cycle_id: int, changes: list[PriorityChange], records: dict[str, JobRecord]
+    ) -> tuple[int, int]:
+        """Set priorities, journalled like start times; a moved job's record keeps the priority
+        to give back."""
+        ids = self.store.record_intents(
+            cycle_id, [(c.job_id, None, None, c.kind, f"priority {c.old} -> {c.new}: {c.reason}") for c in changes]
+        )
+        report = self.backend.set_priorities({c.job_id: c.new for c in changes})
+        outcomes: dict[int, str] = {}
+        for action_id, c in zip(ids, changes, strict=True):
+            if c.job_id in report.failed:
+                outcomes[action_id] = f"failed: {report.failed[c.job_id]}"
+                log.warning("priority_update_failed", job=c.job_id, error=report.failed[c.job_id])
+                continue
+            outcomes[action_id] = "applied"
+            rec = records[c.job_id]
+            before = None if c.kind == "restore" else (c.old if rec.priority_before is None else rec.priority_before)
+            records[c.job_id] = rec.evolve(priority_before=before)
+        self.store.settle_intents(outcomes)
+        return len(changes) - len(report.failed), len(report.failed)
 
     def _set_start_times(self, cycle_id: int, intents: list[Intent], records: dict[str, JobRecord]) -> tuple[int, int]:
         ids = self.store.record_intents(

@@ -13,13 +13,19 @@ Safety rules live here, where they can be tested without Slurm:
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from slurm_flex.config import FlexConfig
-from slurm_flex.grid.series import iso_utc
+from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc
+from slurm_flex.planner.instance import FloatArray
 from slurm_flex.planner.queue import FlexJob, Plan, Policy
+from slurm_flex.planner.risk import IN_PLACE, expedite
 from slurm_flex.powermodel import PowerModel, Request, gpus
 from slurm_flex.slurm.parsers import SlurmJob
 from slurm_flex.state import Exemptions, JobRecord
@@ -205,6 +211,83 @@ def reconcile(assessments: Iterable[Assessment], plan: Plan, now: int) -> list[I
             kind = "defer" if current is None or target > current else "advance"
             intents.append(Intent(job_id, current, target, kind, p.reason))
     return intents
+
+
+# Action kinds of priority changes in the journal (the others move start times).
+PRIORITY_KINDS = frozenset({"expedite", "restore"})
+# Slurm job priorities are 32-bit unsigned; 0 holds a job.
+MAX_PRIORITY = 2**32 - 2
+EXPEDITED = "moved up the queue: in its place the queue would start it after its latest safe start"
+
+
+@dataclass(frozen=True)
+class PriorityChange:
+    """A priority to set: ``kind`` "expedite" (to the head of the queue) or "restore" (back to
+    the priority it had before slurm-flex moved it)."""
+
+    job_id: str
+    old: int
+    new: int
+    kind: str
+    reason: str
+
+
+def queue_priorities(
+    queue: Sequence[SlurmJob],
+    flex: Mapping[str, FlexJob],
+    records: Mapping[str, JobRecord],
+    free: FloatArray,
+    now: int,
+    margin_slots: int,
+    others_top: int,
+) -> list[PriorityChange]:
+    """Priority changes that put the queued jobs at risk first (see planner.risk.expedite).
+
+    ``queue``: the site's waiting jobs as Slurm will run them (not held, not deferred by
+    slurm-flex); ``flex``: those with a deadline, as assessed this cycle; ``free``: nodes the
+    running work leaves, per slot from floor_slot(now); ``others_top``: the highest priority of
+    the pending jobs not in ``queue`` (jobs deferred until later, which meet the queue then).
+    Moved jobs get priorities just above every other pending job's: those the head of the queue
+    saves first, then the others at risk, each group in order of latest safe start. A moved
+    job stays moved while it waits, unless it has no deadline to keep any more (past its latest
+    safe start, or opted out): then it gets its own priority back."""
+    if not queue:
+        return []
+    slot0 = floor_slot(now)
+    order = sorted(queue, key=lambda j: (-j.priority, j.submit_time, j.update_id))
+    sizes = np.asarray([flex[j.update_id].nodes if j.update_id in flex else j.nodes for j in order], dtype=np.float64)
+    lengths = np.asarray(
+        [max(1, math.ceil((j.time_limit_s or free.size * SLOT_SECONDS) / SLOT_SECONDS)) for j in order], dtype=np.int64
+    )
+    earliest = np.asarray(
+        [max(0, (floor_slot(max(now, j.eligible_time or now)) - slot0) // SLOT_SECONDS) for j in order], dtype=np.int64
+    )
+    latest = np.asarray(
+        [(flex[j.update_id].latest_start - slot0) // SLOT_SECONDS if j.update_id in flex else -1 for j in order],
+        dtype=np.int64,
+    )
+    before = [records[j.update_id].priority_before if j.update_id in records else None for j in order]
+    moved = np.asarray([b is not None for b in before], dtype=bool)
+    tiers = expedite(free, sizes, lengths, latest, moved, margin_slots, earliest)
+    changes: list[PriorityChange] = []
+    for j, b, tier in zip(order, before, tiers, strict=True):
+        if b is not None and tier == IN_PLACE and j.priority != b:
+            reason = "its own priority back: no deadline to keep any more"
+            changes.append(PriorityChange(j.update_id, j.priority, b, "restore", reason))
+    ahead = [(int(tier), j) for j, tier in zip(order, tiers, strict=True) if tier != IN_PLACE]
+    if not ahead:
+        return changes
+    ahead.sort(key=lambda tj: (tj[0], flex[tj[1].update_id].latest_start, -tj[1].priority))
+    top = max([others_top, *(j.priority for j, tier in zip(order, tiers, strict=True) if tier == IN_PLACE)])
+    current = [j.priority for _, j in ahead]
+    if current[-1] > top and all(a > b for a, b in itertools.pairwise(current)):
+        return changes  # already in this order, above the rest
+    n = len(ahead)
+    for i, (_, j) in enumerate(ahead):
+        target = min(top + n - i, MAX_PRIORITY - i)
+        if target != j.priority:
+            changes.append(PriorityChange(j.update_id, j.priority, target, "expedite", EXPEDITED))
+    return changes
 
 
 _PLAN_TOKEN = re.compile(r"\s*slurmflex-plan=\S*")

@@ -262,6 +262,21 @@ def plan(instance_path: Path, as_json: bool, method: str, time_limit: float) -> 
     show_default=True,
     help="Run the workload on a machine this many times the traced one (lower utilisation).",
 )
+@click.option(
+    "--deadline-from",
+    "deadline_basis",
+    type=click.Choice(["submit", "baseline"]),
+    default="submit",
+    show_default=True,
+    help="Apply the slack rule from each job's submission, or from when Slurm alone started it "
+    "(every deadline one the machine meets without slurm-flex).",
+)
+@click.option(
+    "--expedite/--no-expedite",
+    default=True,
+    show_default=True,
+    help="Move queued jobs the queue would make late to its head, as the daemon's [policy] expedite_at_risk.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @_fail_cleanly
 def simulate(
@@ -277,6 +292,8 @@ def simulate(
     carbon_price: float,
     out_dir: Path,
     capacity_scale: float,
+    deadline_basis: str,
+    expedite: bool,
     as_json: bool,
 ) -> None:
     """Replay a real workload against real grid data: as submitted vs with slurm-flex."""
@@ -311,6 +328,8 @@ def simulate(
         horizon_hours=horizon_hours,
         carbon_price_gbp_per_tonne=carbon_price,
         use_price=price_path is not None,
+        deadline_basis=deadline_basis,
+        expedite_at_risk=expedite,
     )
     results = []
     console = Console(stderr=True)
@@ -335,7 +354,8 @@ def simulate(
     for r in results:
         b, f, s = r.baseline.metrics, r.flex.metrics, r.savings()
         click.echo(
-            f"{r.trace} | slack {r.slack} | {f['flexible_jobs']} of {f['jobs']} jobs flexible | "
+            f"{r.trace} | slack {r.slack} from {r.deadline_basis} | "
+            f"{f['flexible_jobs']} of {f['jobs']} jobs flexible | "
             f"{r.n_slots * 0.5 / 24:.0f} days from {r.to_json()['start']} | "
             f"{r.capacity_procs:.0f} processors, {r.utilisation:.0%} utilised | {r.signals}"
         )
@@ -352,7 +372,8 @@ def simulate(
             f"  energy  {b['energy_kwh']:>12.1f} kWh; mean delay {b['mean_delay_h']:.2f} h -> "
             f"{f['mean_delay_h']:.2f} h (p95 {b['p95_delay_h']:.2f} -> {f['p95_delay_h']:.2f} h); "
             f"deadline misses {b['deadline_misses']} -> {f['deadline_misses']} "
-            f"({f['deadline_misses_not_missed_as_submitted']} not missed as submitted)"
+            f"({f['deadline_misses_not_missed_as_submitted']} not missed as submitted; "
+            f"{f['expedited_jobs']} jobs moved up the queue)"
         )
     click.echo(f"report: {report}")
 

@@ -220,6 +220,11 @@ class PolicyConfig(_Section):
     # by utilisation (without it a busy machine's deferred work piles into the same windows as
     # new arrivals and deadlines are missed; see bench/results/simulate.txt).
     arrival_reserve: bool = True
+    # Move a queued job with a deadline to the head of the queue (its Slurm priority set above
+    # the rest, in order of latest safe start) once the queue would no longer start it in time;
+    # its own priority is put back if that stops being possible. Jobs the head of the queue
+    # cannot save either are left in place.
+    expedite_at_risk: bool = True
 
 
 class SlackPolicy(_Section):

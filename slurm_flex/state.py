@@ -18,7 +18,7 @@ from typing import Any
 from slurm_flex.errors import StateError
 from slurm_flex.sqlitestore import SqliteStore
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     mean_ci_planned REAL,
     updated_at INTEGER NOT NULL,
     baseline_cost_gbp REAL,
-    planned_cost_gbp REAL
+    planned_cost_gbp REAL,
+    priority_before INTEGER
 );
 CREATE TABLE IF NOT EXISTS actions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -129,6 +130,8 @@ class JobRecord:
     updated_at: int
     baseline_cost_gbp: float | None = None
     planned_cost_gbp: float | None = None
+    # Set while slurm-flex holds the job at the head of the queue: its priority before that.
+    priority_before: int | None = None
 
     @property
     def carbon_saved_g(self) -> float:
@@ -217,11 +220,12 @@ class StateStore(SqliteStore):
 
     def _migrate(self, version: int) -> None:
         """Bring an older store up to date (new tables come from the schema script)."""
-        if 0 < version < 3:
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
-            for name in ("baseline_cost_gbp", "planned_cost_gbp"):
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        added = {"baseline_cost_gbp": "REAL", "planned_cost_gbp": "REAL", "priority_before": "INTEGER"}
+        if 0 < version < SCHEMA_VERSION:
+            for name, kind in added.items():
                 if name not in columns:
-                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} REAL")
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def jobs(self, statuses: Iterable[str] | None = None) -> dict[str, JobRecord]:
         if statuses is None:

@@ -120,6 +120,38 @@ def test_a_deferred_job_goes_as_soon_as_the_queue_puts_its_deadline_at_risk(env:
     assert slurm_epoch(env.cluster.show_job(job_id)["EligibleTime"]) <= time.time() + 5  # queued now
 
 
+def test_queued_jobs_the_queue_would_make_late_move_up_and_back_when_opted_out(env: Env) -> None:
+    # Every node is busy for up to 2 h (by time limits), then two whole-machine jobs of 5 h
+    # queue ahead. A 1 h job due in 6 h (latest safe start 4.75 h) would start at 12 h in its
+    # place and at 2 h first; one due in 2.5 h (latest 1.25 h) is not saved even first by time
+    # limits, but work often ends early: it queues right behind, still before the long jobs.
+    filler = [env.cluster.sbatch("-t", "120", "-n", "2", "--wrap", "sleep 300") for _ in range(4)]
+    for j in filler:
+        wait_state(env.cluster, j, {"RUNNING"})
+    ahead = [env.cluster.sbatch("-t", "300", "-N", "4", "--wrap", "sleep 1") for _ in range(2)]
+    urgent = env.submit_flexible(hours=6)
+    tight = env.submit_flexible(hours=2.5)
+    own = int(env.cluster.show_job(urgent)["Priority"])
+    env.slurmflex("daemon", "--once")
+
+    def priorities() -> dict[str, int]:
+        return {j: int(env.cluster.show_job(j)["Priority"]) for j in [*ahead, urgent, tight]}
+
+    p = priorities()
+    assert p[urgent] > p[tight] > max(p[a] for a in ahead), p
+    assert p[ahead[0]] > p[ahead[1]]  # the rest keep Slurm's order
+    doc = env.status()["jobs"]
+    assert "moved up the queue" in doc[urgent]["reason"] and "moved up the queue" in doc[tight]["reason"]
+    assert (urgent, "expedite", "applied") in [(a.job_id, a.kind, a.outcome) for a in env.store().actions()]
+    env.slurmflex("daemon", "--once")  # in order already: nothing to change
+    assert priorities() == p
+    # The owner opts out: no deadline to keep, so the job gets its own priority back.
+    env.cluster.run("scontrol", "update", f"JobId={urgent}", "Comment=flex=no")
+    env.slurmflex("daemon", "--once")
+    assert priorities()[urgent] == own
+    assert (urgent, "restore", "applied") in [(a.job_id, a.kind, a.outcome) for a in env.store().actions()]
+
+
 def test_big_jobs_are_not_deferred(env: Env) -> None:
     big = env.submit_flexible(hours=10, extra=("-N", "3"))  # 3 of 4 nodes
     small = env.submit_flexible(hours=10)

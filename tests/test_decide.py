@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 
 from slurm_flex.config import FlexConfig
-from slurm_flex.daemon.decide import BEGIN_TOLERANCE_S, assess, power_request, reconcile
+from slurm_flex.daemon.decide import BEGIN_TOLERANCE_S, assess, power_request, queue_priorities, reconcile
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
 from slurm_flex.planner import Policy, plan
+from slurm_flex.planner.queue import FlexJob
 from slurm_flex.powermodel import NodePower, PowerModel, Request
 from slurm_flex.slurm.parsers import SlurmJob
 from slurm_flex.state import JobRecord
@@ -269,3 +271,54 @@ def test_power_of_untagged_jobs_from_squeue_fields() -> None:
     assert req.memory_mb == 4096 and req.gpus_per_node == {"a100": 2} and req.gpus_per_job == {"default": 3}
     model = PowerModel(default=NodePower(100, 300, 4, 250), memory_watts_per_gb=1.0, gpu_model_watts={"a100": 400})
     assert model.estimate(req) == 2 * 100 + 4 * 50 + 4 + 2 * 2 * 400 + 3 * 250
+
+
+def _queued(job_id: str, nodes: int, hours: float, priority: int) -> SlurmJob:
+    return job(
+        job_id=job_id,
+        state_reason="Priority",
+        eligible_time=NOW - 60,
+        nodes=nodes,
+        time_limit_s=int(hours * 3600),
+        priority=priority,
+        deadline=None,
+    )
+
+
+def _flex(job_id: str, nodes: int, hours: float, latest_h: float) -> FlexJob:
+    return FlexJob(job_id, nodes, 500.0, int(hours * 3600), NOW - 60, NOW + int(latest_h * 3600), NOW + 86400)
+
+
+def test_a_queued_job_at_risk_is_moved_up_and_given_back_its_priority_without_a_deadline() -> None:
+    # Running work holds 4 nodes for 2 h; a 5 h whole-machine job waits ahead of a 1 h job
+    # that must start within 4 h: in place it would start at 7 h, first at 2 h.
+    free = np.array([0.0] * 4 + [4.0] * 400)
+    queue = [_queued("10", 4, 5, 1000), _queued("11", 4, 1, 900), _queued("12", 1, 1, 800)]
+    flex = {"11": _flex("11", 4, 1, 4)}
+    changes = queue_priorities(queue, flex, {}, free, NOW, margin_slots=2, others_top=0)
+    assert [(c.job_id, c.old, c.new, c.kind) for c in changes] == [("11", 900, 1001, "expedite")]
+    # Already first: nothing to do, even when a deferred job released later ranks lower.
+    queue[1] = dataclasses.replace(queue[1], priority=1001)
+    records = {"11": record(job_id="11", priority_before=900)}
+    assert queue_priorities(queue, flex, records, free, NOW, margin_slots=2, others_top=950) == []
+    # ... but one that would outrank it gets overtaken again.
+    changes = queue_priorities(queue, flex, records, free, NOW, margin_slots=2, others_top=5000)
+    assert [(c.job_id, c.new, c.kind) for c in changes] == [("11", 5001, "expedite")]
+    # A second job at risk, due earlier, goes first; one the head cannot save (due in 1 h while
+    # the nodes are busy for 2 h) still goes before the work that is not at risk.
+    queue.append(_queued("13", 2, 1, 700))
+    queue.append(_queued("14", 2, 1, 600))
+    flex |= {"13": _flex("13", 2, 1, 2), "14": _flex("14", 2, 1, 1)}
+    changes = queue_priorities(queue, flex, records, free, NOW, margin_slots=2, others_top=0)
+    assert [(c.job_id, c.new) for c in changes] == [("13", 1003), ("11", 1002), ("14", 1001)]
+    # Opted out (no deadline to keep any more): its own priority back.
+    changes = queue_priorities(queue[:3], {}, records, free, NOW, margin_slots=2, others_top=0)
+    assert [(c.job_id, c.old, c.new, c.kind) for c in changes] == [("11", 1001, 900, "restore")]
+
+
+def test_jobs_without_deadlines_or_in_time_keep_their_priorities() -> None:
+    free = np.array([4.0] * 400)
+    queue = [_queued("10", 2, 5, 1000), _queued("11", 2, 1, 900)]
+    flex = {"11": _flex("11", 2, 1, 4)}
+    assert queue_priorities(queue, flex, {}, free, NOW, margin_slots=2, others_top=0) == []
+    assert queue_priorities([], flex, {}, free, NOW, margin_slots=2, others_top=0) == []

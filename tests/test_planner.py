@@ -27,7 +27,7 @@ from slurm_flex.planner import (
     solve,
 )
 from slurm_flex.planner.queue import WaitingWork, deadlines_at_risk, queue_capacity
-from slurm_flex.planner.risk import at_risk, first_fit, place_in_order
+from slurm_flex.planner.risk import HEAD, IN_PLACE, NEXT, at_risk, expedite, first_fit, place_in_order
 
 NOW = 1795251000  # 2026-11-21T08:50Z, mid-slot on purpose
 SLOT0 = NOW - NOW % SLOT_SECONDS
@@ -433,3 +433,35 @@ def test_arrival_reserve_phases_in_recent_load_scaled_by_utilisation() -> None:
     assert light.tolist() == pytest.approx([0, 4, 4])  # a lightly used machine keeps little
     assert arrival_reserve(80, 100, 4, 3, by_utilisation=False).tolist() == pytest.approx([0, 20, 40])
     assert not arrival_reserve(0, 100, 4, 5).any()
+
+
+def test_expedite_moves_a_queued_job_the_queue_would_start_too_late() -> None:
+    # Running work holds all 4 nodes for 2 steps; a 4-node job of 10 steps waits first, then a
+    # job with a latest safe start at step 5: in place it starts at 12, first it starts at 2.
+    free = np.array([0.0, 0.0] + [4.0] * 30)
+    sizes = np.array([4.0, 4.0])
+    lengths = np.array([10, 2])
+    none = np.zeros(2, bool)
+    assert expedite(free, sizes, lengths, np.array([-1, 5]), none, margin=1).tolist() == [IN_PLACE, HEAD]
+    # Not a job the queue starts in time.
+    assert expedite(free, sizes, lengths, np.array([-1, 13]), none, margin=1).tolist() == [IN_PLACE, IN_PLACE]
+    # One that even the head of the queue starts too late (by time limits) queues right behind it.
+    assert expedite(free, sizes, lengths, np.array([-1, 1]), none, margin=1).tolist() == [IN_PLACE, NEXT]
+
+
+def test_expedite_keeps_deadline_order_and_puts_the_hopeless_behind() -> None:
+    # Three late jobs of 4 nodes x 2 steps behind a 10-step job; the head of the queue can only
+    # save the two with the earliest latest starts.
+    free = np.array([0.0, 0.0] + [4.0] * 30)
+    sizes = np.array([4.0, 4.0, 4.0, 4.0])
+    lengths = np.array([10, 2, 2, 2])
+    moved = np.array([False, False, False, True])
+    # Job 2 (latest 3) starts at 2, job 3 (latest 4) at 4; job 1 (latest 5) would start at 6.
+    tiers = expedite(free, sizes, lengths, np.array([-1, 5, 3, 4]), moved, margin=0)
+    assert tiers.tolist() == [IN_PLACE, NEXT, HEAD, HEAD]
+    # Job 3's latest start moves to 3: it cannot follow job 2 in time, so job 1 takes its turn.
+    tiers = expedite(free, sizes, lengths, np.array([-1, 5, 3, 3]), moved, margin=0)
+    assert tiers.tolist() == [IN_PLACE, HEAD, HEAD, NEXT]
+    # A moved job with no deadline any more (past its latest start, or opted out) goes back.
+    tiers = expedite(free, sizes, lengths, np.array([-1, 5, 3, -1]), moved, margin=0)
+    assert tiers.tolist() == [IN_PLACE, HEAD, HEAD, IN_PLACE]

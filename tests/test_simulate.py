@@ -258,3 +258,32 @@ def test_write_report_directly(tmp_path: Path) -> None:
     result = simulate(trace([0, 1800], [3600, 3600], [2, 2]), signals([100.0, 50.0] * 100), "24h")
     path = write_report([result], tmp_path / "r")
     assert path.exists() and (tmp_path / "r" / "savings_by_slack.png").exists()
+
+
+def _queue_jump_trace() -> Trace:
+    # A 16-processor job holds the machine for 1 h; then a 10 h job of 12 and a 1 h job of 8
+    # that must end within 3 h (rule 3x). First come, first served starts the short one at 11 h.
+    return trace([0, 60, 120], [3600, 36000, 3600], [16, 12, 8], capacity=16)
+
+
+def test_a_queued_job_the_queue_would_make_late_goes_first() -> None:
+    flat = [200.0] * 200
+    result = simulate(_queue_jump_trace(), signals(flat), "3x", SimConfig(horizon_hours=24))
+    assert result.baseline.start_s[2] == 11 * 3600
+    assert result.baseline.metrics["deadline_misses"] == 1
+    assert result.flex.start_s[2] == 3600 and result.flex.start_s[1] == 7200
+    assert result.flex.metrics["deadline_misses"] == 0
+    # Without moving it, the same queue misses the deadline in the slurm-flex run too.
+    off = simulate(_queue_jump_trace(), signals(flat), "3x", SimConfig(horizon_hours=24, expedite_at_risk=False))
+    assert off.flex.metrics["deadline_misses"] == 1
+
+
+def test_deadlines_counted_from_the_baseline_start() -> None:
+    flat = [200.0] * 200
+    cfg = SimConfig(horizon_hours=24, deadline_basis="baseline", expedite_at_risk=False)
+    result = simulate(_queue_jump_trace(), signals(flat), "3x", cfg)
+    # The short job's deadline counts from 11 h, when Slurm alone started it: met by both runs.
+    assert result.baseline.metrics["deadline_misses"] == 0
+    assert result.flex.metrics["deadline_misses"] == 0
+    with pytest.raises(SimulationError, match="deadline basis"):
+        simulate(_queue_jump_trace(), signals(flat), "3x", SimConfig(deadline_basis="finish"))

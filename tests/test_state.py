@@ -83,3 +83,17 @@ def test_mean_load_weights_samples_by_how_long_they_stood(tmp_path: Path) -> Non
         assert store.mean_load("lab", 0) == pytest.approx((10 * 100 + 2 * 300) / 400)
         store.record_load("lab", 1000 + 3 * 86400, 1.0)  # samples older than two days are dropped
         assert store.mean_load("lab", 0) == 1.0
+
+
+def test_a_version_4_store_gains_the_priority_column(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    StateStore(path).save_jobs([record(job_id="7")])
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE jobs DROP COLUMN priority_before")  # as version 4 wrote it
+    db.execute("PRAGMA user_version=4")
+    db.commit()
+    db.close()
+    store = StateStore(path)
+    assert store.jobs()["7"].priority_before is None
+    store.save_jobs([record(job_id="7", priority_before=900)])
+    assert StateStore(path).jobs()["7"].priority_before == 900

@@ -90,3 +90,50 @@ def at_risk(
         if k >= 0:
             left[k : k + length] -= size
     return risky
+
+
+#: Tiers :func:`expedite` gives queued jobs: left in place, moved to the head of the queue,
+#: moved right behind those (at risk, but not saved even at the head by time limits).
+IN_PLACE, HEAD, NEXT = 0, 1, 2
+
+
+def expedite(
+    free: FloatArray,
+    sizes: FloatArray,
+    lengths: IntArray,
+    latest: IntArray,
+    moved: BoolArray,
+    margin: int,
+    earliest: IntArray | None = None,
+) -> IntArray:
+    """Where queued jobs with deadlines should wait: :data:`IN_PLACE`, :data:`HEAD` or
+    :data:`NEXT` (each tier in order of latest safe start).
+
+    The jobs are the waiting queue in its priority order (those already moved first);
+    ``latest[i] < 0`` marks a job with no deadline, never moved. ``free`` is what the running
+    work leaves. A job is at risk when the queue, placed in order, would not start it by its
+    latest safe start less ``margin`` (the projection is redone before the margin runs out).
+    The jobs at risk (with those moved before) are placed first in order of latest safe start:
+    those that start in time there go to the head. The others would miss even there by their
+    time limits; putting them first would only make others miss too (the domino effect of
+    earliest-deadline-first under overload), so they queue right behind, where work ending
+    before its time limit can still save them."""
+    n = len(sizes)
+    tier = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return tier
+    first = np.zeros(n, dtype=np.int64) if earliest is None else earliest
+    starts, _ = place_in_order(free, sizes, lengths, first)
+    has_deadline = latest >= 0
+    late = has_deadline & ~moved & ((starts < 0) | (starts > latest - margin))
+    candidates = np.flatnonzero(late | (moved & has_deadline))
+    left = np.array(free, dtype=np.float64, copy=True)
+    for i in candidates[np.argsort(latest[candidates], kind="stable")]:
+        length = max(1, int(lengths[i]))
+        k = first_fit(left, float(sizes[i]), length, limit=int(latest[i]), earliest=int(first[i]))
+        if k >= 0:
+            left[k : k + length] -= sizes[i]
+            tier[i] = HEAD
+        else:
+            tier[i] = NEXT
+    return tier

@@ -34,7 +34,7 @@ from slurm_flex.errors import SlurmFlexError
 from slurm_flex.grid.series import SLOT_SECONDS
 from slurm_flex.planner.instance import Instance
 from slurm_flex.planner.queue import arrival_reserve
-from slurm_flex.planner.risk import at_risk, place_in_order
+from slurm_flex.planner.risk import IN_PLACE, at_risk, expedite, place_in_order
 from slurm_flex.planner.solve import solve
 from slurm_flex.simulate.signals import SimSignals
 from slurm_flex.simulate.traces import Trace
@@ -133,6 +133,14 @@ class SimConfig:
     # Defer new work only while no job waits for processors (a saturated machine has no cleaner
     # window to offer, only a longer backlog).
     defer_only_when_idle_queue: bool = True
+    # Move a queued job with a deadline ahead of the queue (in order of latest safe start) once
+    # the queue, as its time limits promise it, would no longer start it in time: the daemon sets
+    # its Slurm priority above the rest ([policy] expedite_at_risk). Only in the slurm-flex run.
+    expedite_at_risk: bool = True
+    # Deadlines from the slack rule counted from submission ("submit"), or from when Slurm alone
+    # started the job ("baseline": a deadline the machine meets without slurm-flex, as in
+    # studies without a queue, where a job starts at submission).
+    deadline_basis: str = "submit"
 
 
 @dataclass
@@ -159,6 +167,7 @@ class SimResult:
     flex: Outcome
     planning_seconds: float
     utilisation: float = math.nan  # processor-seconds run / (capacity x simulated span)
+    deadline_basis: str = "submit"
 
     def savings(self) -> dict[str, float]:
         b, f = self.baseline.metrics, self.flex.metrics
@@ -174,6 +183,7 @@ class SimResult:
             "trace": self.trace,
             "signals": self.signals,
             "slack": self.slack,
+            "deadline_from": self.deadline_basis,
             "start": datetime.fromtimestamp(self.start_epoch, UTC).strftime("%Y-%m-%dT%H:%MZ"),
             "days": round(self.n_slots * SLOT_H / 24, 1),
             "capacity_procs": self.capacity_procs,
@@ -384,11 +394,12 @@ def _run(
     plan: PlanHook | None,
     cfg: SimConfig,
     progress: Callable[[int], None] | None,
-) -> tuple[IntArray, FloatArray, IntArray]:
+) -> tuple[IntArray, FloatArray, IntArray, npt.NDArray[np.bool_]]:
     """The tick loop shared by both runs. ``plan(slot, pending_flexible, expected_per_tick)``
     (called at every half-hour) returns the flexible jobs to release now; without it every job
     is eligible on arrival.
-    Returns start ticks, busy processors per tick, eligible ticks."""
+    Returns start ticks, busy processors per tick, eligible ticks, and which jobs were moved to
+    the head of the queue at some point."""
     n = jobs.procs.size
     pad = int(jobs.req_ticks.max()) + 2
     busy = np.zeros(n_ticks + pad)  # actual use (actual run times)
@@ -402,11 +413,18 @@ def _run(
     eligible: list[int] = []
     pending: list[int] = []
 
-    def priority(j: int) -> tuple[int, int]:
-        # First eligible, first served: Slurm's age factor counts from eligibility.
+    tier = np.zeros(n, dtype=np.int64)  # planner.risk.IN_PLACE, HEAD or NEXT
+    ever_expedited = np.zeros(n, dtype=bool)
+    check_ticks = TICKS_PER_SLOT * (cfg.at_risk_margin_slots + 1)
+
+    def priority(j: int) -> tuple[int, int, int]:
+        # Expedited jobs first, by latest safe start; then first eligible, first served (Slurm's
+        # age factor counts from eligibility).
+        if tier[j] != IN_PLACE:
+            return (int(tier[j]), int(jobs.latest_tick[j]), 0)
         if cfg.released_priority == "submit":
-            return (int(jobs.submit_tick[j]), int(eligible_at[j]))
-        return (int(eligible_at[j]), int(jobs.submit_tick[j]))
+            return (3, int(jobs.submit_tick[j]), int(eligible_at[j]))
+        return (3, int(eligible_at[j]), int(jobs.submit_tick[j]))
 
     for tick in range(n_ticks):
         done = ending.pop(tick, ())
@@ -414,6 +432,7 @@ def _run(
             if jobs.run_ticks[j] < jobs.req_ticks[j]:
                 _finish(j, tick, jobs, expected, start)
         changed = bool(done)
+        urgent_arrival = False  # a job queued now whose latest safe start comes before the next check
         for j in arrivals[tick] if tick < len(arrivals) else ():
             # While jobs already wait for processors the machine is saturated: deferring more
             # work into it only lengthens the backlog, so new work goes straight to the queue.
@@ -423,10 +442,12 @@ def _run(
                 eligible.append(int(j))
                 eligible_at[j] = tick
                 changed = True
+                urgent_arrival |= bool(jobs.flexible[j]) and jobs.latest_tick[j] - tick <= check_ticks
         if pending and tick % TICKS_PER_SLOT == 0 and plan is not None:
             view = _project(tick, eligible, jobs, capacity, expected)
             load, ramp = _recent_arrivals(tick, jobs, order, arrivals_cum, start)
             released = set(plan(tick // TICKS_PER_SLOT, pending, view, load, ramp))
+            urgent_arrival |= any(jobs.latest_tick[j] - tick <= check_ticks for j in released)
             if released:
                 pending = [j for j in pending if j not in released]
                 eligible_at[list(released)] = tick
@@ -436,9 +457,27 @@ def _run(
             # A job reaching its latest safe start between plans goes at once.
             due = [j for j in pending if jobs.latest_tick[j] <= tick]
             if due:
+                urgent_arrival = True
                 pending = [j for j in pending if jobs.latest_tick[j] > tick]
                 eligible_at[due] = tick
                 eligible.extend(due)
+                changed = True
+        if plan is not None and cfg.expedite_at_risk and eligible and (tick % TICKS_PER_SLOT == 0 or urgent_arrival):
+            # As the daemon does each cycle: queued jobs the queue would start too late go first.
+            eligible.sort(key=priority)
+            queued = np.asarray(eligible, dtype=np.int64)
+            latest = np.where(jobs.flexible[queued], jobs.latest_tick[queued] - tick, -1)
+            chosen = expedite(
+                capacity - expected[tick:],
+                jobs.procs[queued],
+                jobs.req_ticks[queued],
+                latest,
+                tier[queued] != IN_PLACE,
+                TICKS_PER_SLOT * cfg.at_risk_margin_slots,
+            )
+            if (chosen != tier[queued]).any():
+                tier[queued] = chosen
+                ever_expedited[queued] |= chosen != IN_PLACE
                 changed = True
         if eligible and (changed or tick % TICKS_PER_SLOT == 0):
             eligible.sort(key=priority)
@@ -452,7 +491,7 @@ def _run(
     left = start < 0  # the run ended first: start them at the end, so they are still charged
     start[left] = n_ticks - 1
     eligible_at[eligible_at < 0] = n_ticks - 1
-    return start, busy[:n_ticks], eligible_at
+    return start, busy[:n_ticks], eligible_at, ever_expedited
 
 
 def simulate(
@@ -470,25 +509,45 @@ def simulate(
     deadlines = slack_deadlines(slack_rule, trace.submit_s + start_epoch, trace.requested_s)
     jobs = _jobs(trace, deadlines, start_epoch, cfg)
     horizon = int(cfg.horizon_hours * 3600 // SLOT_SECONDS)
-    # Long enough for every job to start by its latest safe start (or its submission) and end.
-    latest = np.where(jobs.flexible, jobs.latest_tick, jobs.submit_tick)
-    n_ticks = int((np.maximum(latest, jobs.submit_tick) + jobs.req_ticks).max() + 2 * TICKS_PER_SLOT)
-    n_slots = -(-n_ticks // TICKS_PER_SLOT)
-    need = n_slots + max(horizon, int(jobs.req_ticks.max()) // TICKS_PER_SLOT + 1) + 2
-    available = signals.n_slots - offset
-    if available < need:
-        raise SimulationError(
-            f"grid data covers {available * SLOT_H / 24:.0f} days from the start, the trace needs "
-            f"{need * SLOT_H / 24:.0f}: use --days or an earlier --start"
-        )
-    fc = signals.forecast[offset : offset + need]
-    actual = signals.actual[offset : offset + need]
-    price = signals.price[offset : offset + need]
     capacity = trace.capacity_procs
-    planning = [0.0]
+    available = signals.n_slots - offset
+
+    def ticks_needed(jobs: _Jobs) -> int:
+        # Long enough for every job to start by its latest safe start (or its submission) and end.
+        latest = np.where(jobs.flexible, jobs.latest_tick, jobs.submit_tick)
+        n_ticks = int((np.maximum(latest, jobs.submit_tick) + jobs.req_ticks).max() + 2 * TICKS_PER_SLOT)
+        need = -(-n_ticks // TICKS_PER_SLOT) + max(horizon, int(jobs.req_ticks.max()) // TICKS_PER_SLOT + 1) + 2
+        if available < need:
+            raise SimulationError(
+                f"grid data covers {available * SLOT_H / 24:.0f} days from the start, the trace needs "
+                f"{need * SLOT_H / 24:.0f}: use --days or an earlier --start"
+            )
+        return n_ticks
+
+    n_ticks = ticks_needed(jobs)
 
     def tick_progress(base: int) -> Callable[[int], None] | None:
         return None if progress is None else (lambda t: progress(base + t + 1, 2 * n_ticks))
+
+    b_start, b_busy, b_elig, _ = _run(jobs, capacity, n_ticks, None, cfg, tick_progress(0))
+    if cfg.deadline_basis == "baseline":
+        # The slack rule counts from when Slurm alone started the job: every deadline is one the
+        # machine can meet without slurm-flex, so any miss is slurm-flex's.
+        started = (b_start * TICK_SECONDS + start_epoch).astype(np.float64)
+        deadlines = slack_deadlines(slack_rule, started, trace.requested_s)
+        jobs = _jobs(trace, np.maximum(deadlines, jobs.deadline_s + start_epoch), start_epoch, cfg)
+        more = ticks_needed(jobs) - n_ticks
+        if more > 0:
+            b_busy = np.pad(b_busy, (0, more))
+            n_ticks += more
+    elif cfg.deadline_basis != "submit":
+        raise SimulationError(f"deadline basis {cfg.deadline_basis!r}: use submit or baseline")
+    n_slots = -(-n_ticks // TICKS_PER_SLOT)
+    need = n_slots + max(horizon, int(jobs.req_ticks.max()) // TICKS_PER_SLOT + 1) + 2
+    fc = signals.forecast[offset : offset + need]
+    actual = signals.actual[offset : offset + need]
+    price = signals.price[offset : offset + need]
+    planning = [0.0]
 
     def plan(slot: int, pending: list[int], expected_ticks: FloatArray, load: float, ramp: int) -> list[int]:
         idx = np.asarray(pending)
@@ -554,8 +613,7 @@ def simulate(
             release.extend(int(j) for j in p if sol.starts[str(j)] == 0)
         return release
 
-    b_start, b_busy, b_elig = _run(jobs, capacity, n_ticks, None, cfg, tick_progress(0))
-    f_start, f_busy, f_elig = _run(jobs, capacity, n_ticks, plan, cfg, tick_progress(n_ticks))
+    f_start, f_busy, f_elig, f_expedited = _run(jobs, capacity, n_ticks, plan, cfg, tick_progress(n_ticks))
 
     def per_slot(busy_ticks: FloatArray) -> FloatArray:
         padded = np.pad(busy_ticks, (0, n_slots * TICKS_PER_SLOT - busy_ticks.size))
@@ -570,6 +628,7 @@ def simulate(
     baseline.metrics = _metrics(jobs, b_s, actual, price)
     base_missed = (b_s + jobs.runtime_s > jobs.deadline_s + 1e-6) & jobs.flexible
     flex.metrics = _metrics(jobs, f_s, actual, price, base_missed)
+    flex.metrics["expedited_jobs"] = int(f_expedited.sum())
     return SimResult(
         trace=trace.name,
         signals=signals.source + (" (perfect foresight)" if signals.perfect_foresight else ""),
@@ -582,5 +641,6 @@ def simulate(
         baseline=baseline,
         flex=flex,
         planning_seconds=planning[0],
+        deadline_basis=cfg.deadline_basis,
         utilisation=float((jobs.procs * jobs.runtime_s).sum() / (capacity * max(float(jobs.submit_s.max()), 1.0))),
     )

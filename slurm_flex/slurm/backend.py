@@ -54,6 +54,8 @@ class SlurmBackend(Protocol):
 
     def set_comments(self, comments: Mapping[str, str]) -> UpdateReport: ...
 
+    def set_priorities(self, priorities: Mapping[str, int]) -> UpdateReport: ...
+
     def command_counts(self) -> Mapping[str, int]: ...
 
     def read_output(self, argv: Sequence[str]) -> str:
@@ -90,6 +92,10 @@ class CommandBackend:
     def set_comments(self, comments: Mapping[str, str]) -> UpdateReport:
         """One ``scontrol update`` per distinct comment."""
         return self._update("Comment", comments)
+
+    def set_priorities(self, priorities: Mapping[str, int]) -> UpdateReport:
+        """One ``scontrol update`` per distinct priority (an operator's or SlurmUser's right)."""
+        return self._update("Priority", {job_id: str(int(p)) for job_id, p in priorities.items()})
 
     def _update(self, field_name: str, values: Mapping[str, str]) -> UpdateReport:
         by_value: dict[str, list[str]] = defaultdict(list)

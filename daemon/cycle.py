@@ -95,6 +95,7 @@ class CycleResult:
     # Per site: True when it planned on a fallback (last good forecast, profile, or no signal).
     signal_fallback: tuple[tuple[str, bool], ...] = ()
     measured_kw: float | None = None  # measured power of the nodes with fresh readings
+    expedited: int = 0  # queued jobs slurm-flex holds moved up the queue
 
 
 def policy_from(config: Config) -> Policy:
@@ -255,7 +256,7 @@ class Cycle:
         message = ""
         ok = False
         slurm_ok = True
-        jobs_seen = flexible = deferred = updates = 0
+        jobs_seen = flexible = deferred = updates = expedited = 0
         forecast_name = ", ".join(src.name for src in self.sources.values())
         forecast_age: float | None = None
         planned_kw: tuple[float, ...] = ()
@@ -302,6 +303,9 @@ class Cycle:
             errors += failed_errors
             updates = applied
             deferred = sum(1 for r in records.values() if r.status == "deferred")
+            expedited = sum(
+                1 for r in records.values() if r.priority_before is not None and r.status in PENDING_STATUSES
+            )
             planned_kw = _planned_kw(plans.values())
             saved_kg = sum(r.carbon_saved_g for r in records.values() if r.status in PENDING_STATUSES) / 1000
             self._write_plan(cycle_id, plans, int(started))
@@ -361,6 +365,7 @@ class Cycle:
             carbon_saved_kg=saved_kg,
             signal_fallback=fallback,
             measured_kw=measured_kw,
+            expedited=expedited,
         )
 
     def _measure(self, now: float, jobs: tuple[SlurmJob, ...]) -> tuple[float | None, int]:

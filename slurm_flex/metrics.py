@@ -21,6 +21,9 @@ class Metrics:
         self.mode = Gauge("slurmflex_mode", "The mode in force (1 for the current one)", ["mode"], registry=r)
         self.deferred = Gauge("slurmflex_deferred_jobs", "Jobs slurm-flex has deferred", registry=r)
         self.flexible = Gauge("slurmflex_flexible_jobs", "Pending flexible jobs planned", registry=r)
+        self.expedited = Gauge(
+            "slurmflex_expedited_jobs", "Queued jobs moved up the queue to keep their deadlines", registry=r
+        )
         self.planned_kw = Gauge(
             "slurmflex_planned_power_kw",
             "Planned power of flexible jobs per half-hour slot from now",
@@ -63,6 +66,7 @@ class Metrics:
             return
         self.deferred.set(result.deferred)
         self.flexible.set(result.flexible)
+        self.expedited.set(result.expedited)
         self.updates.inc(result.updates)
         self.saved.set(result.carbon_saved_kg)
         for site, fallback in result.signal_fallback:

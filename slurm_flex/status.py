@@ -87,6 +87,7 @@ def build_status(
         "totals": {
             "deferred": sum(1 for r in pending if r.status == "deferred"),
             "runs_now": sum(1 for r in pending if r.status == "runs-now"),
+            "moved_up": sum(1 for r in pending if r.priority_before is not None),
             "left_alone": sum(1 for r in pending if r.status in ("manual", "held", "waiting", "ineligible")),
             "late": sum(1 for r in pending if r.status == "late"),
             "started": len(started),
@@ -188,7 +189,8 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
         console.print("No flexible jobs pending.")
     t = doc["totals"]
     console.print(
-        f"Deferred: {t['deferred']} jobs ({t['energy_kwh_deferred']:.1f} kWh), to run now: {t['runs_now']}, "
+        f"Deferred: {t['deferred']} jobs ({t['energy_kwh_deferred']:.1f} kWh), to run now: {t['runs_now']} "
+        f"({t['moved_up']} moved up the queue for their deadlines), "
         f"left alone: {t['left_alone']}, late: {t['late']}, started: {t['started']}. "
         f"Saved vs running at submission: {t['carbon_saved_kg_planned']:.2f} kg CO2 and "
         f"{t['cost_saved_gbp_planned']:.2f} GBP planned, {t['carbon_saved_kg_started']:.2f} kg and "

@@ -141,11 +141,13 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
         planned_kw=(1.5, 2.0),
         carbon_saved_kg=0.7,
         signal_fallback=(("cambridge", False), ("manchester", True)),
+        expedited=2,
     )
     m.observe(result, 1_800_000_000.0)
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     for line in (
         "slurmflex_deferred_jobs 3.0",
+        "slurmflex_expedited_jobs 2.0",
         'slurmflex_mode{mode="advise"} 1.0',
         'slurmflex_mode{mode="enforce"} 0.0',
         'slurmflex_planned_power_kw{slot="1"} 2.0',

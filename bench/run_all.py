@@ -5,7 +5,8 @@
 
 planner (about 1 min; 3 min without --quick), daemon_cycle (10,000 jobs on a 32-node local
 cluster, about 3 min), hook_throughput (2,000 submissions per configuration, about 10 min),
-power_readers (well under a minute), power_ingest (1,000 nodes' pushes, about 1 min).
+power_readers (well under a minute), power_ingest (1,000 nodes' pushes, about 1 min),
+simulate (three real traces against GB 2023 grid data, about 45 min; needs ../shared).
 Each prints as it goes; the header line records when and on what the figures were taken.
 """
 
@@ -27,6 +28,7 @@ BENCHES = {
     "hook_throughput": ["hook_throughput.py"],
     "power_readers": ["power_readers.py"],
     "power_ingest": ["power_ingest.py"],
+    "simulate": ["simulate_traces.py"],
 }
 
 

@@ -347,7 +347,7 @@ def simulate(
                 )
             )
     report = write_report(results, out_dir)
-    doc = {"report": str(report), "results": [r.to_json() for r in results]}
+    doc = {"report": str(report), "capacity_scale": capacity_scale, "results": [r.to_json() for r in results]}
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=lambda v: None))
         return

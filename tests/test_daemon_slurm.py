@@ -196,8 +196,12 @@ def test_killed_at_any_moment_nothing_is_lost_or_late(env: Env) -> None:
     assert pending_intents == 0  # settled by the clean cycle
     doc = env.status()
     assert all(v["status"] in ("deferred", "runs-now", "started") for k, v in doc["jobs"].items() if k in jobs)
-    # Nothing was moved twice to conflicting times in one cycle, and no update went to a wrong job.
-    rows = db.execute("SELECT cycle_id, job_id, COUNT(*) FROM actions GROUP BY cycle_id, job_id HAVING COUNT(*) > 1")
+    # No start time was moved twice (to conflicting times) in one cycle; a priority change may
+    # come with a release.
+    rows = db.execute(
+        "SELECT cycle_id, job_id, COUNT(*) FROM actions WHERE kind NOT IN ('expedite', 'restore') "
+        "GROUP BY cycle_id, job_id HAVING COUNT(*) > 1"
+    )
     assert rows.fetchall() == []
 
 

@@ -53,7 +53,7 @@ from slurm_flex.planner.queue import (
 from slurm_flex.power.sample import PowerReader
 from slurm_flex.power.slurm_energy import SlurmEnergyReader
 from slurm_flex.powermodel import NodePower, PowerModel
-from slurm_flex.slurm.backend import SlurmBackend
+from slurm_flex.slurm.backend import SlurmBackend, UpdateReport
 from slurm_flex.slurm.parsers import SlurmJob, SlurmNode
 from slurm_flex.state import PENDING_STATUSES, SIGNALS_SETTING, JobRecord, StateStore
 
@@ -652,44 +652,53 @@ class Cycle:
         self.store.save_jobs(records.values())
         return applied, failed
 
+    def _journalled(
+        self,
+        cycle_id: int,
+        rows: list[tuple[str, int | None, int | None, str, str]],
+        update: Callable[[], UpdateReport],
+    ) -> UpdateReport:
+        """Make changes journalled: (job_id, old_begin, new_begin, kind, reason) recorded as pending
+        actions first (a crash leaves them for the next cycle to settle), then made, then each
+        action settled as applied or failed."""
+        ids = self.store.record_intents(cycle_id, rows)
+        report = update()
+        outcomes: dict[int, str] = {}
+        for action_id, (job_id, _, _, kind, _) in zip(ids, rows, strict=True):
+            error = report.failed.get(job_id)
+            outcomes[action_id] = "applied" if error is None else f"failed: {error}"
+            if error is not None:
+                log.warning("update_failed", job=job_id, kind=kind, error=error)
+        self.store.settle_intents(outcomes)
+        return report
+
     def _set_priorities(
         self, cycle_id: int, changes: list[PriorityChange], records: dict[str, JobRecord]
     ) -> tuple[int, int]:
-        """Set priorities, journalled like start times; a moved job's record keeps the priority
-        to give back."""
-        ids = self.store.record_intents(
-            cycle_id, [(c.job_id, None, None, c.kind, f"priority {c.old} -> {c.new}: {c.reason}") for c in changes]
+        """Set priorities; a moved job's record keeps the priority to give back."""
+        report = self._journalled(
+            cycle_id,
+            [(c.job_id, None, None, c.kind, f"priority {c.old} -> {c.new}: {c.reason}") for c in changes],
+            lambda: self.backend.set_priorities({c.job_id: c.new for c in changes}),
         )
-        report = self.backend.set_priorities({c.job_id: c.new for c in changes})
-        outcomes: dict[int, str] = {}
-        for action_id, c in zip(ids, changes, strict=True):
+        for c in changes:
             if c.job_id in report.failed:
-                outcomes[action_id] = f"failed: {report.failed[c.job_id]}"
-                log.warning("priority_update_failed", job=c.job_id, error=report.failed[c.job_id])
                 continue
-            outcomes[action_id] = "applied"
             rec = records[c.job_id]
             before = None if c.kind == "restore" else (c.old if rec.priority_before is None else rec.priority_before)
             records[c.job_id] = rec.evolve(priority_before=before)
-        self.store.settle_intents(outcomes)
-        return len(changes) - len(report.failed), len(report.failed)
+        return len(report.applied), len(report.failed)
 
     def _set_start_times(self, cycle_id: int, intents: list[Intent], records: dict[str, JobRecord]) -> tuple[int, int]:
-        ids = self.store.record_intents(
-            cycle_id, [(i.job_id, i.old_begin, i.new_begin, i.kind, i.reason) for i in intents]
+        report = self._journalled(
+            cycle_id,
+            [(i.job_id, i.old_begin, i.new_begin, i.kind, i.reason) for i in intents],
+            lambda: self.backend.set_start_times({i.job_id: i.new_begin for i in intents}),
         )
-        report = self.backend.set_start_times({i.job_id: i.new_begin for i in intents})
-        outcomes: dict[int, str] = {}
-        for action_id, i in zip(ids, intents, strict=True):
+        for i in intents:
             if i.job_id in report.failed:
-                outcomes[action_id] = f"failed: {report.failed[i.job_id]}"
-                log.warning("update_failed", job=i.job_id, error=report.failed[i.job_id])
-                rec = records[i.job_id]
                 # Most often the job started or ended between our read and our update.
-                records[i.job_id] = rec.evolve(expected_begin=i.old_begin, applied_begin=None)
-            else:
-                outcomes[action_id] = "applied"
-        self.store.settle_intents(outcomes)
+                records[i.job_id] = records[i.job_id].evolve(expected_begin=i.old_begin, applied_begin=None)
         return len(report.applied), len(report.failed)
 
     def _annotate(self, plan_: Plan, jobs: tuple[SlurmJob, ...]) -> tuple[int, int]:

@@ -220,9 +220,9 @@ class StateStore(SqliteStore):
 
     def _migrate(self, version: int) -> None:
         """Bring an older store up to date (new tables come from the schema script)."""
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
         added = {"baseline_cost_gbp": "REAL", "planned_cost_gbp": "REAL", "priority_before": "INTEGER"}
         if 0 < version < SCHEMA_VERSION:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
             for name, kind in added.items():
                 if name not in columns:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")

@@ -512,11 +512,17 @@ def simulate(
     capacity = trace.capacity_procs
     available = signals.n_slots - offset
 
+    longest_slots = int(jobs.req_ticks.max()) // TICKS_PER_SLOT + 1
+
+    def slots_needed(n_ticks: int) -> int:
+        # The simulated span, then a full planning horizon (or the longest job) of grid data.
+        return -(-n_ticks // TICKS_PER_SLOT) + max(horizon, longest_slots) + 2
+
     def ticks_needed(jobs: _Jobs) -> int:
         # Long enough for every job to start by its latest safe start (or its submission) and end.
         latest = np.where(jobs.flexible, jobs.latest_tick, jobs.submit_tick)
         n_ticks = int((np.maximum(latest, jobs.submit_tick) + jobs.req_ticks).max() + 2 * TICKS_PER_SLOT)
-        need = -(-n_ticks // TICKS_PER_SLOT) + max(horizon, int(jobs.req_ticks.max()) // TICKS_PER_SLOT + 1) + 2
+        need = slots_needed(n_ticks)
         if available < need:
             raise SimulationError(
                 f"grid data covers {available * SLOT_H / 24:.0f} days from the start, the trace needs "
@@ -543,7 +549,7 @@ def simulate(
     elif cfg.deadline_basis != "submit":
         raise SimulationError(f"deadline basis {cfg.deadline_basis!r}: use submit or baseline")
     n_slots = -(-n_ticks // TICKS_PER_SLOT)
-    need = n_slots + max(horizon, int(jobs.req_ticks.max()) // TICKS_PER_SLOT + 1) + 2
+    need = slots_needed(n_ticks)
     fc = signals.forecast[offset : offset + need]
     actual = signals.actual[offset : offset + need]
     price = signals.price[offset : offset + need]

@@ -1,4 +1,5 @@
-# slurm-flex: the two commands a new machine needs are `make demo` and `make test`.
+# slurm-flex: the two commands a new machine needs are `make demo` and `make test`;
+# `make unit` runs the fast tests without a cluster.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export DEVCLUSTER_DIR ?= /var/tmp/slurm-flex-dev
 
-.PHONY: demo test venv lint typecheck bench cluster-up cluster-down clean
+.PHONY: demo test unit venv lint typecheck bench cluster-up cluster-down clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,10 @@ demo: venv
 test: venv
 	scripts/devcluster up
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Everything that needs no cluster (the daemon's logic runs on the fake Slurm): under a minute.
+unit: venv
+	$(PY) -m pytest -q -m "not slurm" $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check slurm_flex daemon grid beckn job_submit tests bench

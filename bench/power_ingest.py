@@ -27,9 +27,10 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slurm_flex.daemon.power import PowerIngest, PowerLedger
+from slurm_flex.daemon.ingest import PowerIngest
 from slurm_flex.logsetup import configure_logging
-from slurm_flex.powerstore import PowerStore
+from slurm_flex.power.ledger import PowerLedger
+from slurm_flex.power.store import PowerStore
 from slurm_flex.slurm.parsers import parse_job
 
 TOKEN = "bench-token-0123456789abcdef"

@@ -29,10 +29,10 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slurm_flex.power import collect
-from slurm_flex.power.gpu import NvidiaSmiReader
-from slurm_flex.power.ipmi import IpmiReader
-from slurm_flex.power.rapl import RaplReader
+from slurm_flex.power.readers import collect
+from slurm_flex.power.readers.gpu import NvidiaSmiReader
+from slurm_flex.power.readers.ipmi import IpmiReader
+from slurm_flex.power.readers.rapl import RaplReader
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "power"
 INTERVAL = 10.0

@@ -24,10 +24,12 @@ import numpy as np
 from slurm_flex.config import FlexConfig
 from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc
 from slurm_flex.planner.instance import FloatArray
-from slurm_flex.planner.queue import FlexJob, Plan, Policy
+from slurm_flex.planner.policy import Policy
+from slurm_flex.planner.policy import plan_latest as policy_plan_latest
+from slurm_flex.planner.queue import FlexJob, Plan
 from slurm_flex.planner.risk import IN_PLACE, expedite
-from slurm_flex.powermodel import PowerModel, Request, gpus
-from slurm_flex.slurm.parsers import SlurmJob
+from slurm_flex.power.model import PowerModel, Request, gpus
+from slurm_flex.slurm.parsers import SlurmJob, first_partition
 from slurm_flex.state import Exemptions, JobRecord
 from slurm_flex.tag import HookTag
 
@@ -155,7 +157,7 @@ def assess(
         earliest = current or job.submit_time
     # The latest start: the deadline (Slurm's, or the hook's if earlier) less the time limit and
     # margin; the job's own slack; and the site's maximum slack for its partition/QOS.
-    _, max_slack_hours = rules.slack_limits(job.partition.split(",", 1)[0], job.qos)
+    _, max_slack_hours = rules.slack_limits(first_partition(job.partition), job.qos)
     limits = [earliest + int(max_slack_hours * 3600)]
     deadlines = [d for d in (job.deadline, tag.deadline if tag else None) if d]
     if deadlines:
@@ -165,7 +167,7 @@ def assess(
     latest_start = min(limits)
     # The planner uses only the first share of the slack; the rest absorbs queueing and work that
     # arrives later with the same deadline. The true latest safe start still bounds everything.
-    plan_latest = earliest + int(policy.slack_use_fraction * max(0, latest_start - earliest))
+    plan_latest = policy_plan_latest(earliest, latest_start, policy)
     if tag is not None and tag.power_w is not None:
         power_w = tag.power_w
     else:

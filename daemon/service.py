@@ -18,20 +18,22 @@ from types import FrameType
 import structlog
 
 from slurm_flex.config import Config
-from slurm_flex.daemon.cycle import DEFAULT_SITE, Cycle, CycleResult, ForecastSource
-from slurm_flex.daemon.power import PowerIngest, PowerLedger
+from slurm_flex.daemon.cycle import DEFAULT_SITE, Cycle, CycleResult
+from slurm_flex.daemon.ingest import PowerIngest
 from slurm_flex.errors import ConfigError, SlurmFlexError
 from slurm_flex.grid.cache import GridCache
 from slurm_flex.grid.factory import build_sites, grid_cache_path, signal_policy
 from slurm_flex.grid.filesource import FileSource
+from slurm_flex.grid.series import ForecastSource
 from slurm_flex.grid.signals import prune
 from slurm_flex.metrics import Metrics
-from slurm_flex.nodeagent import read_token
-from slurm_flex.power.meter import CommandMeter, HttpMeter
+from slurm_flex.power.ledger import PowerLedger
+from slurm_flex.power.readers.meter import CommandMeter, HttpMeter
 from slurm_flex.power.sample import PowerReader
-from slurm_flex.powerstore import POWER_DB, PowerStore
+from slurm_flex.power.store import POWER_DB, PowerStore
+from slurm_flex.power.wire import read_token
 from slurm_flex.sdnotify import Notifier
-from slurm_flex.slurm.backend import make_backend
+from slurm_flex.slurm.backend import SlurmBackend, make_backend
 from slurm_flex.state import StateStore
 
 log = structlog.get_logger(__name__)
@@ -54,16 +56,20 @@ def open_grid_cache(config: Config) -> GridCache | None:
     return GridCache(grid_cache_path(config)) if config.sites else None
 
 
-def make_cycle(
-    config: Config, store: StateStore, grid: GridCache | None = None, power: PowerLedger | None = None
-) -> Cycle:
-    backend = make_backend(
+def slurm_backend(config: Config) -> SlurmBackend:
+    """The Slurm backend the ``[slurm]`` table names."""
+    return make_backend(
         config.slurm.backend,
         bin_dir=config.slurm.bin_dir,
         slurm_conf=config.slurm.slurm_conf,
         timeout_seconds=config.slurm.command_timeout_seconds,
     )
-    return Cycle(config, backend, make_sources(config, grid), store, power=power)
+
+
+def make_cycle(
+    config: Config, store: StateStore, grid: GridCache | None = None, power: PowerLedger | None = None
+) -> Cycle:
+    return Cycle(config, slurm_backend(config), make_sources(config, grid), store, power=power)
 
 
 def open_power(config: Config) -> PowerLedger | None:

@@ -16,11 +16,13 @@ import itertools
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from slurm_flex.errors import ForecastFormatError
 from slurm_flex.grid.http import HttpClient
 from slurm_flex.grid.readings import Kind, Point, Quantity, Reading, make_reading, time_field
+from slurm_flex.grid.registry import ProviderSettings, SignalRequest, http_client, register_provider, secret
 from slurm_flex.grid.series import SLOT_SECONDS
 
 BASE_URL = "https://api.electricitymap.org"
@@ -102,3 +104,21 @@ class ElectricityMapsCarbon:
         reading = self._get(HISTORY_PATH, "actual", int(self._clock()))
         points = [p for p in reading.points if start <= p.start < end]
         return make_reading("carbon", points, self.name, reading.issued_at)
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+class ElectricityMapsSettings(ProviderSettings):
+    base_url: str = BASE_URL
+    # The API token: a file readable by the service user (preferred), or the value itself.
+    token_file: Path | None = None
+    token: str = ""
+
+
+@register_provider("electricitymaps", "carbon", settings=ElectricityMapsSettings, needs={"zone": 'zone = "GB"'})
+def _build(signal: SignalRequest, settings: ElectricityMapsSettings, key: str) -> ElectricityMapsCarbon:
+    token = secret(
+        settings.token, settings.token_file, "providers.electricitymaps.token", f"{key} uses electricitymaps"
+    )
+    return ElectricityMapsCarbon(http_client("electricitymaps", settings, settings.base_url), signal.zone or "", token)

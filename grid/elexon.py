@@ -17,9 +17,12 @@ from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydantic import Field
+
 from slurm_flex.errors import ForecastFormatError
 from slurm_flex.grid.http import HttpClient
 from slurm_flex.grid.readings import Point, Quantity, Reading, make_reading
+from slurm_flex.grid.registry import ProviderSettings, SignalRequest, http_client, register_provider
 from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc, parse_iso_utc
 
 BASE_URL = "https://data.elexon.co.uk/bmrs/api/v1"
@@ -137,3 +140,16 @@ class ElexonMarketIndex:
             points.extend(self._points(chunk, chunk_end, issued_at))
             chunk = chunk_end
         return make_reading("price", points, self.name, issued_at)
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+class ElexonSettings(ProviderSettings):
+    base_url: str = BASE_URL
+    min_interval_seconds: int = Field(3600, ge=60, le=86400)
+
+
+@register_provider("elexon-mid", "price", settings=ElexonSettings, table="elexon")
+def _build(signal: SignalRequest, settings: ElexonSettings, key: str) -> ElexonMarketIndex:
+    return ElexonMarketIndex(http_client("elexon", settings, settings.base_url))

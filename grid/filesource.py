@@ -2,10 +2,10 @@
 
 Accepted formats (chosen by suffix):
 
-* CSV with a header. Slot start column ``from`` (or ``start``, ``period_start_utc``); optional
-  ``to`` (checked to be 30 minutes later); carbon column ``carbon_g_per_kwh`` (or ``forecast``,
-  as in NESO exports); optional price column ``price_gbp_per_mwh`` (or
-  ``market_index_price_gbp_per_mwh``). Times are ISO 8601 with an explicit zone (``Z``/``+00:00``).
+* CSV with a header, read by :mod:`slurm_flex.grid.csvsignals` (which names the columns it
+  knows): a slot start column (``from``), optional ``to`` (checked to be 30 minutes later), a
+  carbon column (``carbon_g_per_kwh``, or NESO's ``forecast``) and optionally a price column
+  (``price_gbp_per_mwh``). Times are ISO 8601 with an explicit zone (``Z``/``+00:00``).
 * JSON, either slurm-flex's own ``{"slots": [{"from":..., "carbon_g_per_kwh":..., "price_gbp_per_mwh":...}]}``
   or a recorded NESO Carbon Intensity API response ``{"data": [{"from":..., "intensity": {"forecast":..}}]}``.
 
@@ -15,21 +15,19 @@ half-hour boundaries with no duplicates; gaps become NaN; rows out of order are 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slurm_flex.errors import ForecastError, ForecastFormatError
+from slurm_flex.grid.csvsignals import CARBON_COLUMNS, TIME_COLUMNS, read_signal_csv
 from slurm_flex.grid.readings import Point, Quantity, Reading, make_reading
+from slurm_flex.grid.registry import SignalRequest, register_provider, replay_epoch
 from slurm_flex.grid.series import SLOT_SECONDS, Segment, SignalSeries, floor_slot, iso_utc, parse_iso_utc
 
-START_COLUMNS = ("from", "start", "period_start_utc")
-CARBON_COLUMNS = ("carbon_g_per_kwh", "forecast")
-PRICE_COLUMNS = ("price_gbp_per_mwh", "market_index_price_gbp_per_mwh")
 # Physically plausible bounds: no grid has run above ~1,500 g/kWh; negative intensity is a bug.
 MAX_CARBON = 2000.0
 MAX_ABS_PRICE = 10000.0
@@ -93,43 +91,20 @@ def _check_to(row_from: int, to_text: str | None, where: str) -> None:
             raise ForecastFormatError(f"{where}: slot from..to is {(to - row_from) // 60} min, expected 30")
 
 
-def _pick(columns: Sequence[str], candidates: Sequence[str]) -> str | None:
-    return next((c for c in candidates if c in columns), None)
-
-
 def _rows_from_csv(path: Path) -> list[_Row]:
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            columns = reader.fieldnames or []
-            start_col = _pick(columns, START_COLUMNS)
-            carbon_col = _pick(columns, CARBON_COLUMNS)
-            price_col = _pick(columns, PRICE_COLUMNS)
-            if start_col is None or carbon_col is None:
-                raise ForecastFormatError(
-                    f"{path}: header {columns!r} needs a start column ({'/'.join(START_COLUMNS)}) "
-                    f"and a carbon column ({'/'.join(CARBON_COLUMNS)})"
-                )
-            rows = []
-            for record in reader:
-                where = f"{path}:{reader.line_num}"
-                if None in record:  # more fields than the header
-                    raise ForecastFormatError(f"{where}: more fields than the header has")
-                start = parse_time(record[start_col] or "", where)
-                _check_to(start, record.get("to"), where)
-                rows.append(
-                    _Row(
-                        where,
-                        start,
-                        _carbon(record[carbon_col], where),
-                        _price(record[price_col], where) if price_col else math.nan,
-                    )
-                )
-            return rows
-    except UnicodeDecodeError as exc:
-        raise ForecastFormatError(f"{path}: not UTF-8 text") from exc
-    except csv.Error as exc:
-        raise ForecastFormatError(f"{path}: malformed CSV: {exc}") from exc
+    columns, records = read_signal_csv(path)
+    if columns.time is None or columns.carbon is None:
+        raise ForecastFormatError(
+            f"{path}: header {list(columns.header)!r} needs a start column ({'/'.join(TIME_COLUMNS)}) "
+            f"and a carbon column ({'/'.join(CARBON_COLUMNS)})"
+        )
+    rows = []
+    for r in records:
+        start = parse_time(r.time, r.where)
+        _check_to(start, r.end, r.where)
+        price = math.nan if columns.price is None else _price(r.price, r.where)
+        rows.append(_Row(r.where, start, _carbon(r.carbon, r.where), price))
+    return rows
 
 
 def rows_from_neso(doc: Mapping[str, Any], where: str) -> list[tuple[str, int, float, float]]:
@@ -284,3 +259,13 @@ class FileProvider:
 
     def history(self, start: int, end: int) -> Reading:
         return self._reading(end, start, end)
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+# Reading a local file costs nothing: asked every cycle (60 s is the shortest interval).
+@register_provider("file", "carbon", "price", needs={"path": ""}, min_interval_seconds=60)
+def _build(signal: SignalRequest, settings: None, key: str) -> FileProvider:
+    assert signal.path is not None  # checked with the config
+    return FileProvider(signal.path, signal.quantity, replay_epoch(signal))

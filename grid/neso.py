@@ -18,6 +18,7 @@ from typing import Any
 from slurm_flex.errors import ForecastFormatError
 from slurm_flex.grid.http import HttpClient
 from slurm_flex.grid.readings import Point, Quantity, Reading, make_reading
+from slurm_flex.grid.registry import ProviderSettings, SignalRequest, http_client, register_provider
 from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, parse_iso_utc
 
 BASE_URL = "https://api.carbonintensity.org.uk"
@@ -259,3 +260,25 @@ class NesoCarbon:
             points.extend(p for p in reading.points if first <= p.start < end)
             chunk = chunk_end
         return make_reading("carbon", points, self.name, int(self._clock()))
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+class NesoSettings(ProviderSettings):
+    base_url: str = BASE_URL
+
+
+def _check_site(signal: SignalRequest) -> None:
+    if signal.region_id is not None and signal.postcode is not None:
+        raise ValueError("neso: give region_id or postcode, not both")
+    if signal.region_id is not None:
+        check_region_id(signal.region_id)
+    if signal.postcode is not None:
+        check_postcode(signal.postcode)
+
+
+@register_provider("neso", "carbon", settings=NesoSettings, check=_check_site)
+def _build(signal: SignalRequest, settings: NesoSettings, key: str) -> NesoCarbon:
+    client = http_client("neso", settings, settings.base_url)
+    return NesoCarbon(client, region_id=signal.region_id, postcode=signal.postcode)

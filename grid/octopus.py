@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from pydantic import Field
+
 from slurm_flex.errors import ForecastFormatError, ProviderError
 from slurm_flex.grid.http import HttpClient
 from slurm_flex.grid.readings import Kind, Point, Quantity, Reading, make_reading, time_field
+from slurm_flex.grid.registry import ProviderSettings, SignalRequest, http_client, register_provider
 from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc
 
 BASE_URL = "https://api.octopus.energy"
@@ -185,3 +188,29 @@ class AgilePrice:
             rates.extend(self._rates(chunk, chunk_end))
             chunk = chunk_end
         return rates_to_reading(rates, self.name, int(now), now=now, start=start, end=end)
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+class OctopusSettings(ProviderSettings):
+    base_url: str = BASE_URL
+    # The Agile product whose unit rates are the price signal (Octopus publishes new versions).
+    product: str = DEFAULT_PRODUCT
+    min_interval_seconds: int = Field(3600, ge=60, le=86400)
+
+
+def _check_site(signal: SignalRequest) -> None:
+    check_region(signal.region or "")
+
+
+@register_provider(
+    "octopus-agile",
+    "price",
+    settings=OctopusSettings,
+    table="octopus",
+    needs={"region": f'region = "A" (one of {", ".join(REGION_LETTERS)})'},
+    check=_check_site,
+)
+def _build(signal: SignalRequest, settings: OctopusSettings, key: str) -> AgilePrice:
+    return AgilePrice(http_client("octopus", settings, settings.base_url), signal.region or "", settings.product)

@@ -5,29 +5,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from slurm_flex.errors import ForecastError
 from slurm_flex.grid.cache import GridCache
-from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, iso_utc
+from slurm_flex.grid.series import SLOT_SECONDS, ForecastSource, SignalSeries, iso_utc
 
 BARS = " ▁▂▃▄▅▆▇█"
 ORIGIN_MARK = {"forecast": "f", "actual": "a", "last good forecast": "l", "profile": "p"}
 LEAD_BUCKETS_H = ((0, 6), (6, 12), (12, 24), (24, 48), (48, 10**6))
 
 
-class _Source(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    def forecast(self, now: float) -> SignalSeries: ...
-
-
 def _num(v: float) -> float | None:
     return None if math.isnan(v) else round(v, 3)
 
 
-def forecast_doc(site: str, source: _Source, now: float) -> dict[str, Any]:
+def forecast_doc(site: str, source: ForecastSource, now: float) -> dict[str, Any]:
     """One site's signals as a JSON-able document (the error, when it has none)."""
     try:
         series = source.forecast(now)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -140,3 +141,14 @@ class SignalSeries:
 
     def covers(self, epoch: float) -> bool:
         return self.start <= epoch < self.end
+
+
+class ForecastSource(Protocol):
+    """Where a site's signals come from: a file (:class:`~slurm_flex.grid.filesource.FileSource`)
+    or live providers (:class:`~slurm_flex.grid.signals.SiteSignals`). ``forecast(now)`` raises
+    :class:`~slurm_flex.errors.ForecastError` when there is nothing usable."""
+
+    @property
+    def name(self) -> str: ...
+
+    def forecast(self, now: float) -> SignalSeries: ...

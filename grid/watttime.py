@@ -18,11 +18,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from slurm_flex.errors import ForecastFormatError, ProviderError
+from slurm_flex.errors import ConfigError, ForecastFormatError, ProviderError
 from slurm_flex.grid.http import HttpClient
 from slurm_flex.grid.readings import Kind, Point, Quantity, Reading, make_reading
+from slurm_flex.grid.registry import ProviderSettings, SignalRequest, http_client, register_provider, secret
 from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, parse_iso_utc
 
 BASE_URL = "https://api.watttime.org"
@@ -195,3 +197,22 @@ def _within(points: Iterable[tuple[int, float]], start: int, end: int) -> dict[i
 def _api_time(epoch: int) -> str:
     """ISO 8601 with an explicit +00:00 zone, as WattTime's docs write it (v3 requires a zone)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(epoch))
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+class WattTimeSettings(ProviderSettings):
+    base_url: str = BASE_URL
+    username: str = ""
+    password_file: Path | None = None
+    password: str = ""
+
+
+@register_provider("watttime", "carbon", settings=WattTimeSettings, needs={"region": 'region = "CAISO_NORTH"'})
+def _build(signal: SignalRequest, settings: WattTimeSettings, key: str) -> WattTimeCarbon:
+    if not settings.username:
+        raise ConfigError("config", "providers.watttime.username", f"{key} uses watttime: needs a username")
+    password = secret(settings.password, settings.password_file, "providers.watttime.password", f"{key} uses watttime")
+    client = http_client("watttime", settings, settings.base_url)
+    return WattTimeCarbon(client, signal.region or "", settings.username, password)

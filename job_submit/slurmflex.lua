@@ -91,7 +91,8 @@ local function first_partition(job_desc, part_list)
     if type(p) == "string" and p ~= "" then
         return (string.match(p, "^([^,]+)"))
     end
-    for name, part in pairs(part_list or {}) do
+    if type(part_list) ~= "table" then return nil end
+    for name, part in pairs(part_list) do
         if type(part) == "table" and part.flag_default == 1 then return part.name or name end
     end
     return nil
@@ -126,7 +127,7 @@ local function gpu_watts(power, t, model)
 end
 
 -- Estimated whole-job watts from requested resources (per array task); same formula as
--- slurm_flex/powermodel.py: nodes*idle + cpus*(max-idle)/cpus_per_node + memory + GPUs.
+-- slurm_flex/power/model.py: nodes*idle + cpus*(max-idle)/cpus_per_node + memory + GPUs.
 function M.estimate_power(job_desc, partition)
     local power = M.policy.power
     local t = node_type(power, partition)
@@ -275,9 +276,14 @@ function M.deadline(r, now)
     return M.parse_time(text, now) or -1
 end
 
+-- (default, max) slack in seconds for a partition and QOS: QOS beats partition beats the global
+-- values. The daemon's twin is FlexConfig.slack_limits (slurm_flex/config.py), in hours.
 local function slack_policy(policy, partition, qos)
     local default, max = policy.default_slack_seconds, policy.max_slack_seconds
-    for _, layer in ipairs({ partition and policy.partition_policy[partition], qos and policy.qos_policy[qos] }) do
+    -- Not ipairs: it would stop at a partition without a layer and skip the QOS.
+    local layers = { partition and policy.partition_policy[partition], qos and policy.qos_policy[qos] }
+    for i = 1, 2 do
+        local layer = layers[i]
         if layer then
             default = layer.default_slack_seconds or default
             max = layer.max_slack_seconds or max
@@ -286,8 +292,14 @@ local function slack_policy(policy, partition, qos)
     return default, max
 end
 
+function M.slack_limits(partition, qos)
+    return slack_policy(M.policy, partition, qos)
+end
+
 local function hhmm(epoch)
-    return os.date("%Y-%m-%d %H:%M %Z", epoch)
+    -- os.date gives nil (or fails) for times beyond what the C library can show.
+    local ok, text = pcall(os.date, "%Y-%m-%d %H:%M %Z", epoch)
+    return (ok and text) or tostring(epoch)
 end
 
 local function span(seconds)
@@ -422,15 +434,20 @@ function M.submit(job_desc, part_list, submit_uid, now)
         log_user({ reject })
         return slurm.ERROR
     end
-    local previous = {}
+    -- Remember each field before writing it, nil included (a table cannot hold nil values, so a
+    -- list of records), and put them all back if any write fails.
+    local written = {}
     local ok, err = pcall(function()
         for field, value in pairs(changes) do
-            previous[field] = job_desc[field]
+            written[#written + 1] = { field = field, old = job_desc[field] }
             job_desc[field] = value
         end
     end)
     if not ok then
-        for field, value in pairs(previous) do pcall(function() job_desc[field] = value end) end
+        for i = #written, 1, -1 do
+            local w = written[i]
+            pcall(function() job_desc[w.field] = w.old end)
+        end
         error(err, 0)
     end
     log_user(messages)

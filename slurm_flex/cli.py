@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -18,14 +19,14 @@ from typing import Any, TypeVar
 
 import click
 import numpy as np
-import structlog
 from rich.console import Console
 
 from slurm_flex import __version__
 from slurm_flex.config import Config, load_config
 from slurm_flex.errors import ConfigError, SlurmFlexError
 from slurm_flex.logsetup import configure_logging
-from slurm_flex.state import SIGNALS_SETTING, StateStore
+from slurm_flex.planner.policy import Policy, with_objective
+from slurm_flex.state import SIGNALS_SETTING
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,8 +112,8 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
 
 def _measured_power(cfg: Config) -> dict[str, Any] | None:
     """Fresh measured power for status (None: nothing measured)."""
-    from slurm_flex.powerreport import build_power_doc
-    from slurm_flex.powerstore import POWER_DB, PowerStore
+    from slurm_flex.power.report import build_power_doc
+    from slurm_flex.power.store import POWER_DB, PowerStore
 
     path = cfg.daemon.state_dir / POWER_DB
     if not cfg.measure.enabled or not path.exists():
@@ -239,13 +240,41 @@ def plan(instance_path: Path, as_json: bool, method: str, time_limit: float) -> 
 @click.option("--first-day", type=click.FloatRange(min=0), default=0.0, help="Skip this many days of the trace.")
 @click.option("--days", type=click.FloatRange(min=0.5), default=None, help="Simulate only this many days.")
 @click.option("--watts-per-proc", type=click.FloatRange(min=0), default=10.0, show_default=True)
-@click.option("--horizon-hours", type=click.FloatRange(min=1), default=48.0, show_default=True)
+@click.option(
+    "--config",
+    "policy_config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Plan by this file's [policy] table (default: the daemon's configuration, as slurmflex --config).",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["policy", "carbon", "cost", "combined"]),
+    default="policy",
+    show_default=True,
+    help="What the planner minimises: as [policy] says, carbon only, price only, or price plus priced carbon.",
+)
+@click.option(
+    "--solver",
+    type=click.Choice(["fast", "auto"]),
+    default="fast",
+    show_default=True,
+    help="Planner method per half-hour (auto also certifies each plan; much slower on long traces).",
+)
+@click.option(
+    "--horizon-hours", type=click.FloatRange(min=1), default=None, help="Override [policy] max_horizon_hours."
+)
 @click.option(
     "--carbon-price",
     type=click.FloatRange(min=0),
-    default=250.0,
+    default=None,
+    help="GBP per tonne CO2 in the planner's objective (override [policy] carbon_price_gbp_per_tonne).",
+)
+@click.option(
+    "--bound/--no-bound",
+    default=True,
     show_default=True,
-    help="GBP per tonne CO2 in the planner's objective.",
+    help="Also compute the clairvoyant bound (LP relaxation, HiGHS) and the share of it captured.",
 )
 @click.option(
     "--out",
@@ -278,8 +307,10 @@ def plan(instance_path: Path, as_json: bool, method: str, time_limit: float) -> 
     help="Move queued jobs the queue would make late to its head, as the daemon's [policy] expedite_at_risk.",
 )
 @click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
 @_fail_cleanly
 def simulate(
+    obj: _Ctx,
     trace_path: Path,
     carbon_path: Path,
     price_path: Path | None,
@@ -288,15 +319,20 @@ def simulate(
     first_day: float,
     days: float | None,
     watts_per_proc: float,
-    horizon_hours: float,
-    carbon_price: float,
+    policy_config: Path | None,
+    objective: str,
+    solver: str,
+    horizon_hours: float | None,
+    carbon_price: float | None,
+    bound: bool,
     out_dir: Path,
     capacity_scale: float,
     deadline_basis: str,
     expedite: bool,
     as_json: bool,
 ) -> None:
-    """Replay a real workload against real grid data: as submitted vs with slurm-flex."""
+    """Replay a real workload against real grid data: as submitted vs with slurm-flex, planned
+    by the daemon's own policy, and judged against the clairvoyant bound."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -323,14 +359,18 @@ def simulate(
     if capacity_scale != 1.0:
         trace = dataclasses.replace(trace, capacity_procs=trace.capacity_procs * capacity_scale)
     signals = load_signals(carbon_path, price_path)
-    cfg = SimConfig(
-        watts_per_proc=watts_per_proc,
-        horizon_hours=horizon_hours,
-        carbon_price_gbp_per_tonne=carbon_price,
-        use_price=price_path is not None,
-        deadline_basis=deadline_basis,
+    config = load_config(policy_config or obj.config_path)
+    policy = replace(
+        Policy.from_mapping(config.policy.model_dump()),
+        solver="fast" if solver == "fast" else "auto",
         expedite_at_risk=expedite,
     )
+    policy = with_objective(policy, objective, has_price=price_path is not None)
+    if horizon_hours is not None:
+        policy = replace(policy, max_horizon_hours=horizon_hours)
+    if carbon_price is not None:
+        policy = replace(policy, carbon_price_gbp_per_tonne=carbon_price)
+    cfg = SimConfig(policy=policy, watts_per_proc=watts_per_proc, deadline_basis=deadline_basis, bound=bound)
     results = []
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=as_json or not console.is_terminal) as bar:
@@ -375,6 +415,12 @@ def simulate(
             f"({f['deadline_misses_not_missed_as_submitted']} not missed as submitted; "
             f"{f['expedited_jobs']} jobs moved up the queue)"
         )
+        for name, c in r.captured().items():
+            click.echo(
+                f"  bound   {name:<9s} captured {c['captured_percent']:.0f}% of the {c['bound_percent']:.1f}% "
+                f"available (clairvoyant LP bound; {c['bound_no_capacity_percent']:.1f}% with no capacity limit)"
+            )
+        click.echo(f"  planned for: {r.objective}")
     click.echo(f"report: {report}")
 
 
@@ -445,13 +491,6 @@ def _operator() -> str:
     return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
-def _open_store(obj: _Ctx) -> tuple[Config, StateStore]:
-    from slurm_flex.state import StateStore
-
-    cfg = obj.config()
-    return cfg, StateStore(cfg.state_db)
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option(
@@ -462,8 +501,8 @@ def _open_store(obj: _Ctx) -> tuple[Config, StateStore]:
 def power(obj: _Ctx, as_json: bool, job_limit: int) -> None:
     """Measured power: each node's watts with source and age, the site meter, and jobs' energy
     against their estimates (from the daemon's power store)."""
-    from slurm_flex.powerreport import build_power_doc, render_power
-    from slurm_flex.powerstore import POWER_DB, PowerStore
+    from slurm_flex.power.report import build_power_doc, render_power
+    from slurm_flex.power.store import POWER_DB, PowerStore
 
     cfg = obj.config()
     path = cfg.daemon.state_dir / POWER_DB
@@ -492,8 +531,9 @@ def power(obj: _Ctx, as_json: bool, job_limit: int) -> None:
 @_fail_cleanly
 def node_agent(obj: _Ctx, once: bool, cycles: int | None, print_only: bool) -> None:
     """Sample this node's power (RAPL, GPUs, BMC) and push it to the daemon ([agent] config)."""
-    from slurm_flex.nodeagent import NodeAgent, node_name, read_token, readers_from
-    from slurm_flex.power.collect import collect
+    from slurm_flex.power.agent import NodeAgent, node_name, readers_from
+    from slurm_flex.power.readers.collect import collect
+    from slurm_flex.power.wire import read_token
 
     cfg = obj.config().agent
     node = node_name(cfg)
@@ -534,50 +574,17 @@ def release(obj: _Ctx, job_ids: tuple[str, ...], users: tuple[str, ...], everyth
     releases them at its next cycle."""
     if not (job_ids or users or everything):
         raise click.UsageError("give job ids, --user or --all")
-    from slurm_flex.slurm.backend import make_backend
+    from slurm_flex.daemon.controls import release as release_jobs
 
-    cfg, store = _open_store(obj)
-    by = _operator()
-    with store:
-        for job_id in job_ids:
-            store.add_control("job", job_id, by, reason)
-        for user in users:
-            store.add_control("user", user, by, reason)
-        if everything:
-            store.add_control("all", "*", by, reason)
-        exempt = store.exemptions()
-        deferred = {
-            job_id: rec
-            for job_id, rec in store.jobs(["deferred"]).items()
-            if exempt.covers(job_id, rec.user) or exempt.covers(job_id.split("_", 1)[0], rec.user)
-        }
-    log = structlog.get_logger("slurm_flex.cli")
-    log.warning(
-        "release",
-        by=by,
-        jobs=list(job_ids),
-        users=list(users),
-        everything=everything,
-        reason=reason,
-        deferred=len(deferred),
-    )
-    if not deferred:
+    done = release_jobs(obj.config(), job_ids, users, everything, reason, _operator())
+    if not done.deferred:
         click.echo("recorded; no job is deferred by slurm-flex right now")
-        return
-    backend = make_backend(
-        cfg.slurm.backend,
-        bin_dir=cfg.slurm.bin_dir,
-        slurm_conf=cfg.slurm.slurm_conf,
-        timeout_seconds=cfg.slurm.command_timeout_seconds,
-    )
-    try:
-        report = backend.set_start_times({job_id: None for job_id in deferred})
-    except SlurmFlexError as exc:
-        click.echo(f"recorded; Slurm could not be reached now ({exc}); the daemon releases them next cycle")
-        return
-    click.echo(f"released {len(report.applied)} job(s): {', '.join(sorted(report.applied))}")
-    for job_id, error in sorted(report.failed.items()):
-        click.echo(f"  {job_id}: {error}", err=True)
+    elif done.report is None:
+        click.echo(f"recorded; Slurm could not be reached now ({done.error}); the daemon releases them next cycle")
+    else:
+        click.echo(f"released {len(done.report.applied)} job(s): {', '.join(sorted(done.report.applied))}")
+        for job_id, error in sorted(done.report.failed.items()):
+            click.echo(f"  {job_id}: {error}", err=True)
 
 
 @main.command()
@@ -590,18 +597,9 @@ def resume(obj: _Ctx, job_ids: tuple[str, ...], users: tuple[str, ...], everythi
     """Let slurm-flex plan jobs again after `slurmflex release`."""
     if not (job_ids or users or everything):
         raise click.UsageError("give job ids, --user or --all")
-    _, store = _open_store(obj)
-    with store:
-        lifted = 0
-        for job_id in job_ids:
-            lifted += store.clear_controls("job", job_id)
-        for user in users:
-            lifted += store.clear_controls("user", user)
-        if everything:
-            lifted += sum(store.clear_controls(kind) for kind in ("all", "job", "user"))
-    structlog.get_logger("slurm_flex.cli").warning(
-        "resume", by=_operator(), jobs=list(job_ids), users=list(users), everything=everything, lifted=lifted
-    )
+    from slurm_flex.daemon.controls import resume as resume_jobs
+
+    lifted = resume_jobs(obj.config(), job_ids, users, everything, _operator())
     click.echo(f"lifted {lifted} release(s)")
 
 
@@ -612,16 +610,10 @@ def resume(obj: _Ctx, job_ids: tuple[str, ...], users: tuple[str, ...], everythi
 @_fail_cleanly
 def mode_command(obj: _Ctx, new_mode: str | None, clear: bool) -> None:
     """Show or switch the daemon's mode at runtime (it takes effect at the next cycle)."""
-    cfg, store = _open_store(obj)
-    with store:
-        if clear:
-            store.set_setting("mode", None, _operator())
-        elif new_mode:
-            store.set_setting("mode", new_mode, _operator())
-            structlog.get_logger("slurm_flex.cli").warning("mode", by=_operator(), mode=new_mode)
-        current = store.setting("mode")
-    source = "set at runtime" if current else "from the config"
-    click.echo(f"mode: {current or cfg.daemon.mode} ({source})")
+    from slurm_flex.daemon.controls import set_mode
+
+    mode, at_runtime = set_mode(obj.config(), new_mode, _operator(), clear=clear)
+    click.echo(f"mode: {mode} ({'set at runtime' if at_runtime else 'from the config'})")
 
 
 @main.group()

@@ -8,17 +8,19 @@ Validation is strict: an unknown key or a bad value is a :class:`ConfigError` na
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from slurm_flex.errors import ConfigError
+from slurm_flex.grid.readings import Quantity
+from slurm_flex.grid.registry import NO_PRICE, SignalRequest, provider_type, settings_tables
+from slurm_flex.slurm.parsers import first_partition
 
 DEFAULT_CONFIG_PATH = Path("/etc/slurm-flex/slurmflex.toml")
 ENV_PREFIX = "SLURMFLEX_"
@@ -83,58 +85,40 @@ class ForecastConfig(_Section):
         return value
 
 
-class ProviderSettings(_Section):
-    timeout_seconds: float = Field(10.0, gt=0, le=120)
-    retries: int = Field(2, ge=0, le=10)
-    # Never ask more often than this (providers update half-hourly or daily).
-    min_interval_seconds: int = Field(900, ge=60, le=86400)
+def _providers_model() -> type[_Section]:
+    """``[providers.*]``: one table per registered provider's settings (slurm_flex.grid.registry)."""
+    fields: dict[str, Any] = {table: (model, model()) for table, model in settings_tables().items()}
+    return create_model("ProvidersConfig", __base__=_Section, **fields)
 
 
-class NesoSettings(ProviderSettings):
-    base_url: str = "https://api.carbonintensity.org.uk"
+if TYPE_CHECKING:
+    ProvidersConfig = _Section
+else:
+    ProvidersConfig = _providers_model()
 
 
-class OctopusSettings(ProviderSettings):
-    base_url: str = "https://api.octopus.energy"
-    # The Agile product whose unit rates are the price signal (Octopus publishes new versions).
-    product: str = "AGILE-24-10-01"
-    min_interval_seconds: int = Field(3600, ge=60, le=86400)
+class _SignalTable(_Section):
+    """A site's ``carbon`` or ``price`` table: a registered provider's name and what it needs."""
+
+    QUANTITY: ClassVar[Quantity]
+    provider: str
+
+    @field_validator("provider")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name != NO_PRICE or cls.QUANTITY != "price":
+            provider_type(cls.QUANTITY, name)  # ValueError naming the known providers
+        return name
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.provider != NO_PRICE:
+            provider_type(self.QUANTITY, self.provider).check(SignalRequest.of(self.QUANTITY, self))
+        return self
 
 
-class ElexonSettings(ProviderSettings):
-    base_url: str = "https://data.elexon.co.uk/bmrs/api/v1"
-    min_interval_seconds: int = Field(3600, ge=60, le=86400)
-
-
-class ElectricityMapsSettings(ProviderSettings):
-    base_url: str = "https://api.electricitymap.org"
-    # The API token: a file readable by the service user (preferred), or the value itself.
-    token_file: Path | None = None
-    token: str = ""
-
-
-class WattTimeSettings(ProviderSettings):
-    base_url: str = "https://api.watttime.org"
-    username: str = ""
-    password_file: Path | None = None
-    password: str = ""
-
-
-class ProvidersConfig(_Section):
-    neso: NesoSettings = NesoSettings()
-    octopus: OctopusSettings = OctopusSettings()
-    elexon: ElexonSettings = ElexonSettings()
-    electricitymaps: ElectricityMapsSettings = ElectricityMapsSettings()
-    watttime: WattTimeSettings = WattTimeSettings()
-
-
-NESO_REGION_IDS = range(1, 19)  # 1-14 DNO regions; 15-18 England, Scotland, Wales, GB
-AGILE_REGIONS = "ABCDEFGHJKLMNP"  # GB DNO region letters (no I or O)
-_POSTCODE_OUTWARD = re.compile(r"^[A-Z]{1,2}[0-9][0-9A-Z]?$")
-
-
-class CarbonSignal(_Section):
-    provider: Literal["neso", "electricitymaps", "watttime", "file"]
+class CarbonSignal(_SignalTable):
+    QUANTITY: ClassVar[Quantity] = "carbon"
     region_id: int | None = None  # neso: a region (1-14; 15-18 are aggregates)
     postcode: str | None = None  # neso: an outward postcode, e.g. CB3
     zone: str | None = None  # electricitymaps: e.g. GB, DE, FR
@@ -142,37 +126,13 @@ class CarbonSignal(_Section):
     path: Path | None = None  # file
     replay_from: datetime | None = None  # file: replay its first slot from this UTC time
 
-    @model_validator(mode="after")
-    def _complete(self) -> CarbonSignal:
-        if self.provider == "neso":
-            if self.region_id is not None and self.postcode is not None:
-                raise ValueError("neso: give region_id or postcode, not both")
-            if self.region_id is not None and self.region_id not in NESO_REGION_IDS:
-                raise ValueError(f"neso region_id {self.region_id} is not 1-18")
-            if self.postcode is not None and not _POSTCODE_OUTWARD.match(self.postcode.upper()):
-                raise ValueError(f"neso postcode {self.postcode!r} is not an outward postcode such as CB3 or RG10")
-        elif self.provider == "electricitymaps" and not self.zone:
-            raise ValueError('electricitymaps needs zone, e.g. zone = "GB"')
-        elif self.provider == "watttime" and not self.region:
-            raise ValueError('watttime needs region, e.g. region = "CAISO_NORTH"')
-        elif self.provider == "file" and self.path is None:
-            raise ValueError("file needs path")
-        return self
 
-
-class PriceSignal(_Section):
-    provider: Literal["octopus-agile", "elexon-mid", "file", "none"] = "none"
+class PriceSignal(_SignalTable):
+    QUANTITY: ClassVar[Quantity] = "price"
+    provider: str = NO_PRICE
     region: str | None = None  # octopus-agile: the DNO region letter
     path: Path | None = None  # file
     replay_from: datetime | None = None
-
-    @model_validator(mode="after")
-    def _complete(self) -> PriceSignal:
-        if self.provider == "octopus-agile" and (self.region is None or self.region.upper() not in AGILE_REGIONS):
-            raise ValueError(f"octopus-agile needs region, one of {', '.join(AGILE_REGIONS)}")
-        if self.provider == "file" and self.path is None:
-            raise ValueError("file needs path")
-        return self
 
 
 class SiteConfig(_Section):
@@ -225,6 +185,20 @@ class PolicyConfig(_Section):
     # its own priority is put back if that stops being possible. Jobs the head of the queue
     # cannot save either are left in place.
     expedite_at_risk: bool = True
+    # Release (or move up) this many half-hours before the queue projection says it is too late.
+    at_risk_margin_slots: int = Field(1, ge=0, le=48)
+    # The run time plans are made with: "limit" (the job's time limit) or "predicted" (the mean
+    # of the user's last two finished jobs, capped at the limit; Tsafrir et al. 2007). Deadlines
+    # are always guarded with the time limit, so a wrong prediction costs saving, not deadlines.
+    plan_runtime: Literal["limit", "predicted"] = "predicted"
+    # Count a planned job for its node-seconds in each half-hour rather than a full half-hour of
+    # nodes (a 5-minute job otherwise blocks a whole slot in the plan).
+    fractional_occupancy: bool = True
+    # Seconds the solver may spend per site and cycle.
+    solve_time_limit: float = Field(10.0, gt=0.0, le=600.0)
+    # "auto" picks the method per instance and certifies each plan with a lower bound; "fast"
+    # (what `slurmflex simulate` uses by default) skips the bound.
+    solver: Literal["auto", "fast"] = "auto"
 
 
 class SlackPolicy(_Section):
@@ -258,7 +232,7 @@ class FlexConfig(_Section):
         return default, maximum
 
     def manages(self, partition: str) -> bool:
-        first = partition.split(",", 1)[0]
+        first = first_partition(partition)
         if first in self.exclude_partitions:
             return False
         return not self.partitions or first in self.partitions
@@ -377,7 +351,7 @@ class Config(_Section):
 
     def site_of(self, partition: str) -> str | None:
         """The site whose signals plan jobs of ``partition`` (None: no site claims it)."""
-        first = partition.split(",", 1)[0]
+        first = first_partition(partition)
         for name, site in self.sites.items():
             if first in site.partitions:
                 return name

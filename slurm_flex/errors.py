@@ -96,3 +96,15 @@ class PlanningError(SlurmFlexError):
 
 class HookInstallError(SlurmFlexError):
     """The submit hook could not be installed or rendered."""
+
+
+class SimulationError(SlurmFlexError):
+    """A simulation cannot run with these inputs (``slurmflex simulate``)."""
+
+
+class TraceError(SimulationError):
+    """A workload trace could not be read; the message names the file (and line)."""
+
+
+class SignalsError(SimulationError):
+    """Grid data for a simulation could not be read."""

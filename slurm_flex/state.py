@@ -16,9 +16,10 @@ from operator import attrgetter
 from typing import Any
 
 from slurm_flex.errors import StateError
+from slurm_flex.planner.runtime import RuntimeHistory
 from slurm_flex.sqlitestore import SqliteStore
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -96,6 +97,20 @@ CREATE TABLE IF NOT EXISTS load (
     busy_nodes REAL NOT NULL,
     PRIMARY KEY (site, ts)
 );
+-- Jobs seen running (schema v6): when one is no longer seen, its run time goes to runtimes,
+-- the history run-time prediction (planner.runtime) learns from.
+CREATE TABLE IF NOT EXISTS running (
+    job_id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    started REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runtimes (
+    user TEXT NOT NULL,
+    ended REAL NOT NULL,
+    seconds REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runtimes_user ON runtimes(user, ended);
 """
 
 # Job statuses: the ones with a pending Slurm job first.
@@ -348,6 +363,33 @@ class StateStore(SqliteStore):
         if total <= 0:
             return float(rows[-1][1])
         return sum(float(r[1]) * w for r, w in zip(rows[:-1], spans, strict=True)) / total
+
+    def observe_running(self, running: Iterable[tuple[str, str, float]], now: float, keep: int = 4) -> None:
+        """One cycle's running jobs (job id, user, start): jobs seen before and gone now have
+        ended, their run time (start to last seen) is kept, the last ``keep`` per user."""
+        seen = {job_id: (user, started) for job_id, user, started in running}
+        with self.transaction() as db:
+            for row in db.execute("SELECT job_id, user, started, last_seen FROM running").fetchall():
+                if row[0] not in seen:
+                    db.execute("INSERT INTO runtimes VALUES (?, ?, ?)", (row[1], row[3], row[3] - row[2]))
+                    db.execute("DELETE FROM running WHERE job_id = ?", (row[0],))
+                    db.execute(
+                        "DELETE FROM runtimes WHERE user = ? AND rowid NOT IN "
+                        "(SELECT rowid FROM runtimes WHERE user = ? ORDER BY ended DESC LIMIT ?)",
+                        (row[1], row[1], keep),
+                    )
+            db.executemany(
+                "INSERT INTO running VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(job_id) DO UPDATE SET last_seen = excluded.last_seen",
+                [(job_id, user, started, now) for job_id, (user, started) in seen.items()],
+            )
+
+    def runtime_history(self) -> RuntimeHistory:
+        """Finished run times per user, oldest first, for planner.runtime's prediction."""
+        history = RuntimeHistory()
+        for row in self._query("SELECT user, seconds FROM runtimes ORDER BY ended"):
+            history.add(str(row[0]), float(row[1]))
+        return history
 
     def set_setting(self, key: str, value: str | None, by: str) -> None:
         with self.transaction() as db:

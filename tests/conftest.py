@@ -1,4 +1,5 @@
-"""Shared fixtures: a real local Slurm cluster (scripts/devcluster) and helpers to drive it.
+"""Shared fixtures: a real local Slurm cluster (scripts/devcluster) and helpers to drive it; the
+fake Slurm's fixture (fake_env) lives in tests/fake_cluster.py.
 
 The cluster used by tests lives in its own state dir and ports, so it never disturbs a demo
 cluster. Set SLURMFLEX_KEEP_CLUSTER=1 to leave it running after the session (faster reruns).
@@ -21,10 +22,11 @@ from typing import Any
 import pytest
 
 from slurm_flex.config import load_config
-from slurm_flex.grid.series import floor_slot
 from slurm_flex.job_submit.install import install_hook
-from slurm_flex.state import StateStore
-from tests.helpers import write_config, write_forecast
+from tests.helpers import FlexEnv, clean_windows_forecast, write_env_config
+
+# The fake Slurm cluster's fixture (fake_env), for the fast tests of the daemon.
+pytest_plugins = ["tests.fake_cluster"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEVCLUSTER = REPO / "scripts" / "devcluster"
@@ -154,18 +156,14 @@ FLEX_SCRIPT = "#!/bin/bash\n#SBATCH --deadline=now+{deadline_minutes}minutes\n#S
 
 
 @dataclass
-class Env:
+class Env(FlexEnv):
     """A slurm-flex config (state dir, forecast, site policy) driving the test cluster."""
 
     cluster: Cluster
-    tmp: Path
-    config: Path
-    forecast: Path
-    slot0: int  # the forecast's first slot: its clean windows sit at fixed times from here
 
     def reconfigure(self, **sections: dict[str, object]) -> None:
         """Rewrite the config with these sections merged in and re-install the hook."""
-        write_env_config(self.tmp, self.cluster, self.forecast, **sections)
+        write_env_config(self.tmp, self.forecast, self.cluster.conf, **sections)
         install_hook(load_config(self.config, environ={}), self.cluster.etc, force=True)
 
     def slurmflex(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -181,43 +179,19 @@ class Env:
             raise AssertionError(f"slurmflex {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def status(self) -> dict[str, Any]:
-        return json.loads(self.slurmflex("status", "--json", "--all").stdout)  # type: ignore[no-any-return]
-
     def submit_flexible(self, hours: float = 10, minutes: int = 60, sleep: int = 5, extra: tuple[str, ...] = ()) -> str:
         script = FLEX_SCRIPT.format(deadline_minutes=round(hours * 60), minutes=minutes, sleep=sleep)
         return self.cluster.sbatch(*extra, script=script)
-
-    def store(self) -> StateStore:
-        return StateStore(self.tmp / "state" / "state.sqlite3")
-
-
-def write_env_config(tmp: Path, cluster: Cluster, forecast: Path, **sections: dict[str, object]) -> Path:
-    base: dict[str, dict[str, object]] = {
-        "daemon": {"state_dir": str(tmp / "state"), "log_format": "json"},
-        "slurm": {"slurm_conf": str(cluster.conf)},
-        "forecast": {"path": str(forecast)},
-        "policy": {"safety_margin_seconds": 900, "min_saving_fraction": 0.05},
-        "flex": {"grace_seconds": 120},
-        "power": {"cpus_per_node": 2},
-    }
-    for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
-    return write_config(tmp / "slurmflex.toml", base)
 
 
 @pytest.fixture
 def env(cluster: Cluster, tmp_path: Path) -> Iterator[Env]:
     """slurm-flex with its hook installed on the test cluster and a forecast whose clean windows
     sit 4 h (slots 8-9, 40 g/kWh) and 15 h (slots 30-33, 5 g/kWh) after the current slot."""
-    slot0 = floor_slot(time.time())
-    carbon = [300.0] * 96
-    carbon[8:10] = [40.0, 40.0]
-    carbon[30:34] = [5.0] * 4
-    forecast = write_forecast(tmp_path / "forecast.csv", slot0, carbon)
-    config = write_env_config(tmp_path, cluster, forecast)
+    forecast, slot0 = clean_windows_forecast(tmp_path)
+    config = write_env_config(tmp_path, forecast, cluster.conf)
     install_hook(load_config(config, environ={}), cluster.etc, force=True)
-    yield Env(cluster, tmp_path, config, forecast, slot0)
+    yield Env(tmp=tmp_path, config=config, forecast=forecast, slot0=slot0, cluster=cluster)
 
 
 def log_events(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:

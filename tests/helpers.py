@@ -1,12 +1,19 @@
-"""Small builders shared by tests: forecast files and config files."""
+"""Small builders shared by tests: forecast files, config files, and the slurm-flex environment
+the daemon tests drive (on the local cluster or on the fake one)."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from slurm_flex.grid.series import SLOT_SECONDS, iso_utc
+from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc
+from slurm_flex.state import StateStore
 
 
 def write_forecast(path: Path, start: int, carbon: Sequence[float], price: Sequence[float] | None = None) -> Path:
@@ -48,3 +55,48 @@ def write_config(path: Path, sections: dict[str, dict[str, object]]) -> Path:
         _toml_table(section, values, out)
     path.write_text("\n".join(out))
     return path
+
+
+def clean_windows_forecast(tmp: Path) -> tuple[Path, int]:
+    """A forecast from the current slot whose clean windows sit 4 h (slots 8-9, 40 g/kWh) and
+    15 h (slots 30-33, 5 g/kWh) later; returns (file, first slot)."""
+    slot0 = floor_slot(time.time())
+    carbon = [300.0] * 96
+    carbon[8:10] = [40.0, 40.0]
+    carbon[30:34] = [5.0] * 4
+    return write_forecast(tmp / "forecast.csv", slot0, carbon), slot0
+
+
+def write_env_config(tmp: Path, forecast: Path, slurm_conf: Path | None = None, **sections: dict[str, object]) -> Path:
+    """The config the daemon tests run with (against the local cluster or the fake one)."""
+    base: dict[str, dict[str, object]] = {
+        "daemon": {"state_dir": str(tmp / "state"), "log_format": "json"},
+        "slurm": {"slurm_conf": str(slurm_conf)} if slurm_conf is not None else {},
+        "forecast": {"path": str(forecast)},
+        "policy": {"safety_margin_seconds": 900, "min_saving_fraction": 0.05},
+        "flex": {"grace_seconds": 120},
+        "power": {"cpus_per_node": 2},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return write_config(tmp / "slurmflex.toml", base)
+
+
+@dataclass
+class FlexEnv:
+    """A slurm-flex config (state dir, forecast) and its CLI: what tests.conftest.Env (the local
+    cluster) and tests.fake_cluster.FakeEnv (the fake Slurm) have in common."""
+
+    tmp: Path
+    config: Path
+    forecast: Path
+    slot0: int  # the forecast's first slot: its clean windows sit at fixed times from here
+
+    def slurmflex(self, *args: str) -> subprocess.CompletedProcess[str]:
+        raise NotImplementedError
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.slurmflex("status", "--json", "--all").stdout)  # type: ignore[no-any-return]
+
+    def store(self) -> StateStore:
+        return StateStore(self.tmp / "state" / "state.sqlite3")

@@ -13,7 +13,7 @@ from slurm_flex.daemon.decide import BEGIN_TOLERANCE_S, assess, power_request, q
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
 from slurm_flex.planner import Policy, plan
 from slurm_flex.planner.queue import FlexJob
-from slurm_flex.powermodel import NodePower, PowerModel, Request
+from slurm_flex.power.model import NodePower, PowerModel, Request
 from slurm_flex.slurm.parsers import SlurmJob
 from slurm_flex.state import JobRecord
 

@@ -135,3 +135,19 @@ def test_file_source_rereads_a_changed_file(tmp_path: Path) -> None:
 def test_series_rejects_misaligned_start() -> None:
     with pytest.raises(ValueError, match="half-hour"):
         SignalSeries(start=ALIGNED + 60, carbon=(1.0,), price=(math.nan,), source="x")
+
+
+def test_forecast_files_and_simulation_history_are_read_with_the_same_columns(tmp_path: Path) -> None:
+    """One CSV reader (grid/csvsignals.py) behind both: the bundled forecast (from, to,
+    carbon_g_per_kwh, price_gbp_per_mwh) is simulation history too, and a dataset's Time /
+    Carbon Intensity columns are a forecast file too."""
+    from slurm_flex.simulate.signals import load_signals
+
+    bundled = load_series_file(bundled_forecast())
+    history = load_signals(bundled_forecast(), bundled_forecast())
+    assert history.start == bundled.start and list(history.forecast) == list(bundled.carbon)
+    assert list(history.price) == list(bundled.price) and history.perfect_foresight
+    other = _csv(tmp_path, "Time,Carbon Intensity,price\n2026-11-21T08:00Z,100,50\n2026-11-21T08:30Z,120,60\n")
+    series = load_series_file(other)
+    assert series.carbon == (100.0, 120.0) and series.price == (50.0, 60.0)
+    assert list(load_signals(other, other).actual) == [100.0, 120.0]

@@ -109,7 +109,8 @@ def test_profile_values_come_from_strictly_earlier_slots(offset: int, known: lis
     history = {start - k * SLOT_SECONDS: float(k) for k in known}
     for t, v in profile(history, [start, start + 5 * DAY]).items():
         assert t % SLOT_SECONDS == 0
-        assert v in history.values()
+        # A median of past values: within their range (the mean of the middle two when even).
+        assert min(history.values()) <= v <= max(history.values())
 
 
 # -- the cache ------------------------------------------------------------------------------------

@@ -7,12 +7,15 @@ import json
 import pytest
 
 from slurm_flex.errors import SlurmParseError, SlurmQueryError
+from slurm_flex.power.readers.slurm_energy import node_energy_from_json
 from slurm_flex.slurm.parsers import (
     count_array_tasks,
+    first_partition,
     parse_job,
     parse_sinfo_json,
     parse_squeue_json,
     parse_update_failures,
+    slurm_number,
 )
 from tests.conftest import FIXTURES
 
@@ -139,3 +142,41 @@ def test_update_failures_are_attributed_to_jobs() -> None:
         "99999": "Invalid job id specified",
     }
     assert parse_update_failures("slurm_update error: Unable to contact slurm controller") == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "number"),
+    [
+        (7, 7),
+        (2.5, 2.5),
+        (None, None),
+        (True, None),
+        ({"set": True, "infinite": False, "number": 30}, 30),
+        ({"set": False, "number": 30}, None),
+        ({"set": True, "infinite": True, "number": 0}, None),
+        ({"number": 612}, 612),  # no "set" flag: its number is all it says
+        ({"set": True}, None),
+    ],
+)
+def test_one_rule_decodes_slurm_numbers_for_jobs_and_for_node_energy(value: object, number: float | None) -> None:
+    assert slurm_number(value) == number
+    # Job fields and Slurm's energy readings go by the same rule.
+    job = parse_job({"job_id": 1, "job_state": "PENDING", "priority": value})
+    assert job.priority == (0 if number is None else int(number))
+    energy = {"last_collected": 1800000000, "current_watts": value}
+    (reading,) = node_energy_from_json({"nodes": [{"name": "n1", "energy": energy}]})
+    assert reading.current_watts == (float(number) if number else None)
+
+
+def test_slurm_numbers_that_are_not_numbers() -> None:
+    with pytest.raises(SlurmParseError, match="expected a number"):
+        slurm_number("12")
+    (reading,) = node_energy_from_json(
+        {"nodes": [{"name": "n1", "energy": {"last_collected": 5, "current_watts": "n/s"}}]}
+    )
+    assert reading.current_watts is None  # an energy figure that is not a number is no reading
+
+
+def test_a_job_submitted_to_several_partitions_is_judged_by_the_first() -> None:
+    assert first_partition("gpu,debug") == "gpu" and first_partition("debug") == "debug"
+    assert first_partition(None) == first_partition("") == ""

@@ -121,10 +121,15 @@ def test_plans_respect_windows_and_capacity(data: st.DataObject, method: str) ->
         else:
             assert s == j["release_slot"]
         load[s : s + j["duration_slots"]] += j["nodes"]
+    # Late jobs run at release outside the capacity count; every other job fits.
+    on_time = np.zeros(n)
+    for i, j in enumerate(jobs):
+        if str(i) not in sol.late:
+            on_time[sol.starts[str(i)] : sol.starts[str(i)] + j["duration_slots"]] += j["nodes"]
+    assert (on_time <= capacity + 1e-9).all()
     if not sol.late:
         assert (load <= capacity + 1e-9).all()
-        if sol.lower_bound_gbp is not None:
-            assert sol.lower_bound_gbp <= sol.objective_gbp + 1e-9
+    assert sol.lower_bound_gbp is not None and sol.lower_bound_gbp <= sol.objective_gbp + 1e-9
 
 
 def test_no_thundering_herd_when_capacity_binds() -> None:
@@ -148,10 +153,17 @@ def test_late_jobs_start_at_release_and_are_reported() -> None:
         {"nodes": 2, "power_kw": 1.0, "duration_slots": 2, "release_slot": 0, "deadline_slot": 2},
         {"nodes": 2, "power_kw": 1.0, "duration_slots": 2, "release_slot": 0, "deadline_slot": 2},
     ]
-    for method in ("auto", "greedy", "lagrange", "milp"):
+    for method in ("auto", "greedy", "lagrange", "milp", "lp-rounding", "fast"):
         sol = solve(make_instance(carbon, jobs, capacity=2.0), method=method)  # type: ignore[arg-type]
         assert len(sol.late) == 1 and sol.starts[sol.late[0]] == 0, method
-        assert sol.lower_bound_gbp is None  # no bound is claimed for a plan with late jobs
+        reason = sol.late_reasons[sol.late[0]]
+        # Both windows are slots 0-1, both full with the other job: those are the binding slots.
+        assert reason.binding_slots == (0, 1) and reason.resource == "nodes", method
+        if method != "fast":
+            assert reason.detail.startswith("proven"), (method, reason.detail)
+        # The bound is over plans leaving the same job late: here the plan itself.
+        assert sol.lower_bound_gbp == pytest.approx(sol.objective_gbp), method
+        assert sol.to_json()["late_reasons"][sol.late[0]]["binding_slots"] == [0, 1]
 
 
 def test_min_saving_only_moves_back_when_there_is_room() -> None:
@@ -425,7 +437,7 @@ def test_deadlines_at_risk_picks_the_jobs_the_queue_could_no_longer_fit() -> Non
 
 
 def test_arrival_reserve_phases_in_recent_load_scaled_by_utilisation() -> None:
-    from slurm_flex.planner.queue import arrival_reserve
+    from slurm_flex.planner.policy import arrival_reserve
 
     busy = arrival_reserve(load_nodes=80, total_nodes=100, ramp_slots=4, n_slots=8)
     assert busy.tolist() == pytest.approx([0, 16, 32, 48, 64, 64, 64, 64])  # 80 x 80 % from slot 4

@@ -15,19 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from slurm_flex.daemon.power import (
-    Calibration,
-    PowerIngest,
-    PowerLedger,
-    PushError,
-    attribute,
-    calibrate,
-    parse_push,
-)
-from slurm_flex.nodeagent import NodeAgent, PushFailed
+from slurm_flex.daemon.ingest import PowerIngest
+from slurm_flex.power.agent import NodeAgent, PushFailed
+from slurm_flex.power.attribution import Calibration, attribute, calibrate
+from slurm_flex.power.ledger import PowerLedger
+from slurm_flex.power.report import build_power_doc, render_power
 from slurm_flex.power.sample import PowerSample
-from slurm_flex.powerreport import build_power_doc, render_power
-from slurm_flex.powerstore import JobEnergy, PowerStore
+from slurm_flex.power.store import JobEnergy, PowerStore
+from slurm_flex.power.wire import PushError, parse_push
 from slurm_flex.slurm.parsers import SlurmJob, parse_job
 from tests.conftest import FIXTURES
 

@@ -19,20 +19,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slurm_flex.errors import SlurmFlexError
-from slurm_flex.power import (
+from slurm_flex.power.readers import (
     PowerCommandError,
     PowerParseError,
     PowerPermissionError,
-    PowerReader,
     PowerReadError,
-    PowerSample,
     PowerUnsupportedError,
     collect,
-    node_watts,
 )
-from slurm_flex.power.command import run_command
-from slurm_flex.power.gpu import NvidiaSmiReader, NvmlReader, load_pynvml, parse_nvidia_smi_csv
-from slurm_flex.power.ipmi import (
+from slurm_flex.power.readers.command import run_command
+from slurm_flex.power.readers.gpu import NvidiaSmiReader, NvmlReader, load_pynvml, parse_nvidia_smi_csv
+from slurm_flex.power.readers.ipmi import (
     IpmiLan,
     IpmiReader,
     ipmi_dcmi_argv,
@@ -40,14 +37,15 @@ from slurm_flex.power.ipmi import (
     parse_ipmi_dcmi,
     parse_ipmitool_dcmi,
 )
-from slurm_flex.power.meter import CommandMeter, HttpMeter, parse_meter_reading
-from slurm_flex.power.rapl import RaplReader, energy_delta_uj, watts_from_energy
-from slurm_flex.power.slurm_energy import (
+from slurm_flex.power.readers.meter import CommandMeter, HttpMeter, parse_meter_reading
+from slurm_flex.power.readers.rapl import RaplReader, energy_delta_uj, watts_from_energy
+from slurm_flex.power.readers.slurm_energy import (
     SlurmEnergyReader,
     node_energy_from_text,
     parse_node_energy,
     parse_node_energy_text,
 )
+from slurm_flex.power.sample import PowerReader, PowerSample, node_watts
 from tests.conftest import Cluster
 from tests.grid_replay import ReplayServer, Reply
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from slurm_flex.cli import main
 from slurm_flex.grid.series import SLOT_SECONDS
+from slurm_flex.planner.policy import Policy
 from slurm_flex.simulate import SimConfig, SimSignals, load_signals, read_trace, simulate, slack_deadlines
 from slurm_flex.simulate.engine import SimulationError, _charge, _jobs
 from slurm_flex.simulate.report import write_report
@@ -176,7 +177,8 @@ def test_slack_rules() -> None:
 def test_a_flexible_job_moves_into_the_clean_window_and_meets_its_deadline() -> None:
     carbon = [300.0] * 200
     carbon[10:14] = [20.0] * 4  # 5 h to 7 h after the start
-    result = simulate(trace([0], [3600], [4]), signals(carbon), "24h", SimConfig(horizon_hours=24))
+    cfg = SimConfig(policy=Policy(solver="fast", max_horizon_hours=24))
+    result = simulate(trace([0], [3600], [4]), signals(carbon), "24h", cfg)
     assert result.baseline.start_s[0] == 0.0
     assert result.flex.start_s[0] == 10 * SLOT_SECONDS
     kwh = 4 * 10 / 1000  # 4 processors at 10 W for an hour
@@ -184,6 +186,21 @@ def test_a_flexible_job_moves_into_the_clean_window_and_meets_its_deadline() -> 
     assert result.flex.metrics["carbon_kg"] == pytest.approx(kwh * 20 / 1000)
     assert result.flex.metrics["deadline_misses"] == 0
     assert result.savings()["carbon_kg_saved_percent"] == pytest.approx(100 * (1 - 20 / 300), abs=1e-3)
+
+
+def test_every_run_reports_the_clairvoyant_bound_and_the_share_captured() -> None:
+    carbon = [300.0] * 200
+    carbon[10:14] = [20.0] * 4
+    carbon[30:32] = [10.0] * 2  # cleaner still, but only 15 h on: the plan's 24 h horizon sees it
+    t = trace([0, 600], [3600, 1800], [4, 2])
+    result = simulate(t, signals(carbon), "24h", SimConfig(policy=Policy(solver="fast", max_horizon_hours=24)))
+    got = result.captured()["carbon"]
+    # Both jobs can reach the 10 g/kWh window within 24 h of their Slurm-alone start.
+    assert got["bound_percent"] == pytest.approx(100 * (1 - 10 / 300), abs=0.5)
+    assert got["achieved_percent"] <= got["bound_percent"] + 1e-6  # a true bound
+    assert 0 < got["captured_percent"] <= 100
+    assert got["bound_no_capacity_percent"] >= got["bound_percent"] - 1e-6
+    assert result.to_json()["bound"]["carbon"] == got  # type: ignore[index]
 
 
 def test_capacity_is_respected_and_deadlines_met() -> None:
@@ -196,7 +213,7 @@ def test_capacity_is_respected_and_deadlines_met() -> None:
         list(rng.integers(1, 4, n).astype(float)),
         capacity=8,
     )
-    result = simulate(t, signals(carbon), "24h", SimConfig(horizon_hours=48))
+    result = simulate(t, signals(carbon), "24h", SimConfig(policy=Policy(solver="fast", max_horizon_hours=48)))
     assert result.flex.busy.max() <= 8 + 1e-9 and result.baseline.busy.max() <= 8 + 1e-9
     assert result.flex.metrics["deadline_misses"] == 0
     assert (result.flex.start_s >= t.submit_s - 1e-9).all()
@@ -268,19 +285,28 @@ def _queue_jump_trace() -> Trace:
 
 def test_a_queued_job_the_queue_would_make_late_goes_first() -> None:
     flat = [200.0] * 200
-    result = simulate(_queue_jump_trace(), signals(flat), "3x", SimConfig(horizon_hours=24))
+    result = simulate(
+        _queue_jump_trace(), signals(flat), "3x", SimConfig(policy=Policy(solver="fast", max_horizon_hours=24))
+    )
     assert result.baseline.start_s[2] == 11 * 3600
     assert result.baseline.metrics["deadline_misses"] == 1
     assert result.flex.start_s[2] == 3600 and result.flex.start_s[1] == 7200
     assert result.flex.metrics["deadline_misses"] == 0
     # Without moving it, the same queue misses the deadline in the slurm-flex run too.
-    off = simulate(_queue_jump_trace(), signals(flat), "3x", SimConfig(horizon_hours=24, expedite_at_risk=False))
+    off = simulate(
+        _queue_jump_trace(),
+        signals(flat),
+        "3x",
+        SimConfig(policy=Policy(solver="fast", max_horizon_hours=24, expedite_at_risk=False)),
+    )
     assert off.flex.metrics["deadline_misses"] == 1
 
 
 def test_deadlines_counted_from_the_baseline_start() -> None:
     flat = [200.0] * 200
-    cfg = SimConfig(horizon_hours=24, deadline_basis="baseline", expedite_at_risk=False)
+    cfg = SimConfig(
+        policy=Policy(solver="fast", max_horizon_hours=24, expedite_at_risk=False), deadline_basis="baseline"
+    )
     result = simulate(_queue_jump_trace(), signals(flat), "3x", cfg)
     # The short job's deadline counts from 11 h, when Slurm alone started it: met by both runs.
     assert result.baseline.metrics["deadline_misses"] == 0

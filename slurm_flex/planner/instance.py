@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,44 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class LateReason:
+    """Why a job is late: the slots of its window where the capacity left by the jobs that are
+    not late is too small for it, which resource binds there, and how it was shown that no plan
+    meets every deadline (or that it was not)."""
+
+    binding_slots: tuple[int, ...]
+    resource: str  # "nodes", "power", "nodes and power", or "window" (its window is too short)
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"binding_slots": list(self.binding_slots), "resource": self.resource, "detail": self.detail}
+
+    def __str__(self) -> str:
+        if not self.binding_slots:
+            return self.detail
+        return f"{self.resource} full in slots {_ranges(self.binding_slots)}; {self.detail}"
+
+
+def _ranges(slots: tuple[int, ...]) -> str:
+    """ "3-5, 9" for (3, 4, 5, 9)."""
+    parts: list[str] = []
+    first = prev = slots[0]
+    for s in (*slots[1:], None):
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        parts.append(str(first) if first == prev else f"{first}-{prev}")
+        if s is not None:
+            first = prev = s
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
 class Solution:
+    """A plan. ``late`` jobs start at release and are left out of the capacity count (every
+    other job fits within capacity); ``late_reasons`` says why each is late. The lower bound is
+    the LP or Lagrangian bound on any plan (with late jobs: any plan leaving them late)."""
+
     starts: Mapping[str, int]
     late: tuple[str, ...]
     energy_kwh: float
@@ -85,11 +122,13 @@ class Solution:
     lower_bound_gbp: float | None
     solve_seconds: float
     method: str = ""
+    late_reasons: Mapping[str, LateReason] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "starts": dict(self.starts),
             "late": list(self.late),
+            "late_reasons": {k: v.to_json() for k, v in self.late_reasons.items()},
             "energy_kwh": round(self.energy_kwh, 6),
             "carbon_kg": round(self.carbon_kg, 6),
             "cost_gbp": round(self.cost_gbp, 6),

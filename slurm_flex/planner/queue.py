@@ -8,29 +8,17 @@ times that are never earlier than a job's earliest start nor later than its late
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot, iso_utc
 from slurm_flex.planner.instance import FloatArray, Instance, Solution
+from slurm_flex.planner.policy import Policy, occupancy, planned_seconds, planning_capacity
 from slurm_flex.planner.risk import at_risk, place_in_order
 from slurm_flex.planner.solve import solve
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Planning knobs (from the ``[policy]`` config section)."""
-
-    safety_margin_seconds: int = 900
-    min_saving_fraction: float = 0.05
-    capacity_headroom: float = 0.9
-    slack_use_fraction: float = 0.8
-    carbon_price_gbp_per_tonne: float = 250.0
-    max_horizon_hours: float = 168.0
-    use_price: bool = True
-    solve_time_limit: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +36,8 @@ class FlexJob:
     plan_latest: int | None = None
     # Why the job must not be deferred this time (it runs as soon as possible), or "".
     no_defer: str = ""
+    # Its predicted run time (planner.runtime), planned with when the policy says so; None: none.
+    predicted_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,13 +144,18 @@ def plan(
             "" if forecast is None else forecast.source,
         )
     horizon_end = min(forecast.end, slot0 + int(policy.max_horizon_hours * 3600))
+    # Slots after every job's deadline can hold none of them: leave them out (a smaller model).
+    last_deadline = max((j.deadline for j in jobs), default=horizon_end)
+    horizon_end = max(slot0 + SLOT_SECONDS, min(horizon_end, floor_slot(last_deadline) + SLOT_SECONDS))
     series = forecast.window(slot0, (horizon_end - slot0) // SLOT_SECONDS)
     n_slots = len(series)
     planned: list[PlannedJob] = []
     rows: list[tuple[FlexJob, int, int, int]] = []  # job, duration slots, release, last start
+    planned_s: list[float] = []
     for job in jobs:
         earliest = max(now, job.earliest)
-        duration = max(1, math.ceil(job.duration_s / SLOT_SECONDS))
+        run_s = planned_seconds(job.duration_s, job.predicted_s, policy)
+        duration = max(1, math.ceil(run_s / SLOT_SECONDS))
         release = (floor_slot(earliest) - slot0) // SLOT_SECONDS
         if job.latest_start < earliest:
             planned.append(_run_now(job, now, "runs as soon as possible: deadline can no longer be met", late=True))
@@ -174,6 +169,7 @@ def plan(
         latest_plan = job.latest_start if job.plan_latest is None else min(job.plan_latest, job.latest_start)
         last = min((floor_slot(max(latest_plan, earliest)) - slot0) // SLOT_SECONDS, n_slots - duration)
         rows.append((job, duration, release, last))
+        planned_s.append(run_s)
     if not rows:
         return Plan(now, tuple(planned), None, None, series.source)
     cap = (
@@ -190,13 +186,24 @@ def plan(
         capacity_nodes=cap,
         power_cap_kw=np.full(n_slots, np.inf),
         job_ids=tuple(r[0].job_id for r in rows),
-        nodes=np.asarray([r[0].nodes for r in rows], dtype=np.float64),
+        nodes=occupancy(
+            np.asarray([r[0].nodes for r in rows], dtype=np.float64),
+            np.asarray(planned_s, dtype=np.float64),
+            np.asarray([r[1] for r in rows], dtype=np.int64),
+            SLOT_SECONDS,
+            policy,
+        ),
         power_kw=np.asarray([r[0].power_w / 1000.0 for r in rows], dtype=np.float64),
         duration=np.asarray([r[1] for r in rows], dtype=np.int64),
         release=np.asarray([r[2] for r in rows], dtype=np.int64),
         deadline=np.asarray([r[3] + r[1] for r in rows], dtype=np.int64),
     )
-    solution = solve(inst, min_saving_fraction=policy.min_saving_fraction, time_limit=policy.solve_time_limit)
+    solution = solve(
+        inst,
+        method=policy.solver,
+        min_saving_fraction=policy.min_saving_fraction,
+        time_limit=policy.solve_time_limit,
+    )
     carbon = series.carbon_array()
     price = series.price_array()
     late_ids = set(solution.late)
@@ -291,23 +298,6 @@ def queue_capacity(
     return left
 
 
-def arrival_reserve(
-    load_nodes: float, total_nodes: float, ramp_slots: int, n_slots: int, by_utilisation: bool = True
-) -> FloatArray:
-    """Nodes per slot from now to keep for work not submitted yet, so that a planned window is
-    not filled by deferred work alone: ``load_nodes`` (what recent arrivals kept busy) phased in
-    over ``ramp_slots`` (their typical time limit, as running work hands over to new work).
-    Scaled by utilisation: on a lightly used machine work arriving into a full window waits
-    little, the backlog drains fast; on a busy one it would queue past its deadline (measured
-    with the simulator on the KTH and LLNL traces, see bench/results/simulate.txt)."""
-    if load_nodes <= 0 or total_nodes <= 0:
-        return np.zeros(n_slots)
-    reserve = load_nodes * np.minimum(1.0, np.arange(n_slots) / max(ramp_slots, 1))
-    if by_utilisation:
-        reserve *= min(1.0, load_nodes / total_nodes)
-    return reserve
-
-
 def deadlines_at_risk(jobs: Sequence[FlexJob], free: FloatArray, now: int, margin_slots: int) -> frozenset[str]:
     """The jobs that must not wait any longer: queued now, behind the waiting work (``free`` is
     what it leaves) and in order of latest safe start, they would not start by their latest
@@ -335,3 +325,82 @@ def merge_plans(plans: Iterable[Plan], now: int) -> Plan:
     if len(parts) == 1:
         return parts[0]
     return Plan(now, jobs, None, None, source)
+
+
+AT_RISK = "the queue could no longer start it by its latest safe start if it waited longer"
+
+
+@dataclass(frozen=True)
+class PlanningSnapshot:
+    """Everything one planning step decides from: the daemon records it with each cycle's plan
+    (``<state_dir>/plans``) and the simulator builds one every half-hour, and both hand it to
+    :func:`plan_step`, so the same snapshot gives the same decisions in either."""
+
+    now: int
+    jobs: tuple[FlexJob, ...]
+    free_by_limits: FloatArray  # free nodes per slot from floor_slot(now), running/queued work by time limits
+    free_planned: FloatArray  # the same by planned (predicted) run times
+    usable_nodes: float
+    reserve: FloatArray  # nodes per slot kept for work not submitted yet
+    margin_slots: int  # deadline-risk margin (policy margin plus the cycle interval)
+
+
+def plan_step(
+    snapshot: PlanningSnapshot, forecast: SignalSeries | None, policy: Policy
+) -> tuple[Plan, frozenset[str]]:
+    """One planning step: deferred jobs the queue could no longer start in time (by time limits)
+    run now; the rest are planned within the capacity the policy allows. Returns the plan and
+    the jobs found at risk."""
+    jobs = list(snapshot.jobs)
+    candidates = [j for j in jobs if not j.no_defer]
+    risky = deadlines_at_risk(candidates, snapshot.free_by_limits, snapshot.now, snapshot.margin_slots)
+    if risky:
+        jobs = [replace(j, no_defer=AT_RISK) if j.job_id in risky else j for j in jobs]
+    capacity = planning_capacity(snapshot.free_planned, snapshot.usable_nodes, snapshot.reserve, policy)
+    return plan(jobs, forecast, capacity, policy, snapshot.now), risky
+
+
+def snapshot_to_json(snapshot: PlanningSnapshot) -> dict[str, Any]:
+    return {
+        "now": snapshot.now,
+        "jobs": [asdict(j) for j in snapshot.jobs],
+        "free_by_limits": [float(x) for x in snapshot.free_by_limits],
+        "free_planned": [float(x) for x in snapshot.free_planned],
+        "usable_nodes": snapshot.usable_nodes,
+        "reserve": [float(x) for x in snapshot.reserve],
+        "margin_slots": snapshot.margin_slots,
+    }
+
+
+def snapshot_from_json(doc: Mapping[str, Any]) -> PlanningSnapshot:
+    def floats(key: str) -> FloatArray:
+        return np.asarray(doc[key], dtype=np.float64)
+
+    return PlanningSnapshot(
+        now=int(doc["now"]),
+        jobs=tuple(FlexJob(**j) for j in doc["jobs"]),
+        free_by_limits=floats("free_by_limits"),
+        free_planned=floats("free_planned"),
+        usable_nodes=float(doc["usable_nodes"]),
+        reserve=floats("reserve"),
+        margin_slots=int(doc["margin_slots"]),
+    )
+
+
+def series_to_json(series: SignalSeries, n_slots: int) -> dict[str, Any]:
+    """The first ``n_slots`` of a forecast, as recorded with a snapshot."""
+    return {
+        "start": series.start,
+        "carbon": [None if math.isnan(x) else x for x in series.carbon[:n_slots]],
+        "price": [None if math.isnan(x) else x for x in series.price[:n_slots]],
+        "source": series.source,
+    }
+
+
+def series_from_json(doc: Mapping[str, Any]) -> SignalSeries:
+    return SignalSeries(
+        start=int(doc["start"]),
+        carbon=tuple(math.nan if x is None else float(x) for x in doc["carbon"]),
+        price=tuple(math.nan if x is None else float(x) for x in doc["price"]),
+        source=str(doc["source"]),
+    )

@@ -1,53 +1,106 @@
-"""Solving planning instances: pick the method that is fast for the instance at hand, certify
-the result with a lower bound, and apply the "not worth deferring" rule.
+"""Solving planning instances: pick the method that is fast for the instance at hand, plan within
+capacity, call a job late only once it is shown that no plan meets every deadline, and certify
+every result with a lower bound.
 
 Methods:
 
 * ``exact``  no capacity or power cap can bind: every job takes its cheapest window (optimal);
 * ``milp``   the time-indexed MILP with HiGHS, when the model is small (optimal, or the best
              plan found within the time limit);
-* ``lp-rounding`` the LP relaxation (HiGHS), rounded: its integral assignments kept, the rest
-             repaired at the LP's dual capacity prices, then improved by local search;
-* ``lagrange`` capacity prices by subgradient ascent, repaired into a feasible plan;
+* ``lp-rounding`` the LP relaxation (HiGHS), rounded by diving: the jobs it splits between
+             starts are fixed, biggest first, and the LP re-solved from its last basis until no
+             job is split (where the dive gets stuck, a priced repair from where it got to);
+             then local search and the exact MILP re-solved on neighbourhoods of the jobs
+             furthest from their LP-priced start, started from the plan so never worse;
+* ``lagrange`` capacity prices from the smoothed Lagrangian dual (no LP at all: it scales to
+             100,000 jobs), a priced repair in which the jobs hard to place go first, then the
+             same local search;
 * ``fast``   the per-job cheapest windows when they fit together (then they are optimal), else
-             ``lagrange`` with a short budget and no bound: for simulations that plan every slot;
+             a short subgradient ``lagrange`` with repairs: for simulations that plan every slot;
 * ``greedy`` earliest-latest-start first, each job its cheapest feasible window (the first
-             repair of ``lagrange``, kept as the fast fallback and for comparison).
+             repair of ``lagrange``, kept as a fast fallback and for comparison).
 
 ``best_window`` is the rule other tools use (each job independently in its lowest-cost window,
-ignoring the others); it is here as the baseline that benchmarks compare against.
+ignoring the others); it is here as the baseline that benchmarks compare against, and it is the
+one method whose plan may exceed capacity.
+
+Whatever the method, a job the plan cannot fit is not reported late straight away: other jobs
+are moved out of its way (:func:`~slurm_flex.planner.lagrange.make_room`), then the MILP is
+solved on the conflicted sub-problem and, if need be, on the whole instance. A job is late only
+when that fails, and the solution says why: the slots where capacity binds and whether the LP
+relaxation or the MILP proved that no plan meets every deadline.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
-from slurm_flex.planner.instance import FloatArray, Instance, IntArray, Solution
+from slurm_flex.errors import PlanningError
+from slurm_flex.planner.instance import FloatArray, Instance, IntArray, LateReason, Solution
 from slurm_flex.planner.lagrange import (
+    Candidates,
     best_starts,
+    candidates,
+    free_capacity,
     group_by_duration,
     improve,
     load_of,
+    make_room,
+    min_conflicts,
+    price_out,
     repair,
+    smooth_dual,
     solve_lagrange,
     true_costs,
+    window_min,
     window_sums,
+    window_table,
 )
-from slurm_flex.planner.lp import candidate_count, lp_bound, lp_relaxation, solve_milp
+from slurm_flex.planner.lp import (
+    candidate_count,
+    lp_bound,
+    lp_deadlines_feasible,
+    lp_dive,
+    lp_relaxation,
+    solve_milp,
+)
+
+ScalarT = TypeVar("ScalarT", bound=np.generic)
 
 Method = Literal["auto", "fast", "exact", "milp", "lp-rounding", "lagrange", "greedy", "best-window"]
 
-# Below these model sizes the exact MILP is usually quick; up to the next, the LP relaxation is
-# solved and rounded; above it, the Lagrangian method.
-MILP_MAX_VARIABLES = 20_000
+# Below these model sizes (candidate starts) the exact MILP is usually quick; up to the next,
+# the LP relaxation is solved and rounded; above it, the smoothed Lagrangian dual prices.
+MILP_MAX_VARIABLES = 5_000
 LP_ROUNDING_MAX_VARIABLES = 150_000
-# The LP bound is computed when the model has at most this many variables (else the
-# Lagrangian bound, which converges to the same value, is reported).
-LP_BOUND_MAX_VARIABLES = 400_000
+# Methods without a bound of their own get the LP's up to this size, the Lagrangian dual's above.
+LP_BOUND_MAX_VARIABLES = 60_000
+# The fast method proves late jobs late (by MILP) up to this size only.
+FAST_PROOF_MAX_VARIABLES = 1_000
+# The whole-instance MILP that settles late jobs is tried up to this size.
+MILP_SETTLE_MAX_VARIABLES = 400_000
+# The sub-problems re-solved exactly, in jobs.
+SUB_MILP_JOBS = 300
+# Rounds of the priced repair, each with the jobs the last could not fit first.
+SQUEAKY_ROUNDS = 4
+# Local search gets at most this share of the time left, and at most this long (seconds, plus
+# seconds per job): after the LP, where it makes the difference between 0.1 % and 1 %, and
+# after the Lagrangian prices, where the jobs are many and the rounding close already.
+POLISH_SHARE = 0.5
+POLISH_SECONDS_LP = (2.0, 0.002)
+POLISH_SECONDS_LAGRANGE = (0.3, 0.0001)
+# Local search stops this close to the lower bound (relative): after the LP, whose rounding is
+# near-exact, and after the Lagrangian prices, where the jobs are many and each matters little
+# (and the time is better kept short: that method is the one for big instances).
+POLISH_GAP_LP = 2e-5
+POLISH_GAP_LAGRANGE = 5e-4
+
+EPS = 1e-9
 
 
 def evaluate(inst: Instance, starts: IntArray) -> tuple[float, float, float, float]:
@@ -63,6 +116,16 @@ def evaluate(inst: Instance, starts: IntArray) -> tuple[float, float, float, flo
     cost = float((kwh_per_slot * (cum_p[ends] - cum_p[starts])).sum() / 1000.0)
     objective = cost + carbon_kg / 1000.0 * inst.carbon_price_gbp_per_tonne
     return energy, carbon_kg, cost, objective
+
+
+def _job_objectives(inst: Instance, starts: IntArray) -> FloatArray:
+    """Each job's objective at ``starts`` as :func:`evaluate` counts it."""
+    price = np.nan_to_num(inst.price, nan=0.0)
+    carbon = np.nan_to_num(inst.carbon, nan=0.0)
+    w = price / 1000.0 + carbon * inst.carbon_price_gbp_per_tonne / 1e6
+    prefix = np.concatenate(([0.0], np.cumsum(w)))
+    ends = starts + inst.duration
+    return np.asarray((prefix[ends] - prefix[starts]) * inst.power_kw * inst.slot_hours, dtype=np.float64)
 
 
 def capacity_binds(inst: Instance) -> bool:
@@ -82,48 +145,87 @@ def overload(inst: Instance, starts: IntArray) -> float:
     return float(max(0.0, np.nanmax(np.where(np.isfinite(excess), excess, -np.inf), initial=0.0)))
 
 
+def violations(inst: Instance, starts: IntArray, late: tuple[int, ...] | list[int] = ()) -> IntArray:
+    """The slots where the jobs that are not late exceed node capacity or the power cap."""
+    on_time = np.setdiff1d(np.arange(inst.n_jobs), np.asarray(late, dtype=np.int64))
+    free_n, free_k = free_capacity(inst, starts, on_time)
+    tol_n = EPS * np.maximum(1.0, np.where(np.isfinite(inst.capacity_nodes), np.abs(inst.capacity_nodes), 1.0))
+    tol_k = EPS * np.maximum(1.0, np.where(np.isfinite(inst.power_cap_kw), np.abs(inst.power_cap_kw), 1.0))
+    return np.flatnonzero((free_n < -tol_n - 1e-6) | (free_k < -tol_k - 1e-6))
+
+
 def shift_to_earliest_tie(inst: Instance, starts: IntArray) -> IntArray:
     """Move each job to the earliest start that costs the same (within rounding) and still fits.
 
     Solvers return any one of equally cheap plans; a receding-horizon planner that does not
-    prefer the earliest would let a job drift one slot later at every cycle."""
+    prefer the earliest would let a job drift one slot later at every cycle. Room is counted
+    against every job's load, late ones included, so no slot gets fuller than it was."""
     if inst.n_jobs == 0:
         return starts
     w = inst.weights()
     out = starts.copy()
     costs = true_costs(inst, w, out)
-    free_nodes = inst.capacity_nodes - load_of(inst, out, inst.nodes)
-    free_kw = inst.power_cap_kw - load_of(inst, out, inst.power_kw)
+    tied_earlier = _has_earlier_tie(inst, w, out, costs)
+    if not tied_earlier.any():
+        return out
+    free_nodes, free_kw = free_capacity(inst, out)
+    check_kw = bool(np.isfinite(inst.power_cap_kw).any())
+    sums: dict[int, FloatArray] = {}
+    h = inst.slot_hours
     for j in np.argsort(out, kind="stable"):
-        s, r, d = int(out[j]), int(inst.release[j]), int(inst.duration[j])
-        if s <= r or not np.isfinite(costs[j]):
+        if not tied_earlier[j]:
             continue
-        earlier = np.arange(r, s)
-        c = _costs_at(inst, w, j, earlier)
-        tied = np.flatnonzero(c <= costs[j] + 1e-9 * abs(costs[j]) + 1e-15)
+        s, r, d = int(out[j]), int(inst.release[j]), int(inst.duration[j])
+        if d not in sums:
+            sums[d] = window_sums(w, d)
+        c = sums[d][r:s] * (inst.power_kw[j] * h)
         n, p = inst.nodes[j], inst.power_kw[j]
         free_nodes[s : s + d] += n
         free_kw[s : s + d] += p
-        for k in tied:
-            t = int(earlier[k])
-            if free_nodes[t : t + d].min() >= n - 1e-9 and free_kw[t : t + d].min() >= p - 1e-9:
-                out[j] = s = t
-                break
+        ok = c <= costs[j] + 1e-9 * abs(costs[j]) + 1e-15
+        ok &= window_min(free_nodes[r : s + d - 1], d)[: s - r] >= n - EPS
+        if check_kw:
+            ok &= window_min(free_kw[r : s + d - 1], d)[: s - r] >= p - EPS
+        if ok.any():
+            out[j] = s = r + int(np.argmax(ok))
         free_nodes[s : s + d] -= n
         free_kw[s : s + d] -= p
     return out
 
 
-def _costs_at(inst: Instance, weights: FloatArray, job: int, starts: IntArray) -> FloatArray:
-    """Job ``job``'s objective at each of ``starts``."""
-    d = int(inst.duration[job])
-    sums = window_sums(weights, d)[starts]
-    return np.asarray(sums * inst.power_kw[job] * inst.slot_hours, dtype=np.float64)
+def _range_min(values: FloatArray, lo: IntArray, hi: IntArray) -> FloatArray:
+    """min(values[lo[i]:hi[i]]) for each i (hi > lo), from a sparse table: O(n log n + queries)."""
+    table = [values]
+    while 2 ** len(table) <= values.size:
+        prev, half = table[-1], 2 ** (len(table) - 1)
+        table.append(np.minimum(prev[:-half], prev[half:]))
+    length = hi - lo
+    k = np.floor(np.log2(np.maximum(length, 1))).astype(np.int64)
+    out = np.empty(lo.size)
+    for level in np.unique(k):
+        sel = k == level
+        row = table[int(level)]
+        out[sel] = np.minimum(row[lo[sel]], row[hi[sel] - 2 ** int(level)])
+    return out
 
 
-def apply_min_saving(inst: Instance, starts: IntArray, fraction: float) -> IntArray:
+def _has_earlier_tie(inst: Instance, weights: FloatArray, starts: IntArray, costs: FloatArray) -> IntArray:
+    """Per job: whether some earlier start in its window costs the same (within rounding)."""
+    out = np.zeros(inst.n_jobs, dtype=bool)
+    movable = (starts > inst.release) & np.isfinite(costs)
+    for d in np.unique(inst.duration[movable]):
+        jobs = np.flatnonzero(movable & (inst.duration == d))
+        sums = window_sums(weights, int(d))
+        low = _range_min(sums, inst.release[jobs], starts[jobs])
+        cheapest = low * inst.power_kw[jobs] * inst.slot_hours
+        out[jobs] = cheapest <= costs[jobs] + 1e-9 * np.abs(costs[jobs]) + 1e-15
+    return out
+
+
+def apply_min_saving(inst: Instance, starts: IntArray, fraction: float, late: tuple[int, ...] = ()) -> IntArray:
     """Move a job back to its release slot when the later start saves less than ``fraction`` of
-    its cost there and the release slot has room (jobs in EDF order)."""
+    its cost there and the release slot has room (jobs in EDF order). Room is counted against
+    every job's load, late ones included."""
     if fraction <= 0 or inst.n_jobs == 0:
         return starts
     w = inst.weights()
@@ -131,21 +233,378 @@ def apply_min_saving(inst: Instance, starts: IntArray, fraction: float) -> IntAr
     at_release = true_costs(inst, w, inst.release)
     planned = true_costs(inst, w, out)
     small = (out != inst.release) & np.isfinite(at_release) & (at_release - planned < fraction * at_release)
+    if late:
+        small[list(late)] = False
     if not small.any():
         return out
-    free_nodes = inst.capacity_nodes - load_of(inst, out, inst.nodes)
-    free_kw = inst.power_cap_kw - load_of(inst, out, inst.power_kw)
+    free_nodes, free_kw = free_capacity(inst, out)
     for j in np.flatnonzero(small)[np.argsort(inst.latest_start[small], kind="stable")]:
         d, r, s = int(inst.duration[j]), int(inst.release[j]), int(out[j])
         n, p = inst.nodes[j], inst.power_kw[j]
         # Free the job's current slots, then check the release window.
         free_nodes[s : s + d] += n
         free_kw[s : s + d] += p
-        if free_nodes[r : r + d].min() >= n - 1e-9 and free_kw[r : r + d].min() >= p - 1e-9:
+        if free_nodes[r : r + d].min() >= n - EPS and free_kw[r : r + d].min() >= p - EPS:
             out[j] = r
         free_nodes[int(out[j]) : int(out[j]) + d] -= n
         free_kw[int(out[j]) : int(out[j]) + d] -= p
     return out
+
+
+# -- the pieces every capacity-aware method shares ---------------------------------------------
+
+
+def _seconds(rule: tuple[float, float], inst: Instance) -> float:
+    return rule[0] + rule[1] * inst.n_jobs
+
+
+class _Clock:
+    def __init__(self, time_limit: float) -> None:
+        self.t0 = time.perf_counter()
+        self.limit = time_limit
+
+    def left(self) -> float:
+        return self.limit - (time.perf_counter() - self.t0)
+
+
+def _per_job(cands: Candidates, values: npt.NDArray[ScalarT], default: npt.NDArray[ScalarT]) -> npt.NDArray[ScalarT]:
+    """Per-listed-job ``values`` spread over all jobs, ``default`` for jobs not listed."""
+    out = default.copy()
+    out[cands.jobs] = values
+    return out
+
+
+def _floor_costs(inst: Instance, cands: Candidates) -> FloatArray:
+    """Each job's cost in its cheapest window (inf for jobs with no candidate)."""
+    zero = np.zeros(inst.n_slots)
+    return _per_job(cands, price_out(inst, cands, zero, zero).costs, np.full(inst.n_jobs, np.inf))
+
+
+def _polish(
+    inst: Instance,
+    cands: Candidates,
+    starts: IntArray,
+    late: list[int],
+    lam: FloatArray,
+    mu: FloatArray,
+    clock: _Clock,
+    budget: float,
+    bound: float | None = None,
+    gap: float = 2e-5,
+    size: int = 60,
+) -> IntArray:
+    """Large-neighbourhood search: for the jobs whose start costs most above their cheapest at
+    the capacity prices (reduced cost: what keeps the plan from the bound), re-solve the MILP
+    exactly on the job and the jobs occupying the slots where the prices say it belongs, the
+    others held where they are; keep each result that is cheaper.
+
+    This finds the exchanges single moves cannot (a job into a full cheap slot, the job there
+    out to where it costs less extra, and so on, to any depth within the neighbourhood). The
+    plan held so far is a solution of each sub-problem, so a sub-problem never makes it worse,
+    and each re-plan stays within capacity. Stops once within ``gap`` (relative) of ``bound``."""
+    stop = time.perf_counter() + max(0.0, min(budget, clock.left()))
+    on_time = np.ones(inst.n_jobs, dtype=bool)
+    on_time[late] = False
+    out = starts.copy()
+    cand_job = cands.jobs[cands.job]
+    pricing = price_out(inst, cands, lam, mu)
+    best_priced = _per_job(cands, pricing.priced, np.full(inst.n_jobs, np.inf))
+    target_of = _per_job(cands, pricing.starts, inst.release.copy())
+    code = np.searchsorted(cands.durations, inst.duration)
+    node_win = window_table(lam, cands.durations, inst.n_slots).ravel()
+    kw_win = window_table(mu, cands.durations, inst.n_slots).ravel()
+
+    def reduced(plan: IntArray) -> FloatArray:
+        flat = code * inst.n_slots + plan
+        priced = _job_objectives(inst, plan) + inst.nodes * node_win[flat] + inst.power_kw * kw_win[flat]
+        return np.where(on_time & np.isfinite(best_priced), priced - best_priced, -np.inf)
+
+    current = _job_objectives(inst, out)
+    rc = reduced(out)
+    threshold = 1e-9 * (np.abs(current) + 1) + 1e-12
+    done = np.zeros(inst.n_jobs, dtype=bool)
+    for _ in range(2):
+        ranked = np.argsort(-rc, kind="stable")
+        ranked = ranked[(rc[ranked] > threshold[ranked]) & ~done[ranked]]
+        if ranked.size == 0:
+            break
+        for a in ranked:
+            if time.perf_counter() > stop:
+                return out
+            if bound is not None and float(current[on_time].sum()) <= bound + gap * abs(bound):
+                return out
+            if rc[a] <= threshold[a]:
+                continue
+            done[a] = True
+            target = int(target_of[a])
+            if target == out[a]:
+                continue
+            d = int(inst.duration[a])
+            # The jobs occupying the target slots, most node-slots in the way first, enough of
+            # them to make room twice over (when they are that many).
+            run_lo = np.maximum(out, target)
+            run_hi = np.minimum(out + inst.duration, target + d)
+            overlap = np.where(on_time, np.maximum(run_hi - run_lo, 0), 0) * inst.nodes
+            overlap[a] = 0
+            others = np.flatnonzero(overlap > 0)
+            others = others[np.argsort(-overlap[others], kind="stable")]
+            enough = int(np.searchsorted(np.cumsum(overlap[others]), 2.0 * inst.nodes[a] * d)) + 1
+            others = others[: max(min(enough, size - 1), min(others.size, size // 2))]
+            pool = np.concatenate(([a], others)).astype(np.int64)
+            chosen = np.zeros(inst.n_jobs, dtype=bool)
+            chosen[pool] = True
+            res = solve_milp(
+                inst,
+                time_limit=max(0.05, min(0.3, stop - time.perf_counter())),
+                jobs=pool,
+                fixed=np.flatnonzero(on_time & ~chosen),
+                starts=out,
+                keep=chosen[cand_job],
+                cands=cands,
+                rel_gap=1e-6,
+            )
+            if res.starts is None or res.late:
+                continue
+            new = _job_objectives(inst, res.starts)
+            if float(new[pool].sum()) < float(current[pool].sum()) - 1e-12:
+                out = res.starts
+                current[pool] = new[pool]
+                rc = reduced(out)
+                done[pool] = False
+                done[a] = True
+    return out
+
+
+def _settle(
+    inst: Instance,
+    cands: Candidates,
+    starts: IntArray,
+    late: list[int],
+    w: FloatArray,
+    lam: FloatArray,
+    mu: FloatArray,
+    clock: _Clock,
+    *,
+    thorough: bool = True,
+) -> tuple[IntArray, list[int], str]:
+    """Try to place the jobs a plan left late; returns the plan, the jobs still late and how it
+    was shown that they must be ("" when nothing is late).
+
+    First other jobs are moved out of the way, singly (:func:`make_room`), then by local search
+    on the overflow (:func:`min_conflicts`); then the MILP is solved on the conflicted
+    sub-problem (the late jobs and the jobs running in their windows), growing it up to the
+    whole instance. Only if the whole-instance MILP or the LP relaxation has no plan meeting
+    every deadline is a job left late, and then the MILP with late variables leaves the fewest."""
+    if not late:
+        return starts, [], ""
+    room_budget = _seconds((0.01, 0.0001) if not thorough else (0.5, 0.001), inst)
+    starts, late = make_room(inst, starts, late, w, lam, mu, deadline=time.perf_counter() + room_budget)
+    n_cands = cands.n_candidates
+    small = n_cands <= MILP_MAX_VARIABLES
+    if late and not (small and thorough):
+        # Small models go straight to the MILP below, which settles them at once either way.
+        # The fast method (re-planning every slot of a simulation) gets a few milliseconds.
+        rule = (0.01, 0.00005) if not thorough else (0.05, 0.01)
+        budget = min(clock.left() * 0.25, _seconds(rule, inst))
+        starts, late = min_conflicts(inst, starts, late, w, deadline=time.perf_counter() + budget)
+    if not late:
+        return starts, [], ""
+    if not thorough:
+        return starts, late, "not proven: moving other jobs made no room, and the search stopped there"
+    proof = ""
+    whole_tried = False
+    for size in (inst.n_jobs,) if small else (SUB_MILP_JOBS, 4 * SUB_MILP_JOBS, inst.n_jobs):
+        if clock.left() <= 0:
+            break
+        late_mask = np.zeros(inst.n_jobs, dtype=bool)
+        late_mask[late] = True
+        lo, hi = inst.release[late].min(), inst.deadline[late].max()
+        # The jobs running in the late jobs' windows, the most movable (widest window) first.
+        near = np.flatnonzero((starts < hi) & (starts + inst.duration > lo) & ~late_mask)
+        near = near[np.argsort(-(inst.latest_start - inst.release)[near], kind="stable")]
+        sub = np.concatenate((np.asarray(late, dtype=np.int64), near[: max(0, size - len(late))]))
+        whole = size >= inst.n_jobs
+        if whole:
+            if n_cands > MILP_SETTLE_MAX_VARIABLES:
+                break
+            sub = np.arange(inst.n_jobs)
+        in_sub = np.zeros(inst.n_jobs, dtype=bool)
+        in_sub[sub] = True
+        res = solve_milp(
+            inst,
+            time_limit=max(0.1, clock.left() * (0.5 if whole else 0.1)),
+            jobs=sub,
+            fixed=np.flatnonzero(~late_mask & ~in_sub),
+            starts=starts,
+            cands=cands,
+            feasibility=True,
+        )
+        if res.starts is not None and not res.late:
+            return res.starts, [], ""
+        if whole:
+            whole_tried = True
+            if res.infeasible:
+                proof = "proven: the MILP has no plan meeting every deadline within capacity"
+        if sub.size >= inst.n_jobs:
+            break
+    # Not placed: show that no plan meets every deadline, then leave as few jobs late as can be.
+    if (
+        not proof
+        and clock.left() > 0
+        and n_cands <= MILP_SETTLE_MAX_VARIABLES
+        and lp_deadlines_feasible(inst, time_limit=max(0.1, clock.left() * 0.5)) is False
+    ):
+        proof = "proven: the LP relaxation has no plan meeting every deadline within capacity"
+    if proof and clock.left() > 0 and n_cands <= MILP_SETTLE_MAX_VARIABLES:
+        res = solve_milp(inst, time_limit=max(0.1, clock.left() * 0.5), cands=cands, allow_late=True, feasibility=True)
+        if res.starts is not None and len(res.late) <= len(late):
+            starts, late = res.starts, list(res.late)
+            if res.optimal:
+                proof += "; no plan leaves fewer jobs late"
+    if not proof:
+        proof = "not proven: no plan found within the time limit" + (
+            "" if not whole_tried else ", and the LP relaxation did not rule one out"
+        )
+    return starts, late, proof
+
+
+def _late_reasons(inst: Instance, starts: IntArray, late: list[int], proof: str) -> dict[str, LateReason]:
+    """Why each late job is late: the slots of its window where capacity (left by the jobs that
+    are not late) is too small for it."""
+    if not late:
+        return {}
+    free_n, free_k = free_capacity(inst, starts, np.setdiff1d(np.arange(inst.n_jobs), late))
+    reasons: dict[str, LateReason] = {}
+    for j in late:
+        lo, hi = int(inst.release[j]), int(min(inst.deadline[j], inst.n_slots))
+        d = int(inst.duration[j])
+        if hi - lo < d:
+            reasons[inst.job_ids[j]] = LateReason(
+                binding_slots=(),
+                resource="window",
+                detail=f"its window (slots {lo}-{hi - 1}) is shorter than its {d} slots",
+            )
+            continue
+        slots = np.arange(lo, hi)
+        short_n = free_n[lo:hi] < inst.nodes[j] - EPS
+        short_k = free_k[lo:hi] < inst.power_kw[j] - EPS
+        binding = slots[short_n | short_k]
+        resource = "nodes and power" if short_n.any() and short_k.any() else ("power" if short_k.any() else "nodes")
+        reasons[inst.job_ids[j]] = LateReason(
+            binding_slots=tuple(int(t) for t in binding),
+            resource=resource,
+            detail=proof,
+        )
+    return reasons
+
+
+def _bound_without(inst: Instance, late: list[int], time_limit: float) -> float | None:
+    """A lower bound on any plan leaving ``late`` late: the LP (or Lagrangian dual) bound of the
+    others plus the late jobs' cost at release."""
+    reduced = inst
+    late_cost = 0.0
+    if late:
+        idx = np.asarray(late, dtype=np.int64)
+        deadline = inst.deadline.copy()
+        deadline[idx] = inst.release[idx] + inst.duration[idx] - 1  # no start left: out of the model
+        reduced = replace(inst, deadline=deadline)
+        late_cost = float(_job_objectives(inst, inst.release)[idx].sum())
+    cands = candidates(reduced)
+    if cands.n_candidates <= LP_BOUND_MAX_VARIABLES:
+        lp = lp_bound(reduced, time_limit=max(1.0, time_limit))
+        if lp.ok and lp.value is not None:
+            return lp.value + late_cost
+    dual = smooth_dual(reduced, cands, time_limit=max(0.5, time_limit))
+    return dual.bound + late_cost if np.isfinite(dual.bound) else None
+
+
+def _round(
+    inst: Instance,
+    cands: Candidates,
+    preferred: IntArray,
+    sure: npt.NDArray[Any],  # bool per job: the prices (or the LP) are sure of its start
+    lam: FloatArray,
+    mu: FloatArray,
+    clock: _Clock,
+    polish_seconds: float,
+    thorough: bool = True,
+    bound: float | None = None,
+    gap: float = POLISH_GAP_LP,
+) -> tuple[IntArray, list[int], str]:
+    """A plan from priced preferences: jobs the prices are sure of first, then the others, each
+    at its preferred start if it fits or the cheapest feasible at the prices; then finished by
+    :func:`_finish`.
+
+    Jobs the pass cannot fit go to the front of the order and the pass runs again (the
+    "squeaky wheel": what was hard to place is placed while there is room), a few times while
+    it leaves fewer late jobs: a job placed late, by moving others, lands where it costs more."""
+    order = np.lexsort((-inst.nodes, inst.latest_start, ~sure.astype(bool)))
+    starts, late = _squeaky(inst, preferred, lam, mu, clock, None, order)
+    return _finish(inst, cands, starts, late, lam, mu, clock, polish_seconds, thorough, bound, gap)
+
+
+def _squeaky(
+    inst: Instance,
+    preferred: IntArray,
+    lam: FloatArray,
+    mu: FloatArray,
+    clock: _Clock,
+    first: tuple[IntArray, list[int]] | None = None,
+    order: IntArray | None = None,
+) -> tuple[IntArray, list[int]]:
+    """The priced repair, again with the jobs the last pass could not fit first (the "squeaky
+    wheel": what was hard to place is placed while there is room), a few times while it leaves
+    fewer late jobs; the plan with the fewest, then the cheapest. ``first``: a plan already
+    made (its late jobs go first in the next pass)."""
+    w = inst.weights()
+    if order is None:
+        order = np.lexsort((-inst.nodes, inst.latest_start))
+    best: tuple[int, float, IntArray, list[int]] | None = None
+    for _ in range(SQUEAKY_ROUNDS):
+        if first is not None:
+            starts, late = first
+            first = None
+        else:
+            starts, late = repair(inst, preferred, w, lam, mu, order=order)
+        key = (len(late), float(_job_objectives(inst, starts).sum()))
+        progress = best is None or key[0] < best[0]
+        if best is None or key < best[:2]:
+            best = (*key, starts, late)
+        if not late or not progress or clock.left() < 0.5 * clock.limit:
+            break
+        front = np.zeros(inst.n_jobs, dtype=bool)
+        front[late] = True
+        order = np.concatenate((order[front[order]], order[~front[order]]))
+    assert best is not None
+    return best[2], best[3]
+
+
+def _finish(
+    inst: Instance,
+    cands: Candidates,
+    starts: IntArray,
+    late: list[int],
+    lam: FloatArray,
+    mu: FloatArray,
+    clock: _Clock,
+    polish_seconds: float,
+    thorough: bool = True,
+    bound: float | None = None,
+    gap: float = POLISH_GAP_LP,
+) -> tuple[IntArray, list[int], str]:
+    """Settle the late jobs, then local search and the exact re-solve of neighbourhoods (for at
+    most ``polish_seconds``, and half the time left)."""
+    w = inst.weights()
+    starts, late, proof = _settle(inst, cands, starts, late, w, lam, mu, clock, thorough=thorough)
+    floor = _floor_costs(inst, cands)
+    starts = improve(inst, starts, w, floor_costs=floor, late=late)
+    if polish_seconds > 0:
+        budget = min(POLISH_SHARE * clock.left(), polish_seconds)
+        late_cost = float(_job_objectives(inst, starts)[late].sum()) if late else 0.0
+        target = None if bound is None else bound - late_cost
+        starts = _polish(inst, cands, starts, late, lam, mu, clock, budget, target, gap)
+        starts = improve(inst, starts, w, passes=1, floor_costs=floor, late=late)
+    return starts, late, proof
 
 
 def solve(
@@ -156,92 +615,182 @@ def solve(
     min_saving_fraction: float = 0.0,
     bound: bool = True,
 ) -> Solution:
-    """Plan ``inst``. ``bound`` asks for a certified lower bound (LP or Lagrangian)."""
-    t0 = time.perf_counter()
+    """Plan ``inst``. ``bound`` asks for a certified lower bound where the method has none of its
+    own (``greedy``, ``best-window``); every other method reports the bound it proves anyway."""
+    clock = _Clock(time_limit)
+    t0 = clock.t0
     late: list[int] = []
+    proof = ""
     lower: float | None = None
+    zero = np.zeros(inst.n_slots)
     if method == "auto":
-        candidates = candidate_count(inst)
+        n_cands = candidate_count(inst)
         if not capacity_binds(inst):
             method = "exact"
-        elif candidates <= MILP_MAX_VARIABLES:
+        elif n_cands <= MILP_MAX_VARIABLES:
             method = "milp"
-        elif candidates <= LP_ROUNDING_MAX_VARIABLES:
+        elif n_cands <= LP_ROUNDING_MAX_VARIABLES:
             method = "lp-rounding"
         else:
             method = "lagrange"
     used: str = method
     if method in ("exact", "best-window"):
+        if method == "exact" and capacity_binds(inst):
+            raise PlanningError("the exact per-job method ignores capacity; use it only when none binds")
         starts = best_window(inst)
         if method == "exact":
-            if capacity_binds(inst):
-                raise ValueError("the exact per-job method ignores capacity; use it only when none binds")
             lower = evaluate(inst, starts)[3]
     elif method == "greedy":
-        starts, late = repair(inst, best_window(inst), inst.weights(), np.zeros(inst.n_slots), np.zeros(inst.n_slots))
-    elif method == "lp-rounding":
-        relaxed = lp_relaxation(inst, time_limit=time_limit)
-        if relaxed is None:
-            lres = solve_lagrange(inst, time_limit=time_limit)
-            starts, late, used = lres.starts, lres.late, "lagrange"
-            lower = lres.lower_bound if not late and np.isfinite(lres.lower_bound) else None
-        else:
-            # Integral LP assignments first (they fit together), then the fractional jobs in EDF
-            # order, each in its cheapest feasible start at the LP's capacity prices.
-            w = inst.weights()
-            order = np.lexsort((-inst.nodes, inst.latest_start, ~relaxed.integral))
-            starts, late = repair(inst, relaxed.preferred, w, relaxed.node_prices, relaxed.kw_prices, order=order)
-            if not late:
-                starts = improve(inst, starts, w)
-                lower = relaxed.value
+        cands = candidates(inst)
+        starts, late = repair(inst, best_window(inst), inst.weights(), zero, zero)
+        starts, late, proof = _settle(inst, cands, starts, late, inst.weights(), zero, zero, clock)
     elif method == "fast":
         starts = best_window(inst)
-        fits = (
-            overload(inst, starts) <= 1e-9
-            and not (load_of(inst, starts, inst.power_kw) > inst.power_cap_kw + 1e-9).any()
-        )
+        fits = violations(inst, starts).size == 0
         if fits:
             used = "exact"
+            lower = evaluate(inst, starts)[3]
         else:
-            lres = solve_lagrange(inst, time_limit=time_limit, max_iterations=25)
+            lres = solve_lagrange(inst, time_limit=time_limit, max_iterations=25, repairs_at=(0, 12))
             starts, late, used = lres.starts, lres.late, "lagrange"
-        bound = False
-    elif method == "lagrange":
-        lres = solve_lagrange(inst, time_limit=time_limit)
-        starts, late = lres.starts, lres.late
-        lower = lres.lower_bound if not late and np.isfinite(lres.lower_bound) else None
-    elif method == "milp":
-        zero = np.zeros(inst.n_slots)
-        greedy_starts, greedy_late = repair(inst, best_window(inst), inst.weights(), zero, zero)
-        mres = solve_milp(inst, time_limit=time_limit)
-        if mres.starts is None and greedy_late:
-            # Not every job fits within capacity (the model is infeasible): those the greedy
-            # could not place run late at release, and the MILP plans the others around them.
-            mres = solve_milp(_without(inst, greedy_late), time_limit=time_limit)
-            late = greedy_late
-        if mres.starts is None or (
-            not mres.optimal and not greedy_late and evaluate(inst, greedy_starts)[3] < evaluate(inst, mres.starts)[3]
-        ):
-            starts, late = greedy_starts, greedy_late  # no MILP plan, or a worse one at the time limit
+            w = inst.weights()
+            lam, mu = lres.node_prices, lres.kw_prices
+            if late:
+                starts, late = _squeaky(inst, lres.preferred, lam, mu, clock, (starts, late))
+            if late:
+                # Proving lateness (a MILP) only where that takes milliseconds: this method
+                # runs every slot of a year-long simulation.
+                cands = candidates(inst)
+                small = cands.n_candidates <= FAST_PROOF_MAX_VARIABLES
+                starts, late, proof = _settle(inst, cands, starts, late, w, lam, mu, clock, thorough=small)
+                if not late:
+                    starts = improve(inst, starts, w)
+            if np.isfinite(lres.lower_bound) and not late:
+                lower = lres.lower_bound
+    elif method == "lp-rounding":
+        cands = candidates(inst)
+        dive = lp_dive(inst, cands, time_limit=max(0.1, clock.left() * 0.4))
+        if dive is not None:
+            lam, mu = dive.node_prices, dive.kw_prices
+            plans: list[tuple[IntArray, list[int]]] = []
+            if dive.complete:
+                plans.append((dive.preferred, []))
+            else:
+                # The dive got stuck: round from where it got to and from the first LP, in
+                # deadline order and biggest-for-its-window first, and keep the best.
+                w = inst.weights()
+                size = inst.nodes * inst.duration / (inst.latest_start - inst.release + 1.0)
+                for pref, integral in ((dive.preferred, dive.integral), (dive.root_preferred, dive.root_integral)):
+                    for order in (
+                        np.lexsort((-inst.nodes, inst.latest_start, ~integral)),
+                        np.argsort(-size, kind="stable"),
+                    ):
+                        plans.append(repair(inst, pref, w, lam, mu, order=order))
+            best: tuple[int, float, IntArray, list[int], str] | None = None
+            for cand_starts, cand_late in plans:
+                s_, l_, p_ = _finish(inst, cands, cand_starts, cand_late, lam, mu, clock, 0.0)
+                key = (len(l_), evaluate(inst, s_)[3])
+                if best is None or key < best[:2]:
+                    best = (*key, s_, l_, p_)
+            assert best is not None
+            starts, late, proof = _finish(
+                inst, cands, best[2], best[3], lam, mu, clock, _seconds(POLISH_SECONDS_LP, inst), bound=dive.value
+            )
+            if not late:
+                lower = dive.value
         else:
+            relaxed = lp_relaxation(inst, time_limit=max(0.1, clock.left() * 0.5), cands=cands)
+            if relaxed is None or relaxed.infeasible:
+                # No LP plan in time, or none at all: the dual prices still make a good plan,
+                # and settling the late jobs decides which cannot be on time.
+                dual = smooth_dual(inst, cands, time_limit=max(0.1, clock.left() * 0.3))
+                pref = _per_job(cands, dual.pricing.starts, inst.release.copy())
+                sure = _per_job(cands, dual.pricing.margin > 1e-3 * cands.scale, np.zeros(inst.n_jobs, dtype=bool))
+                starts, late, proof = _round(
+                    inst,
+                    cands,
+                    pref,
+                    sure,
+                    dual.lam,
+                    dual.mu,
+                    clock,
+                    _seconds(POLISH_SECONDS_LP, inst),
+                    bound=dual.bound,
+                )
+                if not late:
+                    lower = dual.bound
+                used = "lagrange"
+            else:
+                starts, late, proof = _round(
+                    inst,
+                    cands,
+                    relaxed.preferred,
+                    relaxed.integral,
+                    relaxed.node_prices,
+                    relaxed.kw_prices,
+                    clock,
+                    _seconds(POLISH_SECONDS_LP, inst),
+                    bound=relaxed.value,
+                )
+                if not late:
+                    lower = relaxed.value
+    elif method == "lagrange":
+        cands = candidates(inst)
+        dual = smooth_dual(inst, cands, time_limit=max(0.1, clock.left() * 0.4))
+        pref = _per_job(cands, dual.pricing.starts, inst.release.copy())
+        sure = _per_job(cands, dual.pricing.margin > 1e-3 * cands.scale, np.zeros(inst.n_jobs, dtype=bool))
+        big = cands.n_candidates > 2_000_000
+        starts, late, proof = _round(
+            inst,
+            cands,
+            pref,
+            sure,
+            dual.lam,
+            dual.mu,
+            clock,
+            0.0 if big else _seconds(POLISH_SECONDS_LAGRANGE, inst),
+            bound=dual.bound,
+            gap=POLISH_GAP_LAGRANGE,
+        )
+        if not late and not dual.infeasible:
+            lower = dual.bound
+    elif method == "milp":
+        cands = candidates(inst)
+        w = inst.weights()
+        # A quick plan first: HiGHS starts from it, so it prunes from the first node and the
+        # MILP's answer is never worse than it.
+        greedy_starts, greedy_late = repair(inst, best_window(inst), w, zero, zero)
+        if not greedy_late:
+            greedy_starts = improve(inst, greedy_starts, w)
+        mres = solve_milp(inst, time_limit=max(0.1, clock.left() * 0.8), cands=cands, starts=greedy_starts)
+        if mres.starts is not None and not mres.late:
             starts = mres.starts
             used = "milp" if mres.optimal else "milp (time limit)"
+            lower = mres.value if mres.optimal else mres.bound
+        else:
+            starts, late = greedy_starts, greedy_late
+            used = "milp" if mres.infeasible else "milp (time limit)"
+            if late:
+                starts, late, proof = _settle(inst, cands, starts, late, w, zero, zero, clock)
             if not late:
-                lower = mres.value if mres.optimal else mres.bound
+                starts = improve(inst, starts, w)
     else:
-        raise ValueError(f"unknown method {method!r}")
-    starts = apply_min_saving(inst, shift_to_earliest_tie(inst, starts), min_saving_fraction)
-    # The LP relaxation is the tightest bound of this model; the Lagrangian one approaches it
-    # from below. Compute it where that is cheap and keep the better of the two.
-    wants_lp = bound and not late and inst.n_jobs and capacity_binds(inst) and used not in ("milp", "lp-rounding")
-    if wants_lp and candidate_count(inst) <= LP_BOUND_MAX_VARIABLES:
-        lp = lp_bound(inst, time_limit=max(5.0, time_limit))
-        if lp.ok and lp.value is not None:
-            lower = lp.value if lower is None else max(lower, lp.value)
+        raise PlanningError(f"unknown method {method!r}")
+    late_t = tuple(sorted(late))
+    starts = apply_min_saving(inst, shift_to_earliest_tie(inst, starts), min_saving_fraction, late_t)
+    # Certify: every solve reports a lower bound. With late jobs it is the bound over plans
+    # that leave the same jobs late (they run at release, outside the capacity count).
+    if lower is None and inst.n_jobs and bound:
+        if not capacity_binds(inst):
+            lower = evaluate(inst, best_window(inst))[3]
+        else:
+            lower = _bound_without(inst, list(late_t), max(1.0, clock.left()))
     energy, carbon_kg, cost, objective = evaluate(inst, starts)
+    if lower is not None and objective < lower <= objective + 1e-9 * abs(objective) + 1e-9:
+        lower = objective  # the solvers' rounding, not a better bound
     return Solution(
         starts={jid: int(s) for jid, s in zip(inst.job_ids, starts, strict=True)},
-        late=tuple(sorted(inst.job_ids[j] for j in late)),
+        late=tuple(sorted(inst.job_ids[j] for j in late_t)),
         energy_kwh=energy,
         carbon_kg=carbon_kg,
         cost_gbp=cost,
@@ -249,17 +798,5 @@ def solve(
         lower_bound_gbp=lower,
         solve_seconds=time.perf_counter() - t0,
         method=used,
+        late_reasons=_late_reasons(inst, starts, list(late_t), proof),
     )
-
-
-def _without(inst: Instance, late: list[int]) -> Instance:
-    """``inst`` with the late jobs running at release (their load taken out of capacity) and
-    their windows emptied, so the model plans only the others."""
-    if not late:
-        return inst
-    idx = np.asarray(late)
-    cap = inst.capacity_nodes - load_of(inst, inst.release[idx], inst.nodes[idx], idx)
-    pcap = inst.power_cap_kw - load_of(inst, inst.release[idx], inst.power_kw[idx], idx)
-    deadline = inst.deadline.copy()
-    deadline[idx] = inst.release[idx] + inst.duration[idx] - 1  # latest start < release
-    return replace(inst, capacity_nodes=np.maximum(cap, 0.0), power_cap_kw=np.maximum(pcap, 0.0), deadline=deadline)

@@ -30,22 +30,26 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-from slurm_flex.errors import SlurmFlexError
-from slurm_flex.grid.series import SLOT_SECONDS
-from slurm_flex.planner.instance import Instance
-from slurm_flex.planner.queue import arrival_reserve
-from slurm_flex.planner.risk import IN_PLACE, at_risk, expedite, place_in_order
-from slurm_flex.planner.solve import solve
+from slurm_flex.errors import SimulationError
+from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
+from slurm_flex.planner.policy import (
+    Policy,
+    arrival_reserve,
+    no_defer_reason,
+    objective_name,
+    plan_latest,
+    risk_margin_slots,
+)
+from slurm_flex.planner.queue import FlexJob, PlanningSnapshot, plan_step
+from slurm_flex.planner.risk import IN_PLACE, expedite, place_in_order
+from slurm_flex.planner.runtime import RuntimeHistory
+from slurm_flex.simulate.bound import BoundResult, clairvoyant_bound
 from slurm_flex.simulate.signals import SimSignals
 from slurm_flex.simulate.traces import Trace
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 SLOT_H = SLOT_SECONDS / 3600
-
-
-class SimulationError(SlurmFlexError):
-    """A simulation cannot run with these inputs."""
 
 
 # -- slack rules ------------------------------------------------------------------------------
@@ -96,51 +100,28 @@ TICKS_PER_SLOT = SLOT_SECONDS // TICK_SECONDS
 
 @dataclass(frozen=True)
 class SimConfig:
+    """A simulation: the daemon's planning policy (``[policy]``, planner.policy) and what only a
+    simulation needs (the machine model and how deadlines are drawn)."""
+
+    policy: Policy = field(default_factory=lambda: Policy(solver="fast"))
     watts_per_proc: float = 10.0
-    horizon_hours: float = 48.0
-    carbon_price_gbp_per_tonne: float = 250.0
-    safety_margin_seconds: int = 900
-    use_price: bool = True
-    solve_time_limit: float = 2.0
-    # As the daemon's [policy] min_saving_fraction: a job moves only for at least this saving.
-    min_saving_fraction: float = 0.05
-    # Plan against this share of the processors: backfilling cannot pack jobs of uneven sizes
-    # perfectly, and a plan that fills every processor spills past its deadlines.
-    plan_capacity_fraction: float = 0.9
-    # Plan each job within this share of its slack (latest safe start - submission); the rest is
-    # a buffer for the queue and for work that arrives later with the same deadline.
-    slack_use_fraction: float = 0.8
-    # Release a deferred job as soon as the queue (running work, waiting work, and the deferred
-    # jobs with earlier latest starts) could no longer start it by its latest safe start.
-    release_at_risk: bool = True
-    # Release that many half-hours before the projection says it is too late.
-    at_risk_margin_slots: int = 1
-    # Queue order of a released job: by when it became eligible (Slurm's age factor) or by its
-    # submission (as if its deferral were compensated in priority).
-    released_priority: str = "eligible"
-    # Leave room for work that will arrive: the processors the last day's arrivals kept busy,
-    # phased in over their typical requested run time (new work needs a window too).
-    arrival_reserve: bool = True
-    # Scale the reserve by the machine's recent utilisation: on a lightly loaded machine work
-    # that arrives into a planned window waits little, since the backlog drains fast.
-    arrival_reserve_by_utilisation: bool = True
     # Waiting jobs that get a reservation, in priority order (1: EASY backfilling; Slurm's
     # backfill plans up to bf_max_job_test jobs, so it is close to conservative). Both runs alike.
     backfill_reservations: int = 100
-    # Jobs needing more than this share of the machine are not deferred: planned capacity is not
-    # a reservation, and backfilled work easily keeps such a job from starting in its window.
-    max_deferred_share: float = 0.5
-    # Defer new work only while no job waits for processors (a saturated machine has no cleaner
-    # window to offer, only a longer backlog).
-    defer_only_when_idle_queue: bool = True
-    # Move a queued job with a deadline ahead of the queue (in order of latest safe start) once
-    # the queue, as its time limits promise it, would no longer start it in time: the daemon sets
-    # its Slurm priority above the rest ([policy] expedite_at_risk). Only in the slurm-flex run.
-    expedite_at_risk: bool = True
     # Deadlines from the slack rule counted from submission ("submit"), or from when Slurm alone
     # started the job ("baseline": a deadline the machine meets without slurm-flex, as in
     # studies without a queue, where a job starts at submission).
     deadline_basis: str = "submit"
+    # Queue order of a released job: by when it became eligible (Slurm's age factor) or by its
+    # submission (as if its deferral were compensated in priority).
+    released_priority: str = "eligible"
+    # Research switch: release deferred jobs the queue projection puts at risk (the daemon always
+    # does; off only to measure what the guard costs).
+    release_at_risk: bool = True
+    # Scale the arrival reserve by the machine's recent utilisation (as the daemon does).
+    arrival_reserve_by_utilisation: bool = True
+    # Compute the clairvoyant bound (simulate.bound) next to the achieved saving.
+    bound: bool = True
 
 
 @dataclass
@@ -168,6 +149,39 @@ class SimResult:
     planning_seconds: float
     utilisation: float = math.nan  # processor-seconds run / (capacity x simulated span)
     deadline_basis: str = "submit"
+    objective: str = "combined"  # what the planner minimised: carbon, cost or combined
+    # The clairvoyant bound on the same jobs and actual series (simulate.bound), when computed.
+    bound: BoundResult | None = None
+    # Each job's latest start under the slack rule (seconds from the start; inf: none), and
+    # what the bound needs besides: run times, processors, kW.
+    latest_start_s: FloatArray | None = None
+    runtime_s: FloatArray | None = None
+    procs: FloatArray | None = None
+    kw: FloatArray | None = None
+
+    def captured(self) -> dict[str, dict[str, float]]:
+        """Per objective (carbon, cost, combined): the saving achieved, the bound's saving and the
+        share captured, in percent; empty without a bound."""
+        if self.bound is None:
+            return {}
+        achieved = {
+            "carbon": _saved(self.baseline.metrics, self.flex.metrics, "carbon_kg"),
+            "cost": _saved(self.baseline.metrics, self.flex.metrics, "cost_gbp"),
+            "combined": _saved(self.baseline.metrics, self.flex.metrics, "objective_gbp"),
+        }
+        out: dict[str, dict[str, float]] = {}
+        for name, b in (("carbon", self.bound.carbon), ("cost", self.bound.cost), ("combined", self.bound.combined)):
+            got = achieved[name]
+            if not math.isfinite(got) or not math.isfinite(b.saving_percent):
+                continue
+            share = got / b.saving_percent * 100 if b.saving_percent > 0 else math.nan
+            out[name] = {
+                "achieved_percent": round(got, 3),
+                "bound_percent": round(b.saving_percent, 3),
+                "bound_no_capacity_percent": round(b.saving_no_capacity_percent, 3),
+                "captured_percent": round(share, 1) if math.isfinite(share) else math.nan,
+            }
+        return out
 
     def savings(self) -> dict[str, float]:
         b, f = self.baseline.metrics, self.flex.metrics
@@ -191,8 +205,18 @@ class SimResult:
             "baseline": self.baseline.metrics,
             "slurm_flex": self.flex.metrics,
             "savings": self.savings(),
+            "objective": self.objective,
+            "bound": self.captured(),
+            "bound_seconds": None if self.bound is None else round(self.bound.solve_seconds, 1),
             "planning_seconds": round(self.planning_seconds, 2),
         }
+
+
+def _saved(base: dict[str, float], flex: dict[str, float], key: str) -> float:
+    b, f = base.get(key, math.nan), flex.get(key, math.nan)
+    if not (math.isfinite(b) and math.isfinite(f)) or b == 0:
+        return math.nan
+    return (b - f) / b * 100
 
 
 @dataclass
@@ -206,7 +230,9 @@ class _Jobs:
     kw: FloatArray
     deadline_s: FloatArray  # seconds from the simulation start (inf: none)
     latest_tick: IntArray  # latest safe start (huge when none)
-    flexible: npt.NDArray[np.bool_]
+    flexible: npt.NDArray[np.bool_]  # has a deadline that leaves room to move
+    plan_ticks: IntArray  # the run time the planner plans with (set when the job arrives)
+    user: IntArray  # who submitted it (-1: unknown), for run-time prediction
 
 
 def align_start(trace: Trace, signals: SimSignals, start: datetime | None) -> int:
@@ -232,16 +258,15 @@ def align_start(trace: Trace, signals: SimSignals, start: datetime | None) -> in
 
 def _jobs(trace: Trace, deadlines_epoch: FloatArray, start_epoch: int, cfg: SimConfig) -> _Jobs:
     """Per-job arrays in ticks; a job is flexible when its latest safe start leaves at least a
-    slot of room after submission and it is not too big to defer."""
+    slot of room after submission (whether it may be deferred is the policy's call, on arrival)."""
     submit_tick = np.ceil(trace.submit_s / TICK_SECONDS).astype(np.int64)
     run_ticks = np.maximum(1, np.ceil(trace.runtime_s / TICK_SECONDS)).astype(np.int64)
     req_ticks = np.maximum(run_ticks, np.ceil(trace.requested_s / TICK_SECONDS).astype(np.int64))
     deadline_s = deadlines_epoch - start_epoch
-    latest = np.floor((deadline_s - trace.requested_s - cfg.safety_margin_seconds) / TICK_SECONDS)
+    latest = np.floor((deadline_s - trace.requested_s - cfg.policy.safety_margin_seconds) / TICK_SECONDS)
     latest_tick = np.where(np.isfinite(latest), latest, 2**40).astype(np.int64)
-    flexible = (latest_tick >= submit_tick + TICKS_PER_SLOT) & (
-        trace.procs <= cfg.max_deferred_share * trace.capacity_procs
-    )
+    flexible = latest_tick >= submit_tick + TICKS_PER_SLOT
+    user = trace.user if trace.user is not None else np.full(trace.n_jobs, -1, dtype=np.int64)
     return _Jobs(
         trace.submit_s,
         submit_tick,
@@ -253,6 +278,8 @@ def _jobs(trace: Trace, deadlines_epoch: FloatArray, start_epoch: int, cfg: SimC
         deadline_s,
         latest_tick,
         flexible,
+        req_ticks.copy(),
+        np.asarray(user, dtype=np.int64),
     )
 
 
@@ -275,9 +302,10 @@ def _metrics(
     carbon: FloatArray,
     price: FloatArray,
     baseline_missed: npt.NDArray[np.bool_] | None = None,
+    carbon_price_gbp_per_tonne: float = 250.0,
 ) -> dict[str, float]:
     delay_h = (start_s - jobs.submit_s) / 3600
-    missed = (start_s + jobs.runtime_s > jobs.deadline_s + 1e-6) & jobs.flexible
+    missed = start_s + jobs.runtime_s > jobs.deadline_s + 1e-6  # every job with a deadline counts
     energy = float((jobs.kw * jobs.runtime_s / 3600).sum())
     cost = _charge(jobs, start_s, price) / 1000 if np.isfinite(price).any() else math.nan
     flex = jobs.flexible
@@ -293,6 +321,8 @@ def _metrics(
         "mean_delay_other_h": round(float(delay_h[~flex].mean()), 3) if (~flex).any() else 0.0,
         "deadline_misses": int(missed.sum()),
     }
+    # The combined objective the bound reports too: price plus carbon at the policy's price.
+    out["objective_gbp"] = round(cost + out["carbon_kg"] / 1000 * carbon_price_gbp_per_tonne, 6)
     if baseline_missed is not None:
         out["deadline_misses_not_missed_as_submitted"] = int((missed & ~baseline_missed).sum())
     return out
@@ -367,7 +397,27 @@ def _project(tick: int, queue: list[int], jobs: _Jobs, capacity: float, expected
     return np.asarray(capacity - free, dtype=np.float64)
 
 
-PlanHook = Callable[[int, list[int], FloatArray, float, int], list[int]]
+def _project_predicted(
+    tick: int, queue: list[int], running: set[int], jobs: _Jobs, capacity: float, start: IntArray
+) -> FloatArray:
+    """As :func:`_project`, by predicted run times: a running job holds its processors until its
+    predicted end (or, once past it, one more slot, as it may end any time up to its limit)."""
+    span = RESERVATION_WINDOW_TICKS
+    use = np.zeros(span + 1)
+    if running:
+        r = np.fromiter(running, dtype=np.int64)
+        end = start[r] + jobs.plan_ticks[r]
+        end = np.where(end <= tick, np.minimum(start[r] + jobs.req_ticks[r], tick + TICKS_PER_SLOT), end)
+        rel = np.clip(end - tick, 0, span)
+        np.add.at(use, rel, -jobs.procs[r])
+        use[0] += jobs.procs[r].sum()
+    held = np.cumsum(use)[:span]
+    idx = np.asarray(queue, dtype=np.int64)
+    _, free = place_in_order(capacity - held, jobs.procs[idx], jobs.plan_ticks[idx])
+    return np.asarray(capacity - free, dtype=np.float64)
+
+
+PlanHook = Callable[[int, list[int], FloatArray, FloatArray, float, int], list[int]]
 
 
 def _recent_arrivals(
@@ -395,11 +445,13 @@ def _run(
     cfg: SimConfig,
     progress: Callable[[int], None] | None,
 ) -> tuple[IntArray, FloatArray, IntArray, npt.NDArray[np.bool_]]:
-    """The tick loop shared by both runs. ``plan(slot, pending_flexible, expected_per_tick)``
-    (called at every half-hour) returns the flexible jobs to release now; without it every job
-    is eligible on arrival.
+    """The tick loop shared by both runs. ``plan(slot, pending, limits_view, planned_view, load,
+    ramp)`` (called at every half-hour) returns the deferred jobs to release now; without it every
+    job is eligible on arrival. Each job's planning run time is set when it arrives, from the
+    run times of its user's jobs that have ended by then (planner.runtime).
     Returns start ticks, busy processors per tick, eligible ticks, and which jobs were moved to
     the head of the queue at some point."""
+    policy = cfg.policy
     n = jobs.procs.size
     pad = int(jobs.req_ticks.max()) + 2
     busy = np.zeros(n_ticks + pad)  # actual use (actual run times)
@@ -410,12 +462,16 @@ def _run(
     arrivals_cum = jobs.submit_tick[order]
     arrivals = np.split(order, np.searchsorted(jobs.submit_tick[order], np.arange(1, n_ticks)))
     ending: dict[int, list[int]] = {}  # tick -> jobs whose run ends then
+    running: set[int] = set()
     eligible: list[int] = []
     pending: list[int] = []
+    history = RuntimeHistory()
+    predicting = plan is not None and policy.plan_runtime == "predicted"
 
     tier = np.zeros(n, dtype=np.int64)  # planner.risk.IN_PLACE, HEAD or NEXT
     ever_expedited = np.zeros(n, dtype=bool)
-    check_ticks = TICKS_PER_SLOT * (cfg.at_risk_margin_slots + 1)
+    check_ticks = TICKS_PER_SLOT * (policy.at_risk_margin_slots + 1)
+    has_deadline = np.isfinite(jobs.deadline_s)
 
     def priority(j: int) -> tuple[int, int, int]:
         # Expedited jobs first, by latest safe start; then first eligible, first served (Slurm's
@@ -428,25 +484,41 @@ def _run(
 
     for tick in range(n_ticks):
         done = ending.pop(tick, ())
+        running.difference_update(done)
         for j in done:
             if jobs.run_ticks[j] < jobs.req_ticks[j]:
                 _finish(j, tick, jobs, expected, start)
+            if predicting:
+                history.add(int(jobs.user[j]), float(jobs.runtime_s[j]))
         changed = bool(done)
         urgent_arrival = False  # a job queued now whose latest safe start comes before the next check
         for j in arrivals[tick] if tick < len(arrivals) else ():
-            # While jobs already wait for processors the machine is saturated: deferring more
-            # work into it only lengthens the backlog, so new work goes straight to the queue.
-            if plan is not None and jobs.flexible[j] and not (cfg.defer_only_when_idle_queue and eligible):
+            if predicting and jobs.user[j] >= 0:
+                guess = history.predict(int(jobs.user[j]), float(jobs.req_ticks[j] * TICK_SECONDS))
+                if guess is not None:
+                    jobs.plan_ticks[j] = max(1, min(int(jobs.req_ticks[j]), math.ceil(guess / TICK_SECONDS)))
+            # The policy's rules for new work (planner.policy.no_defer_reason), as the daemon's.
+            deferrable = (
+                plan is not None
+                and jobs.flexible[j]
+                and not no_defer_reason(float(jobs.procs[j]), capacity, bool(eligible), False, policy)
+            )
+            if deferrable:
                 pending.append(int(j))
             else:
                 eligible.append(int(j))
                 eligible_at[j] = tick
                 changed = True
-                urgent_arrival |= bool(jobs.flexible[j]) and jobs.latest_tick[j] - tick <= check_ticks
+                urgent_arrival |= bool(has_deadline[j]) and jobs.latest_tick[j] - tick <= check_ticks
         if pending and tick % TICKS_PER_SLOT == 0 and plan is not None:
             view = _project(tick, eligible, jobs, capacity, expected)
+            planned_view = (
+                _project_predicted(tick, eligible, running, jobs, capacity, start)
+                if policy.plan_runtime == "predicted"
+                else view
+            )
             load, ramp = _recent_arrivals(tick, jobs, order, arrivals_cum, start)
-            released = set(plan(tick // TICKS_PER_SLOT, pending, view, load, ramp))
+            released = set(plan(tick // TICKS_PER_SLOT, pending, view, planned_view, load, ramp))
             urgent_arrival |= any(jobs.latest_tick[j] - tick <= check_ticks for j in released)
             if released:
                 pending = [j for j in pending if j not in released]
@@ -462,18 +534,19 @@ def _run(
                 eligible_at[due] = tick
                 eligible.extend(due)
                 changed = True
-        if plan is not None and cfg.expedite_at_risk and eligible and (tick % TICKS_PER_SLOT == 0 or urgent_arrival):
-            # As the daemon does each cycle: queued jobs the queue would start too late go first.
+        if plan is not None and policy.expedite_at_risk and eligible and (tick % TICKS_PER_SLOT == 0 or urgent_arrival):
+            # As the daemon does each cycle: queued jobs with deadlines (deferred ones or not)
+            # that the queue would start too late go first.
             eligible.sort(key=priority)
             queued = np.asarray(eligible, dtype=np.int64)
-            latest = np.where(jobs.flexible[queued], jobs.latest_tick[queued] - tick, -1)
+            latest = np.where(has_deadline[queued], jobs.latest_tick[queued] - tick, -1)
             chosen = expedite(
                 capacity - expected[tick:],
                 jobs.procs[queued],
                 jobs.req_ticks[queued],
                 latest,
                 tier[queued] != IN_PLACE,
-                TICKS_PER_SLOT * cfg.at_risk_margin_slots,
+                TICKS_PER_SLOT * policy.at_risk_margin_slots,
             )
             if (chosen != tier[queued]).any():
                 tier[queued] = chosen
@@ -485,6 +558,7 @@ def _run(
             for j in eligible:
                 if j not in waiting:
                     ending.setdefault(tick + int(jobs.run_ticks[j]), []).append(j)
+                    running.add(j)
             eligible = [j for j in eligible if j in waiting]
         if progress is not None:
             progress(tick)
@@ -492,6 +566,14 @@ def _run(
     start[left] = n_ticks - 1
     eligible_at[eligible_at < 0] = n_ticks - 1
     return start, busy[:n_ticks], eligible_at, ever_expedited
+
+
+def release_now(snapshot: PlanningSnapshot, forecast: SignalSeries | None, policy: Policy) -> list[str]:
+    """The simulator's decision at a half-hour: the deferred jobs that become eligible now. The
+    daemon decides from the same snapshot through the same planner.queue.plan_step (it records
+    each snapshot with its cycle's plan, so tests/test_policy_parity.py replays one here)."""
+    planned, _ = plan_step(snapshot, forecast, policy)
+    return [p.job_id for p in planned.jobs if not p.deferred]
 
 
 def simulate(
@@ -508,15 +590,17 @@ def simulate(
         raise SimulationError("the simulation starts before the grid data does")
     deadlines = slack_deadlines(slack_rule, trace.submit_s + start_epoch, trace.requested_s)
     jobs = _jobs(trace, deadlines, start_epoch, cfg)
-    horizon = int(cfg.horizon_hours * 3600 // SLOT_SECONDS)
+    policy = cfg.policy
+    horizon = int(policy.max_horizon_hours * 3600 // SLOT_SECONDS)
     capacity = trace.capacity_procs
     available = signals.n_slots - offset
 
     longest_slots = int(jobs.req_ticks.max()) // TICKS_PER_SLOT + 1
 
     def slots_needed(n_ticks: int) -> int:
-        # The simulated span, then a full planning horizon (or the longest job) of grid data.
-        return -(-n_ticks // TICKS_PER_SLOT) + max(horizon, longest_slots) + 2
+        # The simulated span, then two days of planning horizon (or the longest job) of grid data;
+        # plans in the last days see a shorter forecast, as a daemon would at a data gap.
+        return -(-n_ticks // TICKS_PER_SLOT) + max(min(horizon, 96), longest_slots) + 2
 
     def ticks_needed(jobs: _Jobs) -> int:
         # Long enough for every job to start by its latest safe start (or its submission) and end.
@@ -555,69 +639,64 @@ def simulate(
     price = signals.price[offset : offset + need]
     planning = [0.0]
 
-    def plan(slot: int, pending: list[int], expected_ticks: FloatArray, load: float, ramp: int) -> list[int]:
-        idx = np.asarray(pending)
-        h = min(horizon, fc.size - slot)
-        now_tick = slot * TICKS_PER_SLOT
-        dur = -(-jobs.req_ticks[idx] // TICKS_PER_SLOT)  # slots
-        latest_slot = (jobs.latest_tick[idx] - now_tick) // TICKS_PER_SLOT
-        # Plan within the first share of each job's slack only (the rest is a buffer).
-        share = jobs.submit_tick[idx] + cfg.slack_use_fraction * (jobs.latest_tick[idx] - jobs.submit_tick[idx])
-        planned_latest = np.minimum(latest_slot, (share.astype(np.int64) - now_tick) // TICKS_PER_SLOT)
-        # Jobs the queue could no longer fit by their latest safe start if they waited another
-        # slot go now, whatever the forecast says.
-        risky = np.zeros(idx.size, dtype=bool)
-        if cfg.release_at_risk:
-            window = h * TICKS_PER_SLOT
-            risky = at_risk(
-                capacity - expected_ticks[:window],
-                jobs.procs[idx],
-                jobs.req_ticks[idx],
-                jobs.latest_tick[idx] - now_tick,
-                margin=TICKS_PER_SLOT * cfg.at_risk_margin_slots,
+    def plan(
+        slot: int, pending: list[int], limits_view: FloatArray, planned_view: FloatArray, load: float, ramp: int
+    ) -> list[int]:
+        """The daemon's planning step (planner.policy and planner.queue.plan) on the simulated
+        queue: returns the deferred jobs to release now."""
+        idx = np.asarray(pending, dtype=np.int64)
+        snapshot, series = planning_snapshot(slot, idx, limits_view, planned_view, load, ramp)
+        t0 = time.perf_counter()
+        released = release_now(snapshot, series, policy)
+        planning[0] += time.perf_counter() - t0
+        return [int(job_id) for job_id in released]
+
+    def planning_snapshot(
+        slot: int, idx: IntArray, limits_view: FloatArray, planned_view: FloatArray, load: float, ramp: int
+    ) -> tuple[PlanningSnapshot, SignalSeries]:
+        """What the daemon would see at this half-hour: the deferred jobs, the free processors per
+        slot by time limits and by planned run times (the busiest tick of each slot), and the
+        room kept for new work."""
+        now = start_epoch + slot * SLOT_SECONDS
+        h = max(1, min(horizon, fc.size - slot))
+
+        def per_slot(view: FloatArray) -> FloatArray:
+            ticks = np.pad(view[: h * TICKS_PER_SLOT], (0, max(0, h * TICKS_PER_SLOT - view.size)))
+            return np.asarray(capacity - ticks.reshape(h, TICKS_PER_SLOT).max(axis=1), dtype=np.float64)
+
+        series = SignalSeries(
+            start=now,
+            carbon=tuple(float(x) for x in fc[slot : slot + h]),
+            price=tuple(float(x) for x in price[slot : slot + h]),
+            source=signals.source,
+        )
+        flex = tuple(
+            FlexJob(
+                job_id=str(j),
+                nodes=math.ceil(jobs.procs[j]),
+                power_w=float(jobs.kw[j] * 1000.0),
+                duration_s=int(jobs.req_ticks[j] * TICK_SECONDS),
+                earliest=now,
+                latest_start=int(start_epoch + jobs.latest_tick[j] * TICK_SECONDS),
+                deadline=int(start_epoch + jobs.deadline_s[j]),
+                plan_latest=plan_latest(
+                    int(start_epoch + jobs.submit_tick[j] * TICK_SECONDS),
+                    int(start_epoch + jobs.latest_tick[j] * TICK_SECONDS),
+                    policy,
+                ),
+                predicted_s=int(jobs.plan_ticks[j] * TICK_SECONDS),
             )
-        plannable = (planned_latest > 0) & (dur < h) & ~risky
-        # Released now: jobs with no window left to plan in, and those the plan starts now
-        # (including any it could not fit before their deadline: they need to queue at once).
-        release = list(idx[~plannable])
-        if plannable.any():
-            p = idx[plannable]
-            d = dur[plannable]
-            last = np.minimum(planned_latest[plannable], h - d)
-            # Work arriving from now on fills the machine as the day's arrivals did.
-            reserve = np.zeros(h)
-            if cfg.arrival_reserve:
-                ramp_slots = max(1, -(-ramp // TICKS_PER_SLOT))
-                reserve = arrival_reserve(load, capacity, ramp_slots, h, cfg.arrival_reserve_by_utilisation)
-            ticks = expected_ticks[: h * TICKS_PER_SLOT]
-            ticks = np.pad(ticks, (0, h * TICKS_PER_SLOT - ticks.size))
-            per_slot = ticks.reshape(h, TICKS_PER_SLOT).max(axis=1)
-            inst = Instance(
-                slot_minutes=SLOT_SECONDS // 60,
-                start=0,
-                carbon_price_gbp_per_tonne=cfg.carbon_price_gbp_per_tonne,
-                carbon=fc[slot : slot + h],
-                price=price[slot : slot + h] if cfg.use_price else np.full(h, np.nan),
-                capacity_nodes=np.maximum(capacity * cfg.plan_capacity_fraction - per_slot - reserve, 0.0),
-                power_cap_kw=np.full(h, np.inf),
-                job_ids=tuple(str(j) for j in p),
-                nodes=jobs.procs[p],
-                power_kw=jobs.kw[p],
-                duration=d.astype(np.int64),
-                release=np.zeros(p.size, np.int64),
-                deadline=(last + d).astype(np.int64),
-            )
-            t0 = time.perf_counter()
-            sol = solve(
-                inst,
-                method="fast",
-                time_limit=cfg.solve_time_limit,
-                bound=False,
-                min_saving_fraction=cfg.min_saving_fraction,
-            )
-            planning[0] += time.perf_counter() - t0
-            release.extend(int(j) for j in p if sol.starts[str(j)] == 0)
-        return release
+            for j in idx
+        )
+        reserve = arrival_reserve(
+            load, capacity, max(1, -(-ramp // TICKS_PER_SLOT)), h, cfg.arrival_reserve_by_utilisation
+        )
+        # The simulator plans every half-hour, as a daemon with a 30-minute interval would.
+        margin = risk_margin_slots(policy, SLOT_SECONDS, SLOT_SECONDS) if cfg.release_at_risk else -(10**6)
+        snapshot = PlanningSnapshot(
+            now, flex, per_slot(limits_view), per_slot(planned_view), float(capacity), reserve, margin
+        )
+        return snapshot, series
 
     f_start, f_busy, f_elig, f_expedited = _run(jobs, capacity, n_ticks, plan, cfg, tick_progress(n_ticks))
 
@@ -631,10 +710,28 @@ def simulate(
     b_s, f_s = seconds(b_start), seconds(f_start)
     baseline = Outcome("baseline", b_s, per_slot(b_busy), np.zeros(jobs.procs.size, bool), seconds(b_elig))
     flex = Outcome("slurm-flex", f_s, per_slot(f_busy), jobs.flexible, seconds(f_elig))
-    baseline.metrics = _metrics(jobs, b_s, actual, price)
-    base_missed = (b_s + jobs.runtime_s > jobs.deadline_s + 1e-6) & jobs.flexible
-    flex.metrics = _metrics(jobs, f_s, actual, price, base_missed)
+    carbon_price = policy.carbon_price_gbp_per_tonne or 250.0
+    baseline.metrics = _metrics(jobs, b_s, actual, price, carbon_price_gbp_per_tonne=carbon_price)
+    base_missed = b_s + jobs.runtime_s > jobs.deadline_s + 1e-6
+    flex.metrics = _metrics(jobs, f_s, actual, price, base_missed, carbon_price)
     flex.metrics["expedited_jobs"] = int(f_expedited.sum())
+    bound = None
+    if cfg.bound:
+        # Each job anywhere from its Slurm-alone start to its latest start under the slack rule.
+        b_latest = np.maximum(b_s, jobs.latest_tick.astype(np.float64) * TICK_SECONDS)
+        b_latest = np.where(np.isfinite(jobs.deadline_s), b_latest, b_s)
+        bound = clairvoyant_bound(
+            b_s,
+            b_latest,
+            jobs.runtime_s,
+            jobs.procs,
+            jobs.kw,
+            actual,
+            price,
+            capacity,
+            carbon_price_gbp_per_tonne=carbon_price,
+            tick_seconds=TICK_SECONDS,
+        )
     return SimResult(
         trace=trace.name,
         signals=signals.source + (" (perfect foresight)" if signals.perfect_foresight else ""),
@@ -648,5 +745,11 @@ def simulate(
         flex=flex,
         planning_seconds=planning[0],
         deadline_basis=cfg.deadline_basis,
+        objective=objective_name(policy),
+        bound=bound,
+        latest_start_s=np.where(np.isfinite(jobs.deadline_s), jobs.latest_tick * float(TICK_SECONDS), np.inf),
+        runtime_s=jobs.runtime_s,
+        procs=jobs.procs,
+        kw=jobs.kw,
         utilisation=float((jobs.procs * jobs.runtime_s).sum() / (capacity * max(float(jobs.submit_s.max()), 1.0))),
     )

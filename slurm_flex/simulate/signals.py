@@ -1,11 +1,13 @@
 """Historical grid signals for simulation: what was forecast (to plan with) and what happened
 (to charge), half-hourly.
 
-Carbon CSVs: NESO exports (``from``, ``forecast``, ``actual``) give both; files with a single
-intensity column (e.g. "Let's Wait Awhile": ``Time``, ``Carbon Intensity``) are used as both
-forecast and actual, i.e. planning with perfect foresight. Finer data (15 min) is averaged to
-half-hours; naive timestamps are UTC. Price CSVs: Elexon exports (``period_start_utc``,
-``market_index_price_gbp_per_mwh``) or any file with a time column and a ``price`` column.
+CSV files are read by :mod:`slurm_flex.grid.csvsignals`, the reader forecast files use too
+(it names the columns). Carbon: NESO exports (``from``, ``forecast``, ``actual``) give both;
+files with a single intensity column (e.g. "Let's Wait Awhile": ``Time``, ``Carbon Intensity``)
+are used as both forecast and actual, i.e. planning with perfect foresight. Finer data (15 min)
+is averaged to half-hours; naive timestamps are UTC. Price: Elexon exports
+(``period_start_utc``, ``market_index_price_gbp_per_mwh``) or any file with a time column and a
+price column.
 """
 
 from __future__ import annotations
@@ -17,14 +19,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from slurm_flex.errors import SlurmFlexError
+from slurm_flex.errors import ForecastFormatError, SignalsError
+from slurm_flex.grid.csvsignals import PRICE_COLUMNS, TIME_COLUMNS, SignalColumns, SignalRow, read_signal_csv
 from slurm_flex.grid.series import SLOT_SECONDS
 
 FloatArray = npt.NDArray[np.float64]
-
-
-class SignalsError(SlurmFlexError):
-    """Grid data for a simulation could not be read."""
 
 
 @dataclass(frozen=True)
@@ -41,43 +40,42 @@ class SimSignals:
         return int(self.actual.shape[0])
 
 
-_TIME_COLUMNS = ("from", "Time", "time", "period_start_utc", "datetime", "Datetime (UTC)")
-
-
-def _time_column(df: pd.DataFrame, path: Path) -> str:
-    for c in _TIME_COLUMNS:
-        if c in df.columns:
-            return c
-    raise SignalsError(f"{path}: no time column (looked for {', '.join(_TIME_COLUMNS)})")
-
-
-def _half_hourly(df: pd.DataFrame, time_col: str, value_cols: list[str], path: Path) -> pd.DataFrame:
+def _read(path: Path, what: str) -> tuple[SignalColumns, list[SignalRow]]:
+    """The columns and rows of a signal CSV that has a time column."""
+    if not path.is_file():
+        raise SignalsError(f"{what} file {path} does not exist")
     try:
-        t = pd.to_datetime(df[time_col], utc=True)
+        columns, rows = read_signal_csv(path)
+    except ForecastFormatError as exc:
+        raise SignalsError(str(exc)) from exc
+    if columns.time is None:
+        raise SignalsError(f"{path}: no time column (looked for {', '.join(TIME_COLUMNS)})")
+    return columns, rows
+
+
+def _half_hourly(
+    rows: list[SignalRow], values: dict[str, list[str | None]], columns: SignalColumns, path: Path
+) -> pd.DataFrame:
+    try:
+        t = pd.to_datetime(pd.Series([r.time for r in rows], dtype=object), utc=True)
     except (ValueError, TypeError) as exc:
-        raise SignalsError(f"{path}: unreadable times in column {time_col!r}") from exc
-    frame = df[value_cols].apply(pd.to_numeric, errors="coerce")
-    frame.index = t
+        raise SignalsError(f"{path}: unreadable times in column {columns.time!r}") from exc
+    frame = pd.DataFrame(
+        {name: pd.to_numeric(pd.Series(col, dtype=object), errors="coerce") for name, col in values.items()}
+    )
+    frame.index = pd.DatetimeIndex(t)
     frame = frame[~frame.index.duplicated(keep="last")].sort_index()
     return frame.resample(f"{SLOT_SECONDS}s").mean()
 
 
 def load_signals(carbon_path: Path, price_path: Path | None = None) -> SimSignals:
-    if not carbon_path.is_file():
-        raise SignalsError(f"carbon file {carbon_path} does not exist")
-    df = pd.read_csv(carbon_path)
-    time_col = _time_column(df, carbon_path)
-    if {"forecast", "actual"} <= set(df.columns):
-        frame = _half_hourly(df, time_col, ["forecast", "actual"], carbon_path)
-        perfect = False
-    else:
-        value_cols = [c for c in df.columns if c != time_col and ("carbon" in c.lower() or c.lower() == "intensity")]
-        if not value_cols:
-            raise SignalsError(f"{carbon_path}: needs forecast+actual columns or one carbon intensity column")
-        frame = _half_hourly(df, time_col, [value_cols[0]], carbon_path)
-        frame.columns = ["actual"]
-        frame["forecast"] = frame["actual"]
-        perfect = True
+    columns, rows = _read(carbon_path, "carbon")
+    if columns.carbon is None:
+        raise SignalsError(f"{carbon_path}: needs forecast+actual columns or one carbon intensity column")
+    forecast_values = [r.carbon for r in rows]
+    perfect = columns.actual is None
+    actual_values = forecast_values if perfect else [r.actual for r in rows]
+    frame = _half_hourly(rows, {"forecast": forecast_values, "actual": actual_values}, columns, carbon_path)
     # Short gaps are interpolated (the planner needs a value); actuals missing where a forecast
     # exists fall back to the forecast, and the other way round.
     frame["actual"] = frame["actual"].fillna(frame["forecast"])
@@ -88,16 +86,11 @@ def load_signals(carbon_path: Path, price_path: Path | None = None) -> SimSignal
     price = np.full(len(frame), np.nan)
     source = carbon_path.name
     if price_path is not None:
-        if not price_path.is_file():
-            raise SignalsError(f"price file {price_path} does not exist")
-        pdf = pd.read_csv(price_path)
-        ptime = _time_column(pdf, price_path)
-        pcols = [c for c in pdf.columns if c in ("market_index_price_gbp_per_mwh", "price_gbp_per_mwh", "price")]
-        if not pcols:
-            raise SignalsError(
-                f"{price_path}: no price column (market_index_price_gbp_per_mwh, price_gbp_per_mwh, price)"
-            )
-        prices = _half_hourly(pdf, ptime, [pcols[0]], price_path)[pcols[0]]
+        price_columns, price_rows = _read(price_path, "price")
+        if price_columns.price is None:
+            raise SignalsError(f"{price_path}: no price column ({', '.join(PRICE_COLUMNS)})")
+        price_values: dict[str, list[str | None]] = {"price": [r.price for r in price_rows]}
+        prices = _half_hourly(price_rows, price_values, price_columns, price_path)["price"]
         price = prices.reindex(frame.index).interpolate(limit=4).to_numpy(dtype=float)
         source += f" + {price_path.name}"
     return SimSignals(

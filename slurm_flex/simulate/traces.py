@@ -21,11 +21,7 @@ from typing import IO
 import numpy as np
 import numpy.typing as npt
 
-from slurm_flex.errors import SlurmFlexError
-
-
-class TraceError(SlurmFlexError):
-    """A workload trace could not be read."""
+from slurm_flex.errors import TraceError
 
 
 @dataclass(frozen=True)
@@ -38,6 +34,8 @@ class Trace:
     capacity_procs: float
     start_unix: int | None  # the trace's real start (epoch), when known
     timezone: str | None  # e.g. "Europe/Stockholm"
+    # Who submitted each job (SWF user number; sacct user name's index), for run-time prediction.
+    user: npt.NDArray[np.int64] | None = None
 
     @property
     def n_jobs(self) -> int:
@@ -56,6 +54,7 @@ class Trace:
             self.capacity_procs,
             None if self.start_unix is None else int(self.start_unix + lo),
             self.timezone,
+            None if self.user is None else self.user[keep],
         )
 
 
@@ -110,6 +109,7 @@ def read_swf(path: Path) -> Trace:
         capacity_procs=capacity,
         start_unix=int(float(start)) + int(submit[keep].min()) if start else None,
         timezone=header.get("TimeZoneString") or None,
+        user=a[keep, 11].astype(np.int64),
     )
 
 

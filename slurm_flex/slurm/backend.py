@@ -64,6 +64,28 @@ class SlurmBackend(Protocol):
         ...
 
 
+def update_batches(values: Mapping[str, str]) -> list[tuple[str, list[str]]]:
+    """How a batch of updates becomes scontrol commands: one per distinct value (in value
+    order), a huge one split into chunks of MAX_IDS_PER_UPDATE ids."""
+    by_value: dict[str, list[str]] = defaultdict(list)
+    for job_id, value in values.items():
+        by_value[value].append(job_id)
+    return [
+        (value, ids[start : start + MAX_IDS_PER_UPDATE])
+        for value, ids in sorted(by_value.items())
+        for start in range(0, len(ids), MAX_IDS_PER_UPDATE)
+    ]
+
+
+def start_time_values(targets: Mapping[str, StartTarget]) -> dict[str, str]:
+    """StartTime values as scontrol takes them ("now" for a release)."""
+    return {job_id: "now" if t is None else format_start_time(t) for job_id, t in targets.items()}
+
+
+def priority_values(priorities: Mapping[str, int]) -> dict[str, str]:
+    return {job_id: str(int(p)) for job_id, p in priorities.items()}
+
+
 def format_start_time(epoch: int) -> str:
     """StartTime as scontrol parses it; the runner pins TZ=UTC, so format in UTC."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
@@ -86,8 +108,7 @@ class CommandBackend:
 
     def set_start_times(self, targets: Mapping[str, StartTarget]) -> UpdateReport:
         """One ``scontrol update`` per distinct start time (None: now)."""
-        values = {job_id: "now" if t is None else format_start_time(t) for job_id, t in targets.items()}
-        return self._update("StartTime", values)
+        return self._update("StartTime", start_time_values(targets))
 
     def set_comments(self, comments: Mapping[str, str]) -> UpdateReport:
         """One ``scontrol update`` per distinct comment."""
@@ -95,30 +116,25 @@ class CommandBackend:
 
     def set_priorities(self, priorities: Mapping[str, int]) -> UpdateReport:
         """One ``scontrol update`` per distinct priority (an operator's or SlurmUser's right)."""
-        return self._update("Priority", {job_id: str(int(p)) for job_id, p in priorities.items()})
+        return self._update("Priority", priority_values(priorities))
 
     def _update(self, field_name: str, values: Mapping[str, str]) -> UpdateReport:
-        by_value: dict[str, list[str]] = defaultdict(list)
-        for job_id, value in values.items():
-            by_value[value].append(job_id)
         applied: list[str] = []
         failed: dict[str, str] = {}
         commands = 0
-        for value, ids in sorted(by_value.items()):
-            for chunk_start in range(0, len(ids), MAX_IDS_PER_UPDATE):
-                chunk = ids[chunk_start : chunk_start + MAX_IDS_PER_UPDATE]
-                commands += 1
-                try:
-                    self.runner.run(["scontrol", "update", f"JobId={','.join(chunk)}", f"{field_name}={value}"])
-                    applied.extend(chunk)
-                except SlurmCommandError as exc:
-                    per_job = parse_update_failures(exc.stderr)
-                    if not per_job or isinstance(exc, SlurmUnavailableError):
-                        # Nothing attributable to single jobs (controller down, bad syntax):
-                        # let the caller count it and retry next cycle.
-                        raise
-                    failed.update(per_job)
-                    applied.extend(j for j in chunk if j not in per_job)
+        for value, chunk in update_batches(values):
+            commands += 1
+            try:
+                self.runner.run(["scontrol", "update", f"JobId={','.join(chunk)}", f"{field_name}={value}"])
+                applied.extend(chunk)
+            except SlurmCommandError as exc:
+                per_job = parse_update_failures(exc.stderr)
+                if not per_job or isinstance(exc, SlurmUnavailableError):
+                    # Nothing attributable to single jobs (controller down, bad syntax):
+                    # let the caller count it and retry next cycle.
+                    raise
+                failed.update(per_job)
+                applied.extend(j for j in chunk if j not in per_job)
         return UpdateReport(applied=tuple(applied), failed=failed, commands=commands)
 
     def command_counts(self) -> Mapping[str, int]:

@@ -2,7 +2,7 @@
 
 Shapes follow Slurm 22.05's ``openapi/v0.0.38`` JSON (``squeue --json``, ``sinfo --json``),
 which is what Debian 12 ships; newer Slurm nests some numbers as ``{"set":..,"number":..}``
-objects, which :func:`_num` also accepts.
+objects, which :func:`slurm_number` also accepts.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ UNUSABLE_NODE_FLAGS = frozenset(
 )
 
 _HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
+
+
+def first_partition(partition: str | None) -> str:
+    """The partition a job is judged by: a job submitted to several (``-p a,b``) lists them
+    comma-separated, and slurm-flex (like the submit hook) goes by the first."""
+    return (partition or "").split(",", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -123,19 +129,27 @@ class SlurmNode:
         return self.state in USABLE_NODE_STATES and not (set(self.state_flags) & UNUSABLE_NODE_FLAGS)
 
 
-def _num(value: Any) -> int | None:
-    """Slurm numbers: plain ints, null, or (newer Slurm) {"set": bool, "infinite": bool, "number": n}."""
+def slurm_number(value: Any) -> int | float | None:
+    """A number in Slurm's JSON, the one rule for every reader of Slurm output.
+
+    Plain numbers are themselves; null is None; newer Slurm (data_parser v0.0.39+) writes
+    ``{"set": bool, "infinite": bool, "number": n}``, which is None when not set or infinite.
+    Slurm always writes ``set``; an object without it counts as set (its number is all it says).
+    Booleans are not numbers (None); anything else is a :class:`SlurmParseError`."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, Mapping):
         if not value.get("set", True) or value.get("infinite", False):
             return None
-        return _num(value.get("number"))
-    if isinstance(value, int):
+        return slurm_number(value.get("number"))
+    if isinstance(value, int | float):
         return value
-    if isinstance(value, float):
-        return int(value)
     raise SlurmParseError(f"expected a number, got {value!r}")
+
+
+def _num(value: Any) -> int | None:
+    n = slurm_number(value)
+    return None if n is None else int(n)
 
 
 def _epoch(value: Any) -> int | None:
@@ -152,7 +166,9 @@ def _str(value: Any) -> str:
     return str(value)
 
 
-def _load(text: str, what: str) -> Mapping[str, Any]:
+def load_slurm_json(text: str, what: str) -> Mapping[str, Any]:
+    """The JSON object a Slurm command printed; Slurm's own errors inside it raise
+    :class:`SlurmQueryError`, anything else unreadable :class:`SlurmParseError`."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -244,7 +260,7 @@ def _allocation(resources: Any) -> tuple[tuple[str, int], ...]:
 
 def parse_squeue_json(text: str) -> tuple[SlurmJob, ...]:
     """Active jobs from ``squeue --json`` output (finished jobs are dropped)."""
-    doc = _load(text, "squeue --json")
+    doc = load_slurm_json(text, "squeue --json")
     raw_jobs = doc.get("jobs")
     if not isinstance(raw_jobs, list):
         raise SlurmParseError("squeue --json: no 'jobs' list")
@@ -254,7 +270,7 @@ def parse_squeue_json(text: str) -> tuple[SlurmJob, ...]:
 
 def parse_sinfo_json(text: str) -> tuple[SlurmNode, ...]:
     """Nodes from ``sinfo --json`` output."""
-    doc = _load(text, "sinfo --json")
+    doc = load_slurm_json(text, "sinfo --json")
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, list):
         raise SlurmParseError("sinfo --json: no 'nodes' list")

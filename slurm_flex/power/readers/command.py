@@ -2,7 +2,7 @@
 
 Each reader takes a ``run(argv, timeout) -> stdout`` callable defaulting to :func:`run_command`,
 so tests substitute recorded outputs and the daemon could substitute its own runner. Failures
-become :class:`~slurm_flex.power.errors.PowerCommandError` naming the command.
+become :class:`~slurm_flex.power.readers.errors.PowerCommandError` naming the command.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from slurm_flex.power.errors import PowerCommandError
+from slurm_flex.power.readers.errors import PowerCommandError
 
 log = structlog.get_logger(__name__)
 

@@ -1,10 +1,10 @@
 """Two sites in different GB regions, planned from live-shaped NESO regional and Octopus Agile
-answers (a real HTTP server on 127.0.0.1, grid/replayserver.py) on the real local cluster, then
-kept planning through a 24 h outage of every provider.
+answers (a real HTTP server on 127.0.0.1, grid/replayserver.py) on the fake Slurm, then kept
+planning through a 24 h outage of every provider.
 
 The daemon's clock is stepped through the outage (``Cycle.run(now=...)``): the cycle, the
 providers' calling discipline and the cache all take ``now`` from it, so a day passes in
-seconds while Slurm, the jobs and the HTTP server are real."""
+seconds while the jobs (on the fake Slurm) and the HTTP server stay put."""
 
 from __future__ import annotations
 
@@ -22,9 +22,7 @@ from slurm_flex.daemon.service import make_cycle, open_grid_cache
 from slurm_flex.grid.replayserver import DAY, GridStandIn, RecordedGrid, serving
 from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, parse_iso_utc
 from slurm_flex.state import SIGNALS_SETTING, StateStore
-from tests.conftest import Env
-
-pytestmark = pytest.mark.slurm
+from tests.fake_cluster import FakeEnv
 
 HOUR = 3600
 SITES: dict[str, dict[str, Any]] = {
@@ -48,7 +46,7 @@ def stand_in() -> Iterator[tuple[GridStandIn, str, list[float]]]:
         yield server, url, offset
 
 
-def _configure(env: Env, url: str) -> None:
+def _configure(env: FakeEnv, url: str) -> None:
     sites: dict[str, object] = {
         name: {
             "partitions": s["partitions"],
@@ -64,7 +62,7 @@ def _configure(env: Env, url: str) -> None:
     )
 
 
-def _signals(env: Env) -> dict[str, Any]:
+def _signals(env: FakeEnv) -> dict[str, Any]:
     with closing(StateStore(env.tmp / "state" / "state.sqlite3")) as store:
         return json.loads(store.setting(SIGNALS_SETTING) or "{}")  # type: ignore[no-any-return]
 
@@ -91,14 +89,15 @@ def _agile_forecast_calls(server: GridStandIn, region: str) -> int:
 
 
 def test_two_sites_plan_on_their_own_regions_and_survive_a_day_without_providers(
-    env: Env, stand_in: tuple[GridStandIn, str, list[float]]
+    fake_env: FakeEnv, stand_in: tuple[GridStandIn, str, list[float]]
 ) -> None:
+    env = fake_env
     server, url, offset = stand_in
     _configure(env, url)
     config = load_config(env.config, environ={})
     jobs = {
-        "cambridge": env.submit_flexible(hours=40, minutes=60, extra=("-p", "debug")),
-        "manchester": env.submit_flexible(hours=40, minutes=60, extra=("-p", "batch")),
+        "cambridge": env.submit_flexible(hours=40, minutes=60, partition="debug"),
+        "manchester": env.submit_flexible(hours=40, minutes=60, partition="batch"),
     }
     store = StateStore(config.state_db)
     grid = open_grid_cache(config)

@@ -3,7 +3,7 @@
 All derive from :class:`PowerError` (itself a :class:`~slurm_flex.errors.SlurmFlexError`), so the
 daemon counts every power failure with one ``except``. A reader that fails *soft* -- the source is
 missing, unreadable, unsupported or answered nonsense -- raises :class:`PowerReadError` or one of
-its subclasses; :func:`slurm_flex.power.collect.collect` turns those into counted error strings.
+its subclasses; :func:`slurm_flex.power.readers.collect.collect` turns those into counted error strings.
 Messages always name the path, command or URL involved.
 """
 

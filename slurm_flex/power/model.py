@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from slurm_flex.slurm.parsers import first_partition
+
 _GPU = re.compile(r"^gres[:/]gpu(?::(?P<model>[^:=,]+))?[:=](?P<count>\d+)$")
 
 
@@ -48,7 +50,7 @@ class PowerModel:
     gpu_model_watts: Mapping[str, float] = field(default_factory=dict)
 
     def node_type(self, partition: str | None) -> NodePower:
-        name = self.partition_node_types.get((partition or "").split(",", 1)[0])
+        name = self.partition_node_types.get(first_partition(partition))
         return self.node_types.get(name, self.default) if name else self.default
 
     def _gpu(self, model: str, node: NodePower) -> float:

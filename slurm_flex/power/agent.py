@@ -14,23 +14,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
-from pathlib import Path
 
 import requests
 import structlog
 
 from slurm_flex.config import AgentConfig
-from slurm_flex.errors import ConfigError, SlurmFlexError
-from slurm_flex.power.collect import collect
-from slurm_flex.power.gpu import NvidiaSmiReader, NvmlReader, load_pynvml
-from slurm_flex.power.ipmi import IpmiReader
-from slurm_flex.power.rapl import RaplReader
+from slurm_flex.errors import SlurmFlexError
+from slurm_flex.power.readers.collect import collect
+from slurm_flex.power.readers.gpu import NvidiaSmiReader, NvmlReader, load_pynvml
+from slurm_flex.power.readers.ipmi import IpmiReader
+from slurm_flex.power.readers.rapl import RaplReader
 from slurm_flex.power.sample import PowerReader, PowerSample
+from slurm_flex.power.wire import MAX_SAMPLES_PER_PUSH, PUSH_PATH, to_wire
 
 log = structlog.get_logger(__name__)
-
-MAX_PER_PUSH = 1000  # the daemon's limit per request
 
 
 class PushFailed(SlurmFlexError):
@@ -57,19 +54,6 @@ def readers_from(
     return readers
 
 
-def read_token(path: Path | None, key: str = "agent.token_file") -> str:
-    """The agents' shared token (the daemon reads the same file under ``measure.token_file``)."""
-    if path is None:
-        raise ConfigError("config", key, "needs the shared token file agents and the daemon use")
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(str(path), key, f"cannot read: {exc.strerror}") from exc
-    if len(token) < 16:
-        raise ConfigError(str(path), key, "the token must be at least 16 characters (e.g. openssl rand -hex 32)")
-    return token
-
-
 class NodeAgent:
     def __init__(
         self,
@@ -84,7 +68,7 @@ class NodeAgent:
     ) -> None:
         self.node = node
         self.readers = list(readers)
-        self.url = push_url.rstrip("/") + "/v1/power"
+        self.url = push_url.rstrip("/") + PUSH_PATH
         self._headers = {"Authorization": f"Bearer {token}"}
         self.buffer: deque[PowerSample] = deque(maxlen=buffer_samples)
         self.dropped = 0
@@ -105,8 +89,8 @@ class NodeAgent:
         :class:`PushFailed` (the rest stays) when it cannot deliver."""
         sent = 0
         while self.buffer:
-            batch = [self.buffer[i] for i in range(min(MAX_PER_PUSH, len(self.buffer)))]
-            body = {"node": self.node, "samples": [_wire(s) for s in batch]}
+            batch = [self.buffer[i] for i in range(min(MAX_SAMPLES_PER_PUSH, len(self.buffer)))]
+            body = {"node": self.node, "samples": [to_wire(s) for s in batch]}
             try:
                 response = self._session.post(self.url, json=body, headers=self._headers, timeout=self.timeout)
             except requests.RequestException as exc:
@@ -138,9 +122,3 @@ class NodeAgent:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _wire(sample: PowerSample) -> dict[str, object]:
-    doc = asdict(sample)
-    doc.pop("node")
-    return doc

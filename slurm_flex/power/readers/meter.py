@@ -16,8 +16,8 @@ from typing import Any, Literal
 import requests
 import structlog
 
-from slurm_flex.power.command import RunFn, run_command
-from slurm_flex.power.errors import PowerError, PowerParseError, PowerReadError
+from slurm_flex.power.readers.command import RunFn, run_command
+from slurm_flex.power.readers.errors import PowerError, PowerParseError, PowerReadError
 from slurm_flex.power.sample import PowerSample
 
 log = structlog.get_logger(__name__)

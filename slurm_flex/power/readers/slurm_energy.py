@@ -17,7 +17,6 @@ Without an energy plugin Slurm still prints ``CurrentWatts=0`` and, in JSON, zer
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ from typing import Any
 
 import structlog
 
-from slurm_flex.power.errors import PowerParseError
+from slurm_flex.errors import SlurmError, SlurmParseError
+from slurm_flex.power.readers.errors import PowerParseError
 from slurm_flex.power.sample import PowerSample
+from slurm_flex.slurm.parsers import load_slurm_json, slurm_number
 
 log = structlog.get_logger(__name__)
 
@@ -51,16 +52,15 @@ class NodeEnergy:
 
 
 def _number(value: Any) -> float | None:
-    """A Slurm number: plain, or the ``{set, infinite, number}`` object of newer data_parsers."""
-    if isinstance(value, Mapping):
-        if not value.get("set", False) or value.get("infinite", False):
-            return None
-        value = value.get("number")
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """An energy figure: a Slurm number (:func:`~slurm_flex.slurm.parsers.slurm_number`), where
+    anything unreadable, negative or a NO_VAL/INFINITE sentinel is no reading."""
+    try:
+        number = slurm_number(value)
+    except SlurmParseError:
         return None
-    if value >= _SENTINEL_MIN or value < 0:
+    if number is None or number >= _SENTINEL_MIN or number < 0:
         return None
-    return float(value)
+    return float(number)
 
 
 def _positive(value: float | None) -> float | None:
@@ -167,13 +167,10 @@ class SlurmEnergyReader:
 
     def energies(self) -> list[NodeEnergy]:
         if self.json_output:
-            out = self._run(list(JSON_ARGV))
             try:
-                doc = json.loads(out)
-            except json.JSONDecodeError as exc:
-                raise PowerParseError(f"{' '.join(JSON_ARGV)}: not JSON: {exc}") from exc
-            if not isinstance(doc, Mapping):
-                raise PowerParseError(f"{' '.join(JSON_ARGV)}: not a JSON object")
+                doc = load_slurm_json(self._run(list(JSON_ARGV)), " ".join(JSON_ARGV))
+            except SlurmError as exc:  # not JSON, or Slurm's own errors inside it
+                raise PowerParseError(str(exc)) from exc
             return node_energy_from_json(doc)
         return node_energy_from_text(self._run(list(TEXT_ARGV)))
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import structlog
 
-from slurm_flex.power.errors import PowerParseError, PowerPermissionError, PowerReadError, PowerUnsupportedError
+from slurm_flex.power.readers.errors import PowerParseError, PowerPermissionError, PowerReadError, PowerUnsupportedError
 from slurm_flex.power.sample import PowerSample
 
 log = structlog.get_logger(__name__)

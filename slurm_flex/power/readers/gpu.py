@@ -15,8 +15,8 @@ from types import ModuleType
 
 import structlog
 
-from slurm_flex.power.command import RunFn, run_command
-from slurm_flex.power.errors import PowerParseError, PowerReadError, PowerUnsupportedError
+from slurm_flex.power.readers.command import RunFn, run_command
+from slurm_flex.power.readers.errors import PowerParseError, PowerReadError, PowerUnsupportedError
 from slurm_flex.power.sample import PowerSample
 
 log = structlog.get_logger(__name__)

@@ -12,7 +12,7 @@ The parsers are pure functions over the tools' text. A BMC without DCMI power ma
 answers with an error ("Invalid command (c1)", "command invalid or unsupported", "bad
 completion code"); one that has it but is not measuring says "Power reading state is:
 deactivated" / "Power Measurement : Not Available". Both raise
-:class:`~slurm_flex.power.errors.PowerUnsupportedError`, so they are counted, not reported as 0 W.
+:class:`~slurm_flex.power.readers.errors.PowerUnsupportedError`, so they are counted, not reported as 0 W.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Literal
 
 import structlog
 
-from slurm_flex.power.command import RunFn, run_command
-from slurm_flex.power.errors import PowerCommandError, PowerError, PowerParseError, PowerUnsupportedError
+from slurm_flex.power.readers.command import RunFn, run_command
+from slurm_flex.power.readers.errors import PowerCommandError, PowerError, PowerParseError, PowerUnsupportedError
 from slurm_flex.power.sample import PowerSample
 
 log = structlog.get_logger(__name__)

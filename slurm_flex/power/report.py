@@ -12,9 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from slurm_flex.grid.series import iso_utc
-from slurm_flex.power.collect import node_watts
-from slurm_flex.power.sample import PowerSample
-from slurm_flex.powerstore import JobEnergy
+from slurm_flex.power.sample import PowerSample, node_watts
+from slurm_flex.power.store import JobEnergy
 
 
 def _r(value: float | None, digits: int = 1) -> float | None:

@@ -44,12 +44,12 @@ TRACES = {
 RUNS = [
     ("KTH", 1.0, "24h"),
     ("KTH", 2.0, "24h"),
-    ("KTH", 1.0, "workday"),
-    ("KTH", 2.0, "workday"),
     ("LLNL", 1.0, "24h"),
     ("LLNL", 2.0, "24h"),
     ("Curie", 1.0, "24h"),
     ("Curie", 2.0, "24h"),
+    ("KTH", 1.0, "workday"),
+    ("KTH", 2.0, "workday"),
     ("LLNL", 1.0, "workday"),
     ("LLNL", 2.0, "workday"),
 ]
@@ -83,13 +83,17 @@ def row(doc: dict[str, Any], scale: float = 1.0, seconds: float | None = None) -
     )
 
 
-def run_one(shared: Path, trace_key: str, scale: float, rule: str, objective: str, dump: Path | None = None) -> str:
+def run_one(
+    shared: Path, trace_key: str, scale: float, rule: str, objective: str, dump: Path | None = None, days: float = 0
+) -> str:
     data = shared / "data"
     signals = load_signals(
         data / "carbon" / "gb_national_2023_neso_carbon_intensity_api.csv",
         data / "price" / "gb_elexon_imbalance_and_market_index_price_2023-01_2024-05.csv",
     )
     trace = read_trace(data / "traces" / TRACES[trace_key])
+    if days:
+        trace = trace.window(0, days)
     trace = dataclasses.replace(trace, capacity_procs=trace.capacity_procs * scale)
     policy = with_objective(Policy(solver="fast"), objective)
     t0 = time.perf_counter()
@@ -98,7 +102,7 @@ def run_one(shared: Path, trace_key: str, scale: float, rule: str, objective: st
         # What the bound is computed from, to recompute it alone (bench/bound_bench.py --from-dump).
         dump.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(
-            dump / f"{trace_key}-x{scale:g}-{rule}-{objective}.npz",
+            dump / f"{trace_key}{f'-{days:g}d' if days else ''}-x{scale:g}-{rule}-{objective}.npz",
             earliest=result.baseline.start_s,
             flex_start=result.flex.start_s,
             latest=result.latest_start_s,
@@ -109,7 +113,9 @@ def run_one(shared: Path, trace_key: str, scale: float, rule: str, objective: st
             price=result.price,
             capacity=result.capacity_procs,
         )
-        (dump / f"{trace_key}-x{scale:g}-{rule}-{objective}.json").write_text(json.dumps(result.to_json(), default=str))
+        (dump / f"{trace_key}{f'-{days:g}d' if days else ''}-x{scale:g}-{rule}-{objective}.json").write_text(
+            json.dumps(result.to_json(), default=str)
+        )
     return row(result.to_json(), scale, time.perf_counter() - t0)
 
 
@@ -121,6 +127,8 @@ def main() -> int:
     ap.add_argument("--rule", choices=["24h", "workday"], action="append")
     ap.add_argument("--jobs", type=int, default=2, help="parallel simulations")
     ap.add_argument("--dump", type=Path, help="keep each run's result and bound inputs in this folder")
+    ap.add_argument("--days", type=float, default=0, help="only the first DAYS of each trace (0: all)")
+    ap.add_argument("--scale", type=float, action="append", help="only this capacity scale (repeatable)")
     ap.add_argument("--from-json", nargs="+", type=Path, help="format `slurmflex simulate --json` outputs")
     args = ap.parse_args()
     print(HEADER)
@@ -138,10 +146,12 @@ def main() -> int:
         (trace, scale, rule, objective)
         for trace, scale, rule in RUNS
         for objective in objectives
-        if (not args.only or trace in args.only) and (not args.rule or rule in args.rule)
+        if (not args.only or trace in args.only)
+        and (not args.rule or rule in args.rule)
+        and (not args.scale or scale in args.scale)
     ]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_one, args.shared, *case, args.dump) for case in cases]
+        futures = [pool.submit(run_one, args.shared, *case, args.dump, args.days) for case in cases]
         for future in futures:
             print(future.result(), flush=True)
     return 0

@@ -11,11 +11,12 @@ outweighs any plan, so that the MILP also finds the fewest jobs that cannot meet
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -364,8 +365,15 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.dup2(2, 1)
         yield
     finally:
+        _flush_c_stdio()  # what HiGHS left in the C library's buffer goes to stderr too
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    # No C library to reach means nothing buffered there either.
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)
 
 
 def _highs_core() -> Any | None:

@@ -98,7 +98,7 @@ POLISH_SECONDS_LAGRANGE = (0.3, 0.0001)
 # near-exact, and after the Lagrangian prices, where the jobs are many and each matters little
 # (and the time is better kept short: that method is the one for big instances).
 POLISH_GAP_LP = 2e-5
-POLISH_GAP_LAGRANGE = 5e-4
+POLISH_GAP_LAGRANGE = 1e-3
 
 EPS = 1e-9
 
@@ -397,7 +397,13 @@ def _settle(
     every deadline is a job left late, and then the MILP with late variables leaves the fewest."""
     if not late:
         return starts, [], ""
-    room_budget = _seconds((0.01, 0.0001) if not thorough else (0.5, 0.001), inst)
+    # Placing late jobs comes before the time limit (a job called late when a plan exists is
+    # the one wrong answer): the thorough search gets at least a second plus a little per late
+    # job, whatever is left; the fast one a few milliseconds.
+    floor = 0.0 if not thorough else 1.0 + 0.02 * len(late)
+    room_budget = (
+        _seconds((0.01, 0.0001), inst) if not thorough else max(floor, min(clock.left(), 0.5 + 0.001 * inst.n_jobs))
+    )
     starts, late = make_room(inst, starts, late, w, lam, mu, deadline=time.perf_counter() + room_budget)
     n_cands = cands.n_candidates
     small = n_cands <= MILP_MAX_VARIABLES
@@ -405,16 +411,21 @@ def _settle(
         # Small models go straight to the MILP below, which settles them at once either way.
         # The fast method (re-planning every slot of a simulation) gets a few milliseconds.
         rule = (0.01, 0.00005) if not thorough else (0.05, 0.01)
-        budget = min(clock.left() * 0.25, _seconds(rule, inst))
+        budget = max(floor, min(clock.left() * 0.25, _seconds(rule, inst)))
         starts, late = min_conflicts(inst, starts, late, w, deadline=time.perf_counter() + budget)
     if not late:
         return starts, [], ""
     if not thorough:
         return starts, late, "not proven: moving other jobs made no room, and the search stopped there"
+    end = time.perf_counter() + max(clock.left(), 2 * floor)
+
+    def left() -> float:
+        return end - time.perf_counter()
+
     proof = ""
     whole_tried = False
     for size in (inst.n_jobs,) if small else (SUB_MILP_JOBS, 4 * SUB_MILP_JOBS, inst.n_jobs):
-        if clock.left() <= 0:
+        if left() <= 0:
             break
         late_mask = np.zeros(inst.n_jobs, dtype=bool)
         late_mask[late] = True
@@ -432,7 +443,7 @@ def _settle(
         in_sub[sub] = True
         res = solve_milp(
             inst,
-            time_limit=max(0.1, clock.left() * (0.5 if whole else 0.1)),
+            time_limit=max(0.1, left() * (0.5 if whole else 0.1)),
             jobs=sub,
             fixed=np.flatnonzero(~late_mask & ~in_sub),
             starts=starts,
@@ -450,13 +461,13 @@ def _settle(
     # Not placed: show that no plan meets every deadline, then leave as few jobs late as can be.
     if (
         not proof
-        and clock.left() > 0
+        and left() > 0
         and n_cands <= MILP_SETTLE_MAX_VARIABLES
-        and lp_deadlines_feasible(inst, time_limit=max(0.1, clock.left() * 0.5)) is False
+        and lp_deadlines_feasible(inst, time_limit=max(0.1, left() * 0.5)) is False
     ):
         proof = "proven: the LP relaxation has no plan meeting every deadline within capacity"
-    if proof and clock.left() > 0 and n_cands <= MILP_SETTLE_MAX_VARIABLES:
-        res = solve_milp(inst, time_limit=max(0.1, clock.left() * 0.5), cands=cands, allow_late=True, feasibility=True)
+    if proof and left() > 0 and n_cands <= MILP_SETTLE_MAX_VARIABLES:
+        res = solve_milp(inst, time_limit=max(0.1, left() * 0.5), cands=cands, allow_late=True, feasibility=True)
         if res.starts is not None and len(res.late) <= len(late):
             starts, late = res.starts, list(res.late)
             if res.optimal:
@@ -570,7 +581,7 @@ def _squeaky(
         progress = best is None or key[0] < best[0]
         if best is None or key < best[:2]:
             best = (*key, starts, late)
-        if not late or not progress or clock.left() < 0.5 * clock.limit:
+        if not late or not progress or clock.left() < 0.2 * clock.limit:
             break
         front = np.zeros(inst.n_jobs, dtype=bool)
         front[late] = True
@@ -763,10 +774,12 @@ def solve(
         if not greedy_late:
             greedy_starts = improve(inst, greedy_starts, w)
         mres = solve_milp(inst, time_limit=max(0.1, clock.left() * 0.8), cands=cands, starts=greedy_starts)
-        if mres.starts is not None and not mres.late:
-            starts = mres.starts
+        if mres.starts is not None:
+            # Its late jobs, if any, are those whose window is empty: every other job is planned.
+            starts, late = mres.starts, list(mres.late)
             used = "milp" if mres.optimal else "milp (time limit)"
-            lower = mres.value if mres.optimal else mres.bound
+            if not late:
+                lower = mres.value if mres.optimal else mres.bound
         else:
             starts, late = greedy_starts, greedy_late
             used = "milp" if mres.infeasible else "milp (time limit)"
@@ -776,7 +789,13 @@ def solve(
                 starts = improve(inst, starts, w)
     else:
         raise PlanningError(f"unknown method {method!r}")
-    late_t = tuple(sorted(late))
+    # A job whose window is empty (its deadline is before release plus run time) is late
+    # whatever the plan: it runs at release, outside the capacity count.
+    empty = np.flatnonzero(np.minimum(inst.latest_start, inst.n_slots - inst.duration) < inst.release)
+    if empty.size:
+        starts = starts.copy()
+        starts[empty] = inst.release[empty]
+    late_t = tuple(sorted(set(late) | {int(j) for j in empty}))
     starts = apply_min_saving(inst, shift_to_earliest_tie(inst, starts), min_saving_fraction, late_t)
     # Certify: every solve reports a lower bound. With late jobs it is the bound over plans
     # that leave the same jobs late (they run at release, outside the capacity count).

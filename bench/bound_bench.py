@@ -27,16 +27,12 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from bench.simulate_traces import TRACES, gb_2023_signals  # noqa: E402
 from slurm_flex.grid.series import SLOT_SECONDS  # noqa: E402
-from slurm_flex.simulate import SimConfig, load_signals, read_trace  # noqa: E402
+from slurm_flex.simulate import SimConfig, read_trace  # noqa: E402
 from slurm_flex.simulate.bound import clairvoyant_bound  # noqa: E402
 from slurm_flex.simulate.engine import align_start  # noqa: E402
 
-TRACES = {
-    "KTH": "KTH-SP2-1996-2.1-cln.swf.gz",
-    "LLNL": "LLNL-Thunder-2007-1.1-cln.swf.gz",
-    "Curie": "CEA-Curie-2011-2.1-cln.swf.gz",
-}
 # case -> (trace, days from its start, None for all of it)
 CASES = {
     "KTH-12w": ("KTH", 84.0),
@@ -51,10 +47,7 @@ CARBON_PRICE_GBP_PER_TONNE = 250.0  # the daemon's default [policy] carbon price
 def run_case(case: str, shared: Path, method: str, window_days: float) -> dict[str, object]:
     data = shared / "data"
     trace_key, days = CASES[case]
-    signals = load_signals(
-        data / "carbon" / "gb_national_2023_neso_carbon_intensity_api.csv",
-        data / "price" / "gb_elexon_imbalance_and_market_index_price_2023-01_2024-05.csv",
-    )
+    signals = gb_2023_signals(shared)
     trace = read_trace(data / "traces" / TRACES[trace_key])
     if days is not None:
         trace = trace.window(0.0, days)

@@ -22,9 +22,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.simulate_traces import TRACES  # noqa: E402
+from bench.simulate_traces import TRACES, gb_2023_signals  # noqa: E402
 from slurm_flex.planner.policy import Policy, with_objective  # noqa: E402
-from slurm_flex.simulate import SimConfig, load_signals, read_trace, simulate  # noqa: E402
+from slurm_flex.simulate import SimConfig, read_trace, simulate  # noqa: E402
 
 # Each variant: the [policy] values it changes from the defaults.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -48,12 +48,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def run(shared: Path, trace_key: str, days: float, scale: float, name: str) -> str:
-    data = shared / "data"
-    signals = load_signals(
-        data / "carbon" / "gb_national_2023_neso_carbon_intensity_api.csv",
-        data / "price" / "gb_elexon_imbalance_and_market_index_price_2023-01_2024-05.csv",
-    )
-    trace = read_trace(data / "traces" / TRACES[trace_key]).window(0, days)
+    signals = gb_2023_signals(shared)
+    trace = read_trace(shared / "data" / "traces" / TRACES[trace_key]).window(0, days)
     trace = dataclasses.replace(trace, capacity_procs=trace.capacity_procs * scale)
     policy = with_objective(dataclasses.replace(Policy(solver="fast"), **VARIANTS[name]), "carbon")
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from slurm_flex.planner.policy import Policy, with_objective  # noqa: E402
-from slurm_flex.simulate import SimConfig, load_signals, read_trace, simulate  # noqa: E402
+from slurm_flex.simulate import SimConfig, SimSignals, load_signals, read_trace, simulate  # noqa: E402
 
 TRACES = {
     "KTH": "KTH-SP2-1996-2.1-cln.swf.gz",
@@ -83,15 +83,20 @@ def row(doc: dict[str, Any], scale: float = 1.0, seconds: float | None = None) -
     )
 
 
-def run_one(
-    shared: Path, trace_key: str, scale: float, rule: str, objective: str, dump: Path | None = None, days: float = 0
-) -> str:
+def gb_2023_signals(shared: Path) -> SimSignals:
+    """GB 2023: NESO national carbon intensity (forecast and actual) and Elexon market index prices."""
     data = shared / "data"
-    signals = load_signals(
+    return load_signals(
         data / "carbon" / "gb_national_2023_neso_carbon_intensity_api.csv",
         data / "price" / "gb_elexon_imbalance_and_market_index_price_2023-01_2024-05.csv",
     )
-    trace = read_trace(data / "traces" / TRACES[trace_key])
+
+
+def run_one(
+    shared: Path, trace_key: str, scale: float, rule: str, objective: str, dump: Path | None = None, days: float = 0
+) -> str:
+    signals = gb_2023_signals(shared)
+    trace = read_trace(shared / "data" / "traces" / TRACES[trace_key])
     if days:
         trace = trace.window(0, days)
     trace = dataclasses.replace(trace, capacity_procs=trace.capacity_procs * scale)

@@ -608,7 +608,8 @@ def _finish(
     w = inst.weights()
     starts, late, proof = _settle(inst, cands, starts, late, w, lam, mu, clock, thorough=thorough)
     floor = _floor_costs(inst, cands)
-    starts = improve(inst, starts, w, floor_costs=floor, late=late)
+    # One pass of local search on the biggest instances: the second rarely pays for its time.
+    starts = improve(inst, starts, w, passes=1 if inst.n_jobs > 50_000 else 2, floor_costs=floor, late=late)
     if polish_seconds > 0:
         budget = min(POLISH_SHARE * clock.left(), polish_seconds)
         late_cost = float(_job_objectives(inst, starts)[late].sum()) if late else 0.0

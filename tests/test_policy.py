@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from slurm_flex.config import PolicyConfig
+from slurm_flex.errors import PlanningError
 from slurm_flex.planner.policy import (
     Policy,
     arrival_reserve,
@@ -84,7 +85,7 @@ def test_objectives() -> None:
     assert objective_name(with_objective(base, "combined")) == "combined"
     assert objective_name(with_objective(base, "cost", has_price=True)) == "cost"
     assert objective_name(with_objective(base, "policy", has_price=False)) == "carbon"
-    with pytest.raises(ValueError, match="needs a price"):
+    with pytest.raises(PlanningError, match="needs a price"):
         with_objective(base, "cost", has_price=False)
     assert risk_margin_slots(Policy(at_risk_margin_slots=1), 300, 1800) == 2
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from slurm_flex.errors import PlanningError
 from slurm_flex.planner.instance import FloatArray
 
 RuntimeBasis = Literal["limit", "predicted"]
@@ -141,7 +142,7 @@ def with_objective(policy: Policy, objective: Objective | str, has_price: bool =
     price ("policy": as it is). Without a price series the price cannot count."""
     if objective == "carbon" or not has_price:
         if objective == "cost":
-            raise ValueError("a cost objective needs a price series")
+            raise PlanningError("a cost objective needs a price series (--price)")
         price = policy.carbon_price_gbp_per_tonne or 250.0  # any positive price ranks by carbon
         return replace(policy, use_price=False, carbon_price_gbp_per_tonne=price)
     if objective == "cost":
@@ -149,7 +150,7 @@ def with_objective(policy: Policy, objective: Objective | str, has_price: bool =
     if objective == "combined":
         return replace(policy, use_price=True)
     if objective != "policy":
-        raise ValueError(f"objective {objective!r}: use policy, carbon, cost or combined")
+        raise PlanningError(f"objective {objective!r}: use policy, carbon, cost or combined")
     return policy
 
 

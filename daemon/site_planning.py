@@ -85,10 +85,11 @@ class SitePlanner:
         that keep its queued deadlines."""
         usable = len(managed_nodes(nodes, self.rules))
         assessments = self._limit_deferral(assessments, jobs, previous, usable)
-        history = self.store.runtime_history()
+        # The store is read only when plans use predicted run times (planner.runtime).
+        history = self.store.runtime_history() if self.policy.plan_runtime == "predicted" else None
 
         def predict(job: SlurmJob) -> float | None:
-            if self.policy.plan_runtime != "predicted" or not job.time_limit_s:
+            if history is None or not job.time_limit_s:
                 return None
             return history.predict(job.user, float(job.time_limit_s))
 

@@ -127,9 +127,10 @@ class LPResult:
     message: str
 
 
-def _solve_lp(f: Formulation, time_limit: float) -> Any:
+def _solve_lp(f: Formulation, time_limit: float, cost: FloatArray | None = None) -> Any:
+    """The LP relaxation of ``f`` (with ``cost`` instead of its own, e.g. zeros to test feasibility)."""
     return linprog(
-        f.cost,
+        f.cost if cost is None else cost,
         A_ub=f.a_ub if f.a_ub.shape[0] else None,
         b_ub=f.b_ub if f.a_ub.shape[0] else None,
         A_eq=f.a_eq,
@@ -198,16 +199,7 @@ def lp_deadlines_feasible(inst: Instance, time_limit: float = 60.0) -> bool | No
     f = formulate(inst)
     if f.n_vars == 0:
         return True
-    res = linprog(
-        np.zeros(f.n_vars),
-        A_ub=f.a_ub if f.a_ub.shape[0] else None,
-        b_ub=f.b_ub if f.a_ub.shape[0] else None,
-        A_eq=f.a_eq,
-        b_eq=np.ones(f.a_eq.shape[0]),
-        bounds=(0, 1),
-        method="highs",
-        options={"time_limit": max(time_limit, 0.01), "presolve": True},
-    )
+    res = _solve_lp(f, time_limit, cost=np.zeros(f.n_vars))
     if res.status == _OPTIMAL:
         return True
     if res.status == _INFEASIBLE:

@@ -23,6 +23,9 @@ from slurm_flex.errors import PlanningError
 from slurm_flex.planner.instance import FloatArray
 
 RuntimeBasis = Literal["limit", "predicted"]
+# GBP per tonne CO2: the policy's default, and the price that ranks by carbon (or values carbon in
+# reports) where a policy gives none.
+DEFAULT_CARBON_PRICE = 250.0
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class Policy:
 
     safety_margin_seconds: int = 900
     min_saving_fraction: float = 0.05
-    carbon_price_gbp_per_tonne: float = 250.0
+    carbon_price_gbp_per_tonne: float = DEFAULT_CARBON_PRICE
     use_price: bool = True
     max_horizon_hours: float = 168.0
     capacity_headroom: float = 0.9
@@ -143,7 +146,7 @@ def with_objective(policy: Policy, objective: Objective | str, has_price: bool =
     if objective == "carbon" or not has_price:
         if objective == "cost":
             raise PlanningError("a cost objective needs a price series (--price)")
-        price = policy.carbon_price_gbp_per_tonne or 250.0  # any positive price ranks by carbon
+        price = policy.carbon_price_gbp_per_tonne or DEFAULT_CARBON_PRICE  # any positive price ranks by carbon
         return replace(policy, use_price=False, carbon_price_gbp_per_tonne=price)
     if objective == "cost":
         return replace(policy, use_price=True, carbon_price_gbp_per_tonne=0.0)

@@ -33,6 +33,7 @@ import numpy.typing as npt
 from slurm_flex.errors import SimulationError
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
 from slurm_flex.planner.policy import (
+    DEFAULT_CARBON_PRICE,
     Policy,
     arrival_reserve,
     no_defer_reason,
@@ -302,7 +303,7 @@ def _metrics(
     carbon: FloatArray,
     price: FloatArray,
     baseline_missed: npt.NDArray[np.bool_] | None = None,
-    carbon_price_gbp_per_tonne: float = 250.0,
+    carbon_price_gbp_per_tonne: float = DEFAULT_CARBON_PRICE,
 ) -> dict[str, float]:
     delay_h = (start_s - jobs.submit_s) / 3600
     missed = start_s + jobs.runtime_s > jobs.deadline_s + 1e-6  # every job with a deadline counts
@@ -710,7 +711,7 @@ def simulate(
     b_s, f_s = seconds(b_start), seconds(f_start)
     baseline = Outcome("baseline", b_s, per_slot(b_busy), np.zeros(jobs.procs.size, bool), seconds(b_elig))
     flex = Outcome("slurm-flex", f_s, per_slot(f_busy), jobs.flexible, seconds(f_elig))
-    carbon_price = policy.carbon_price_gbp_per_tonne or 250.0
+    carbon_price = policy.carbon_price_gbp_per_tonne or DEFAULT_CARBON_PRICE
     baseline.metrics = _metrics(jobs, b_s, actual, price, carbon_price_gbp_per_tonne=carbon_price)
     base_missed = b_s + jobs.runtime_s > jobs.deadline_s + 1e-6
     flex.metrics = _metrics(jobs, f_s, actual, price, base_missed, carbon_price)

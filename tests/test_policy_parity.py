@@ -44,7 +44,7 @@ def test_fake_queue_snapshot_replays_to_the_daemons_decisions(fake_env: FakeEnv)
     ids = [
         fake_env.submit_flexible(hours=10, minutes=60),
         fake_env.submit_flexible(hours=20, minutes=120),
-        fake_env.submit_flexible(hours=3, minutes=170),  # no cleaner window in reach: runs now
+        fake_env.submit_flexible(hours=3, minutes=150),  # 15 min to move, no cleaner window in reach: runs now
     ]
     fake_env.slurmflex("daemon", "--once")
     config = fake_env.load()
@@ -58,7 +58,7 @@ def test_real_cluster_snapshot_replays_to_the_daemons_decisions(env: Env) -> Non
     ids = [
         env.submit_flexible(hours=10, minutes=60),
         env.submit_flexible(hours=20, minutes=120),
-        env.submit_flexible(hours=3, minutes=170),
+        env.submit_flexible(hours=3, minutes=150),  # 15 min to move, no cleaner window in reach: runs now
     ]
     env.slurmflex("daemon", "--once")
     state_dir = load_config(env.config, environ={}).daemon.state_dir

@@ -80,7 +80,8 @@ MILP_MAX_VARIABLES = 5_000
 LP_ROUNDING_MAX_VARIABLES = 150_000
 # Methods without a bound of their own get the LP's up to this size, the Lagrangian dual's above.
 LP_BOUND_MAX_VARIABLES = 60_000
-# The fast method proves late jobs late (by MILP) up to this size only.
+# Below this size the fast method settles late jobs thoroughly at once (the MILP takes
+# milliseconds); above it, a quick search for room comes first.
 FAST_PROOF_MAX_VARIABLES = 1_000
 # The whole-instance MILP that settles late jobs is tried up to this size.
 MILP_SETTLE_MAX_VARIABLES = 400_000
@@ -670,11 +671,16 @@ def solve(
             if late:
                 starts, late = _squeaky(inst, lres.preferred, lam, mu, clock, (starts, late))
             if late:
-                # Proving lateness (a MILP) only where that takes milliseconds: this method
-                # runs every slot of a year-long simulation.
+                # Moving other jobs out of the way first, for a few milliseconds: this method
+                # runs every slot of a year-long simulation, and that usually places them. What
+                # it cannot place gets the thorough search (sub-problem MILPs) before anything is
+                # called late: a false "late" runs the job early, outside the cleanest hours.
                 cands = candidates(inst)
                 small = cands.n_candidates <= FAST_PROOF_MAX_VARIABLES
-                starts, late, proof = _settle(inst, cands, starts, late, w, lam, mu, clock, thorough=small)
+                if not small:
+                    starts, late, proof = _settle(inst, cands, starts, late, w, lam, mu, clock, thorough=False)
+                if late:
+                    starts, late, proof = _settle(inst, cands, starts, late, w, lam, mu, clock)
                 if not late:
                     starts = improve(inst, starts, w)
             if np.isfinite(lres.lower_bound) and not late:

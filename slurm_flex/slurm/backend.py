@@ -150,10 +150,11 @@ def make_backend(
     *,
     bin_dir: Path | None = None,
     slurm_conf: Path | None = None,
+    chroot: Path | None = None,
     timeout_seconds: float = 30.0,
 ) -> SlurmBackend:
     try:
         factory = BACKENDS[name]
     except KeyError as exc:
         raise SlurmError(f"unknown Slurm backend {name!r}; known: {', '.join(sorted(BACKENDS))}") from exc
-    return factory(SlurmRunner(bin_dir=bin_dir, slurm_conf=slurm_conf, timeout_seconds=timeout_seconds))
+    return factory(SlurmRunner(bin_dir=bin_dir, slurm_conf=slurm_conf, chroot=chroot, timeout_seconds=timeout_seconds))

@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-export DEVCLUSTER_DIR ?= /var/tmp/slurm-flex-dev
+# Which Slurm the cluster tests and the demo run on: 22.05 (the host's), 24.11 (Debian 13's in a
+# chroot, see scripts/devcluster) or both (tests only; the demo then uses 22.05).
+export SLURMFLEX_SLURM ?= both
 
 .PHONY: demo test unit venv lint typecheck bench cluster-up cluster-down clean
 
@@ -20,6 +22,9 @@ venv: $(VENV)/.installed
 demo: venv
 	scripts/demo
 
+# `devcluster up` first installs the host's Slurm, munge and lua5.1 (the Lua tests check for
+# lua5.1 when they are collected); the cluster tests then bring up their own clusters
+# (tests/conftest.py), one per Slurm series, bootstrapping the 24.11 chroot on first use.
 test: venv
 	scripts/devcluster up
 	$(PY) -m pytest -q $(PYTEST_ARGS)

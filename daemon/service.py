@@ -62,6 +62,7 @@ def slurm_backend(config: Config) -> SlurmBackend:
         config.slurm.backend,
         bin_dir=config.slurm.bin_dir,
         slurm_conf=config.slurm.slurm_conf,
+        chroot=config.slurm.chroot,
         timeout_seconds=config.slurm.command_timeout_seconds,
     )
 

@@ -68,6 +68,10 @@ class SlurmConfig(_Section):
     backend: Literal["commands"] = "commands"
     bin_dir: Path | None = None
     slurm_conf: Path | None = None
+    # Run every Slurm command inside this root (``chroot DIR``): a Slurm installed in a chroot
+    # beside the host's own, as scripts/devcluster's 24.11 cluster is. bin_dir and slurm_conf
+    # are then paths inside it.
+    chroot: Path | None = None
     command_timeout_seconds: float = Field(30.0, gt=0, le=600)
 
 

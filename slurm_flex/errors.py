@@ -59,6 +59,12 @@ class SlurmParseError(SlurmError):
     """Slurm's output did not have the expected shape."""
 
 
+class SlurmVersionError(SlurmParseError):
+    """Slurm's JSON comes from a data_parser slurm-flex does not know (a newer Slurm): the
+    message names it and the Slurm release, so a cycle fails whole and says why instead of
+    misreading fields that changed."""
+
+
 class ForecastError(SlurmFlexError):
     """A grid-signal forecast could not be obtained or is not usable."""
 

@@ -67,11 +67,21 @@ def clean_windows_forecast(tmp: Path) -> tuple[Path, int]:
     return write_forecast(tmp / "forecast.csv", slot0, carbon), slot0
 
 
-def write_env_config(tmp: Path, forecast: Path, slurm_conf: Path | None = None, **sections: dict[str, object]) -> Path:
-    """The config the daemon tests run with (against the local cluster or the fake one)."""
+def write_env_config(
+    tmp: Path,
+    forecast: Path,
+    slurm_conf: Path | None = None,
+    chroot: Path | None = None,
+    **sections: dict[str, object],
+) -> Path:
+    """The config the daemon tests run with (against a local cluster, in its chroot if it has
+    one, or the fake one)."""
+    slurm: dict[str, object] = {"slurm_conf": str(slurm_conf)} if slurm_conf is not None else {}
+    if chroot is not None:
+        slurm["chroot"] = str(chroot)
     base: dict[str, dict[str, object]] = {
         "daemon": {"state_dir": str(tmp / "state"), "log_format": "json"},
-        "slurm": {"slurm_conf": str(slurm_conf)} if slurm_conf is not None else {},
+        "slurm": slurm,
         "forecast": {"path": str(forecast)},
         "policy": {"safety_margin_seconds": 900, "min_saving_fraction": 0.05},
         "flex": {"grace_seconds": 120},

@@ -278,6 +278,13 @@ def test_queued_jobs_the_queue_would_make_late_move_up_and_back_when_opted_out(f
         assert (urgent, "expedite", "applied") in [(a.job_id, a.kind, a.outcome) for a in store.actions()]
     env.slurmflex("daemon", "--once")  # in order already: nothing to change
     assert priorities() == p
+    # `scontrol release` (or hold then release) resets an admin priority: to 1 under Slurm 24.11's
+    # default multifactor with zero weights (seen on the 24.11 cluster, tests/fixtures/slurm/
+    # PROVENANCE.md). The next cycle moves the job up again, and still knows its own priority.
+    env.slurm.set_priorities({urgent: 1})
+    env.slurmflex("daemon", "--once")
+    again = priorities()
+    assert again[urgent] > again[tight] > max(again[a] for a in ahead), again
     # The owner opts out (scontrol update Comment=flex=no; the hook's job_modify marks the tag):
     # no deadline to keep, so the job gets its own priority back.
     env.opt_out(urgent)

@@ -1,4 +1,5 @@
-"""Pure parsers over real Slurm 22.05.8 output recorded from the devcluster."""
+"""Pure parsers over real Slurm output: 22.05.8 and 24.11.5 recorded from the devclusters, 23.02
+and 23.11 from public sources (tests/fixtures/slurm/PROVENANCE.md)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import json
 
 import pytest
 
-from slurm_flex.errors import SlurmParseError, SlurmQueryError
+from slurm_flex.errors import SlurmParseError, SlurmQueryError, SlurmVersionError
 from slurm_flex.power.readers.slurm_energy import node_energy_from_json
 from slurm_flex.slurm.parsers import (
+    KNOWN_DATA_PARSERS,
     count_array_tasks,
+    detect_format,
     first_partition,
     parse_job,
     parse_sinfo_json,
@@ -115,8 +118,10 @@ def test_sinfo_usable_nodes_exclude_drained() -> None:
 
 
 def test_sinfo_garbage() -> None:
-    with pytest.raises(SlurmParseError, match="no 'nodes' list"):
+    with pytest.raises(SlurmParseError, match="neither a 'nodes' nor a 'sinfo' list"):
         parse_sinfo_json("{}")
+    with pytest.raises(SlurmParseError, match="without 'nodes'"):
+        parse_sinfo_json('{"sinfo": [{"node": {"state": ["IDLE"]}}]}')
     with pytest.raises(SlurmParseError, match="without 'state'"):
         parse_sinfo_json('{"nodes": [{"name": "n1"}]}')
 
@@ -180,3 +185,111 @@ def test_slurm_numbers_that_are_not_numbers() -> None:
 def test_a_job_submitted_to_several_partitions_is_judged_by_the_first() -> None:
     assert first_partition("gpu,debug") == "gpu" and first_partition("debug") == "debug"
     assert first_partition(None) == first_partition("") == ""
+
+
+# -- every data_parser slurm-flex reads ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "parser", "release"),
+    [
+        ("squeue-22.05.8-mixed.json", "v0.0.38", "22.05.8"),
+        ("sinfo-22.05.8.json", "v0.0.38", "22.05.8"),
+        ("squeue-23.02.6-v0.0.39-public.json", "v0.0.39", "23.02.6"),
+        ("squeue-23.11.1-v0.0.40-zocalo.json", "v0.0.40", "23.11.1"),
+        ("squeue-v0.0.41-derived-from-24.11.5.json", "v0.0.41", "24.05.8"),
+        ("squeue-24.11.5-mixed.json", "v0.0.42", "24.11.5"),
+        ("sinfo-24.11.5.json", "v0.0.42", "24.11.5"),
+        ("squeue-v0.0.43-derived-from-24.11.5.json", "v0.0.43", "25.05.3"),
+        ("squeue-v0.0.44-derived-from-24.11.5.json", "v0.0.44", "25.11.0"),
+    ],
+)
+def test_data_parser_and_release_come_from_meta(name: str, parser: str, release: str) -> None:
+    fmt = detect_format(json.loads((SLURM / name).read_text()))
+    assert (fmt.data_parser, fmt.release) == (parser, release) and fmt.known
+
+
+def test_every_known_data_parser_has_a_fixture() -> None:
+    seen = {
+        detect_format(json.loads(f.read_text())).data_parser for f in SLURM.glob("*.json") if "squeue" in f.name
+    }
+    assert seen == set(KNOWN_DATA_PARSERS)
+
+
+def test_a_newer_data_parser_is_refused_by_name() -> None:
+    doc = json.loads((SLURM / "squeue-24.11.5-mixed.json").read_text())
+    doc["meta"]["plugin"]["data_parser"] = "data_parser/v0.0.45"
+    doc["meta"]["slurm"]["release"] = "26.05.0"
+    with pytest.raises(SlurmVersionError, match=r"Slurm 26\.05\.0 writes data_parser/v0\.0\.45, newer than"):
+        parse_squeue_json(json.dumps(doc))
+    doc["sinfo"] = []
+    with pytest.raises(SlurmVersionError, match=r"sinfo --json: .*v0\.0\.45"):
+        parse_sinfo_json(json.dumps(doc))
+    # 23.02's spelling of meta (plugins, Slurm with integer version parts) is read too.
+    version = {"major": 21, "minor": 8, "micro": 1}
+    old = {"meta": {"plugins": {"data_parser": "data_parser/v0.0.37"}, "Slurm": {"version": version}}}
+    with pytest.raises(SlurmVersionError, match=r"Slurm 21\.08\.1 writes data_parser/v0\.0\.37, older than"):
+        parse_squeue_json(json.dumps({**old, "jobs": []}))
+
+
+def _jobs_24() -> dict[str, object]:
+    return {j.job_id: j for j in parse_squeue_json((SLURM / "squeue-24.11.5-mixed.json").read_text())}
+
+
+def test_squeue_24_11_reads_as_22_05_did() -> None:
+    jobs = _jobs_24()
+    assert sorted(jobs, key=int) == ["1", "2", "3", "4", "5", "6", "7", "8", "9"]
+    running = jobs["1"]
+    assert running.state == "RUNNING" and running.nodes == 2 and running.priority == 1
+    assert running.end_time == running.start_time + 1800  # type: ignore[operator]
+    assert running.allocation == (("node1", 1), ("node2", 1))
+    flexible = jobs["2"]
+    assert flexible.state == "PENDING" and flexible.state_reason == "BeginTime"
+    # No begin_time in 24.11: the hook's postponement is the eligible time.
+    assert flexible.eligible_time == flexible.start_time == 1796065444
+    assert flexible.deadline == 1796101324 and flexible.time_limit_s == 3600
+    assert flexible.tag is not None and flexible.tag.power_w == 285
+    assert flexible.allocation == ()
+    held = jobs["3"]
+    assert held.held and held.priority == 0 and held.eligible_time is None
+    begin = jobs["4"]
+    assert begin.deadline is None  # unset deadline: set, number 0
+    assert begin.eligible_time == 1796072525
+    assert jobs["5"].state_reason == "Dependency" and "afterok:4" in jobs["5"].dependency
+    array = jobs["6"]
+    assert array.array_task_string == "1-10%3" and array.update_id == "6_[1-10]" and array.array_throttle == 3
+    assert jobs["7"].het_job_id == 7 and jobs["8"].het_job_id == 7 and jobs["2"].het_job_id is None
+    assert jobs["9"].time_limit_s is None  # -t UNLIMITED: infinite
+
+
+def test_job_state_lists_keep_the_base_state() -> None:
+    job = parse_job({"job_id": 3, "job_state": ["PENDING", "REQUEUED"]})
+    assert job.state == "PENDING" and job.pending
+
+
+def test_squeue_23_02_and_23_11_running_jobs() -> None:
+    (v39,) = parse_squeue_json((SLURM / "squeue-23.02.6-v0.0.39-public.json").read_text())
+    assert v39.state == "RUNNING" and v39.deadline is None and v39.priority == 239256
+    assert v39.start_time == 1701983394 and v39.time_limit_s == 6000 * 60
+    assert v39.allocation == (("data-center-ia830", 8),) and v39.memory_per_cpu_mb == 15000
+    (v40,) = parse_squeue_json((SLURM / "squeue-23.11.1-v0.0.40-zocalo.json").read_text())
+    assert v40.state == "RUNNING" and v40.array_job_id == 6077609 and v40.array_task_id == 41
+    assert v40.display_id == "6077609_41" and v40.allocation == (("cma2-02", 1),)
+    assert v40.deadline is None and v40.time_limit_s == 11520 * 60
+
+
+def test_sinfo_24_11_groups_become_nodes() -> None:
+    nodes = {n.name: n for n in parse_sinfo_json((SLURM / "sinfo-24.11.5.json").read_text())}
+    assert sorted(nodes) == ["node1", "node2", "node3", "node4"]
+    assert all(n.cpus == 2 and n.real_memory_mb == 1000 for n in nodes.values())
+    assert all(n.partitions == ("debug", "batch") for n in nodes.values())
+    assert nodes["node1"].state == "mixed" and nodes["node1"].alloc_cpus == 1 and nodes["node1"].usable
+    drained = {n.name: n for n in parse_sinfo_json((SLURM / "sinfo-24.11.5-drain.json").read_text())}
+    assert drained["node4"].state == "idle" and drained["node4"].state_flags == ("DRAIN",)
+    assert not drained["node4"].usable and drained["node3"].usable
+
+
+def test_sinfo_node_oriented_24_11_is_exact_per_node() -> None:
+    nodes = {n.name: n for n in parse_sinfo_json((SLURM / "sinfo-N-24.11.5.json").read_text())}
+    assert {name: n.alloc_cpus for name, n in nodes.items()} == {"node1": 1, "node2": 1, "node3": 0, "node4": 0}
+    assert set(nodes["node3"].partitions) == {"debug", "batch"}

@@ -1,6 +1,6 @@
 """Slurm backends: how the daemon reads the queue and moves start times.
 
-The default backend drives Slurm's own commands (one ``squeue --json`` and one ``sinfo --json``
+The default backend drives Slurm's own commands (one ``squeue --json`` and one ``sinfo -N --json``
 per cycle, one ``scontrol update`` per distinct target start time). Backends register by name so
 an optional one (pyslurm) can be added without touching the daemon.
 """
@@ -101,7 +101,9 @@ class CommandBackend:
         return parse_squeue_json(self.runner.run(["squeue", "--json"]).stdout)
 
     def read_nodes(self) -> tuple[SlurmNode, ...]:
-        return parse_sinfo_json(self.runner.run(["sinfo", "--json"]).stdout)
+        # -N: one record per node and partition. 22.05 lists nodes either way; 24.05+ otherwise
+        # groups nodes and sums their allocated CPUs over the group.
+        return parse_sinfo_json(self.runner.run(["sinfo", "-N", "--json"]).stdout)
 
     def read_output(self, argv: Sequence[str]) -> str:
         return self.runner.run(argv).stdout
@@ -150,10 +152,11 @@ def make_backend(
     *,
     bin_dir: Path | None = None,
     slurm_conf: Path | None = None,
+    chroot: Path | None = None,
     timeout_seconds: float = 30.0,
 ) -> SlurmBackend:
     try:
         factory = BACKENDS[name]
     except KeyError as exc:
         raise SlurmError(f"unknown Slurm backend {name!r}; known: {', '.join(sorted(BACKENDS))}") from exc
-    return factory(SlurmRunner(bin_dir=bin_dir, slurm_conf=slurm_conf, timeout_seconds=timeout_seconds))
+    return factory(SlurmRunner(bin_dir=bin_dir, slurm_conf=slurm_conf, chroot=chroot, timeout_seconds=timeout_seconds))

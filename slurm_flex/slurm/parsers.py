@@ -1,8 +1,17 @@
 """Pure parsers for Slurm command output. No I/O here: text in, frozen records out.
 
-Shapes follow Slurm 22.05's ``openapi/v0.0.38`` JSON (``squeue --json``, ``sinfo --json``),
-which is what Debian 12 ships; newer Slurm nests some numbers as ``{"set":..,"number":..}``
-objects, which :func:`slurm_number` also accepts.
+Every JSON document says which data_parser wrote it in ``meta`` (:func:`detect_format`), and
+each shape slurm-flex knows is read here:
+
+* v0.0.38 (Slurm 22.05): plain numbers, ``job_state`` a string, ``sinfo --json`` a ``nodes``
+  list, ``job_resources.allocated_nodes`` with sockets and cores as objects keyed by index;
+* v0.0.39 (23.02): numbers partly ``{"set", "infinite", "number"}`` objects (times still plain);
+* v0.0.40 (23.11, 24.05's default for slurmrestd): every number such an object, ``job_state``
+  a list;
+* v0.0.41 to v0.0.44 (24.05 to 25.11): ``job_resources.nodes.allocation`` lists with core
+  status lists, and ``sinfo --json`` a top-level ``sinfo`` list of node/partition groups.
+
+A data_parser newer than the newest known is a :class:`SlurmVersionError` naming it.
 """
 
 from __future__ import annotations
@@ -10,10 +19,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from slurm_flex.errors import SlurmParseError, SlurmQueryError
+from slurm_flex.errors import SlurmParseError, SlurmQueryError, SlurmVersionError
 from slurm_flex.tag import HookTag, parse_tag
 
 # Job states in which a job still matters to planning; squeue --json on 22.05 ignores
@@ -166,9 +175,87 @@ def _str(value: Any) -> str:
     return str(value)
 
 
+# data_parser versions whose squeue/sinfo JSON slurm-flex reads, oldest first, with the Slurm
+# release series that introduced each (for messages).
+KNOWN_DATA_PARSERS: Mapping[str, str] = {
+    "v0.0.38": "22.05",
+    "v0.0.39": "23.02",
+    "v0.0.40": "23.11",
+    "v0.0.41": "24.05",
+    "v0.0.42": "24.11",
+    "v0.0.43": "25.05",
+    "v0.0.44": "25.11",
+}
+_PARSER_VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
+
+
+@dataclass(frozen=True)
+class SlurmFormat:
+    """Which Slurm wrote a JSON document: its data_parser (e.g. ``v0.0.42``; "" when ``meta``
+    does not say) and release (e.g. ``24.11.5``; "" when unknown)."""
+
+    data_parser: str
+    release: str
+
+    @property
+    def known(self) -> bool:
+        return self.data_parser in KNOWN_DATA_PARSERS
+
+
+def _parser_key(name: str) -> tuple[int, ...]:
+    m = _PARSER_VERSION.fullmatch(name)
+    return tuple(int(g) for g in m.groups()) if m else ()
+
+
+def detect_format(doc: Mapping[str, Any]) -> SlurmFormat:
+    """The data_parser and release from a document's ``meta``, in each shape Slurm wrote it:
+    22.05 ``meta.plugin.type = "openapi/v0.0.38"`` and ``meta.Slurm``; 23.02
+    ``meta.plugins.data_parser`` (``"data_parser/v0.0.39"``; slurmrestd says ``"v0.0.39"``);
+    23.11+ ``meta.plugin.data_parser`` and ``meta.slurm``."""
+    meta = doc.get("meta")
+    meta = meta if isinstance(meta, Mapping) else {}
+    parser = ""
+    for key in ("plugin", "plugins"):
+        plugin = meta.get(key)
+        if not isinstance(plugin, Mapping):
+            continue
+        for field_name in ("data_parser", "type"):
+            m = _PARSER_VERSION.search(str(plugin.get(field_name) or ""))
+            if m:
+                parser = m.group(0)
+                break
+        if parser:
+            break
+    slurm = meta.get("slurm") or meta.get("Slurm")
+    release = ""
+    if isinstance(slurm, Mapping):
+        release = str(slurm.get("release") or "")
+        version = slurm.get("version")
+        if not release and isinstance(version, Mapping) and version.get("major") is not None:
+            release = f"{version.get('major')}.{int(str(version.get('minor', 0))):02d}.{version.get('micro', 0)}"
+    return SlurmFormat(data_parser=parser, release=release)
+
+
+def check_format(doc: Mapping[str, Any], what: str) -> SlurmFormat:
+    """:func:`detect_format`, refusing a data_parser slurm-flex does not know. A document whose
+    meta names no data_parser is read as the oldest shape (the parsers accept both)."""
+    fmt = detect_format(doc)
+    if fmt.data_parser and not fmt.known:
+        newest = max(KNOWN_DATA_PARSERS, key=_parser_key)
+        release = f"Slurm {fmt.release}" if fmt.release else "this Slurm"
+        relation = "newer" if _parser_key(fmt.data_parser) > _parser_key(newest) else "older"
+        raise SlurmVersionError(
+            f"{what}: {release} writes data_parser/{fmt.data_parser}, {relation} than slurm-flex reads "
+            f"(data_parser/v0.0.38 to {newest}, Slurm 22.05 to {KNOWN_DATA_PARSERS[newest]}); "
+            "upgrade slurm-flex, or record this output and report it"
+        )
+    return fmt
+
+
 def load_slurm_json(text: str, what: str) -> Mapping[str, Any]:
     """The JSON object a Slurm command printed; Slurm's own errors inside it raise
-    :class:`SlurmQueryError`, anything else unreadable :class:`SlurmParseError`."""
+    :class:`SlurmQueryError`, an unknown data_parser :class:`SlurmVersionError`, anything else
+    unreadable :class:`SlurmParseError`."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -178,6 +265,7 @@ def load_slurm_json(text: str, what: str) -> Mapping[str, Any]:
     errors = doc.get("errors") or []
     if errors:
         raise SlurmQueryError(f"{what}: Slurm could not answer: {_describe_errors(errors)}")
+    check_format(doc, what)
     return doc
 
 
@@ -209,7 +297,8 @@ def parse_job(raw: Mapping[str, Any]) -> SlurmJob:
             account=_str(raw.get("account")),
             partition=_str(raw.get("partition")),
             qos=_str(raw.get("qos")),
-            state=_str(raw.get("job_state")),
+            # v0.0.40+ lists the state with its flags (["PENDING", "REQUEUED"]): the base state first.
+            state=next(iter(_states(raw.get("job_state"))), ""),
             state_reason=_str(raw.get("state_reason")),
             nodes=_num(raw.get("node_count")) or 1,
             cpus=_num(raw.get("cpus")) or 1,
@@ -238,10 +327,14 @@ def parse_job(raw: Mapping[str, Any]) -> SlurmJob:
 
 
 def _allocation(resources: Any) -> tuple[tuple[str, int], ...]:
-    """(node, allocated cores) from ``job_resources.allocated_nodes`` (Slurm 22.05+ JSON):
-    each node lists its sockets and the state of each core."""
+    """(node, allocated cores) from ``job_resources``: up to v0.0.40 ``allocated_nodes``, each
+    node's sockets and cores objects keyed by index with a state string; from v0.0.41
+    ``nodes.allocation``, each node's sockets and cores lists with a status list."""
     if not isinstance(resources, Mapping):
         return ()
+    nodes = resources.get("nodes")
+    if isinstance(nodes, Mapping):
+        return _allocation_lists(nodes.get("allocation"))
     out = []
     for node in resources.get("allocated_nodes") or ():
         if not isinstance(node, Mapping) or not node.get("nodename"):
@@ -258,6 +351,29 @@ def _allocation(resources: Any) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def _allocation_lists(allocation: Any) -> tuple[tuple[str, int], ...]:
+    out = []
+    for node in allocation or ():
+        if not isinstance(node, Mapping) or not node.get("name"):
+            continue
+        cores = sum(
+            1
+            for socket in node.get("sockets") or ()
+            if isinstance(socket, Mapping)
+            for core in socket.get("cores") or ()
+            if isinstance(core, Mapping) and "ALLOCATED" in _states(core.get("status"))
+        )
+        out.append((_str(node["name"]), max(cores, 1)))
+    return tuple(out)
+
+
+def _states(value: Any) -> tuple[str, ...]:
+    """A state or flag list as Slurm writes it: a list (v0.0.40+) or one string."""
+    if isinstance(value, list):
+        return tuple(_str(v).upper() for v in value)
+    return (_str(value).upper(),) if value else ()
+
+
 def parse_squeue_json(text: str) -> tuple[SlurmJob, ...]:
     """Active jobs from ``squeue --json`` output (finished jobs are dropped)."""
     doc = load_slurm_json(text, "squeue --json")
@@ -269,11 +385,14 @@ def parse_squeue_json(text: str) -> tuple[SlurmJob, ...]:
 
 
 def parse_sinfo_json(text: str) -> tuple[SlurmNode, ...]:
-    """Nodes from ``sinfo --json`` output."""
+    """Nodes from ``sinfo --json`` output: a ``nodes`` list up to v0.0.40 (one record per node),
+    a ``sinfo`` list of node/partition groups from v0.0.41 (Slurm 24.05)."""
     doc = load_slurm_json(text, "sinfo --json")
+    if isinstance(doc.get("sinfo"), list):
+        return _nodes_from_groups(doc["sinfo"])
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, list):
-        raise SlurmParseError("sinfo --json: no 'nodes' list")
+        raise SlurmParseError("sinfo --json: neither a 'nodes' nor a 'sinfo' list")
     nodes = []
     for raw in raw_nodes:
         try:
@@ -297,6 +416,43 @@ def parse_sinfo_json(text: str) -> tuple[SlurmNode, ...]:
         except KeyError as exc:
             raise SlurmParseError(f"sinfo --json: node record without {exc.args[0]!r}") from exc
     return tuple(nodes)
+
+
+def _nodes_from_groups(groups: list[Any]) -> tuple[SlurmNode, ...]:
+    """Nodes from v0.0.41+ ``sinfo`` groups. Each group is nodes sharing a state and partition,
+    with CPU counts summed over the group; a node in several partitions is in several groups.
+    ``sinfo -N --json`` makes every group one node, so its allocated CPUs are exact; in grouped
+    output they are the group's share per node (sinfo groups nodes of equal size)."""
+    by_name: dict[str, SlurmNode] = {}
+    for group in groups:
+        try:
+            if not isinstance(group, Mapping):
+                raise SlurmParseError(f"sinfo --json: group is not an object: {group!r}")
+            names = [_str(n) for n in group["nodes"]["nodes"]]
+            states = _states(group["node"]["state"])
+            cpus = group.get("cpus") or {}
+            count = max(len(names), 1)
+            partition = _str((group.get("partition") or {}).get("name"))
+            gres = group.get("gres")
+            for name in names:
+                seen = by_name.get(name)
+                if seen is not None:
+                    if partition and partition not in seen.partitions:
+                        by_name[name] = replace(seen, partitions=(*seen.partitions, partition))
+                    continue
+                by_name[name] = SlurmNode(
+                    name=name,
+                    state=states[0].lower() if states else "unknown",
+                    state_flags=states[1:],
+                    cpus=(_num(cpus.get("total")) or 0) // count,
+                    alloc_cpus=(_num(cpus.get("allocated")) or 0) // count,
+                    real_memory_mb=_num((group.get("memory") or {}).get("minimum")) or 0,
+                    gres=_str(gres.get("total") if isinstance(gres, Mapping) else gres),
+                    partitions=(partition,) if partition else (),
+                )
+        except (KeyError, TypeError) as exc:
+            raise SlurmParseError(f"sinfo --json: node group without {exc.args[0]!r}") from exc
+    return tuple(by_name.values())
 
 
 _ARRAY_RANGE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")

@@ -4,6 +4,10 @@ Everything that talks to Slurm goes through :meth:`SlurmRunner.run`, which appli
 pins the time zone to UTC (so times we format and times Slurm parses agree, whatever the host's
 zone and daylight-saving state) and turns failures into typed errors. Parsing lives elsewhere,
 in pure functions.
+
+A Slurm installed in a chroot (another Slurm version beside the host's, as scripts/devcluster
+runs 24.11) is driven by prefixing ``chroot DIR``: the commands, their libraries, plugins and
+slurm.conf are then the chroot's, and the controller is reached over the shared loopback.
 """
 
 from __future__ import annotations
@@ -57,8 +61,10 @@ class SlurmRunner:
         slurm_conf: Path | None = None,
         timeout_seconds: float = 30.0,
         extra_env: Mapping[str, str] | None = None,
+        chroot: Path | None = None,
     ) -> None:
         self.bin_dir = bin_dir
+        self.chroot = chroot
         self.timeout_seconds = timeout_seconds
         env = dict(os.environ)
         if slurm_conf is not None:
@@ -71,6 +77,12 @@ class SlurmRunner:
     def _executable(self, name: str) -> str:
         return str(self.bin_dir / name) if self.bin_dir else name
 
+    def command(self, argv: Sequence[str]) -> tuple[str, ...]:
+        """The full command line for ``argv``: the executable from bin_dir, inside the chroot
+        if there is one."""
+        full = (self._executable(argv[0]), *argv[1:])
+        return ("chroot", str(self.chroot), *full) if self.chroot else full
+
     def run(self, argv: Sequence[str], *, check: bool = True) -> CommandResult:
         """Run ``argv`` (its first item a Slurm command name) and return its output.
 
@@ -78,7 +90,7 @@ class SlurmRunner:
         :class:`SlurmTimeoutError` on timeout and :class:`SlurmCommandError` for any other
         non-zero exit when ``check`` is true.
         """
-        full = (self._executable(argv[0]), *argv[1:])
+        full = self.command(argv)
         self.calls[argv[0]] += 1
         started = time.monotonic()
         try:
@@ -101,7 +113,8 @@ class SlurmRunner:
             stderr=proc.stderr,
             seconds=time.monotonic() - started,
         )
-        log.debug("slurm_command", argv=list(full[:4]), rc=proc.returncode, seconds=round(result.seconds, 3))
+        shown = list(full[:6] if self.chroot else full[:4])
+        log.debug("slurm_command", argv=shown, rc=proc.returncode, seconds=round(result.seconds, 3))
         if check and proc.returncode != 0:
             if any(marker in proc.stderr for marker in _UNAVAILABLE_MARKERS):
                 raise SlurmUnavailableError(full, proc.returncode, proc.stderr)

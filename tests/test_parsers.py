@@ -1,5 +1,5 @@
-"""Pure parsers over real Slurm output: 22.05.8 and 24.11.5 recorded from the devclusters, 23.02
-and 23.11 from public sources (tests/fixtures/slurm/PROVENANCE.md)."""
+"""Pure parsers over real Slurm output: 22.05.8 and 24.11.5 recorded from the devclusters, 23.02,
+23.11, 24.05, 25.05 and 25.11 from public sources (tests/fixtures/slurm/PROVENANCE.md)."""
 
 from __future__ import annotations
 
@@ -197,11 +197,11 @@ def test_a_job_submitted_to_several_partitions_is_judged_by_the_first() -> None:
         ("sinfo-22.05.8.json", "v0.0.38", "22.05.8"),
         ("squeue-23.02.6-v0.0.39-public.json", "v0.0.39", "23.02.6"),
         ("squeue-23.11.1-v0.0.40-zocalo.json", "v0.0.40", "23.11.1"),
-        ("squeue-v0.0.41-derived-from-24.11.5.json", "v0.0.41", "24.05.8"),
+        ("squeue-24.05.3-v0.0.41-slurmrestd-jobs.json", "v0.0.41", "24.05.3"),
         ("squeue-24.11.5-mixed.json", "v0.0.42", "24.11.5"),
         ("sinfo-24.11.5.json", "v0.0.42", "24.11.5"),
-        ("squeue-v0.0.43-derived-from-24.11.5.json", "v0.0.43", "25.05.3"),
-        ("squeue-v0.0.44-derived-from-24.11.5.json", "v0.0.44", "25.11.0"),
+        ("squeue-25.05.4-v0.0.43-slurmrestd-jobs.json", "v0.0.43", "25.05.4"),
+        ("squeue-25.11.0-v0.0.44-slurmrestd-jobs.json", "v0.0.44", "25.11.0"),
     ],
 )
 def test_data_parser_and_release_come_from_meta(name: str, parser: str, release: str) -> None:
@@ -293,3 +293,53 @@ def test_sinfo_node_oriented_24_11_is_exact_per_node() -> None:
     nodes = {n.name: n for n in parse_sinfo_json((SLURM / "sinfo-N-24.11.5.json").read_text())}
     assert {name: n.alloc_cpus for name, n in nodes.items()} == {"node1": 1, "node2": 1, "node3": 0, "node4": 0}
     assert set(nodes["node3"].partitions) == {"debug", "batch"}
+
+
+# -- 24.05, 25.05 and 25.11: slurmrestd /jobs answers of the same data_parser (PROVENANCE.md) ------
+
+
+def _restd_jobs(name: str) -> dict[str, object]:
+    return {j.job_id: j for j in parse_squeue_json((SLURM / name).read_text())}
+
+
+def test_squeue_24_05_v0_0_41_real_jobs() -> None:
+    name = "squeue-24.05.3-v0.0.41-slurmrestd-jobs.json"
+    doc = json.loads((SLURM / name).read_text())
+    # v0.0.41's own job shape, not v0.0.42's: fields 24.11 dropped are still there.
+    assert {"exclusive", "oversubscribe", "show_flags"} <= set(doc["jobs"][0])
+    assert "priority_by_partition" not in doc["jobs"][0]
+    jobs = _restd_jobs(name)
+    assert sorted(jobs, key=int) == ["649722", "649726", "649728", "649730"]  # 649717 TIMEOUT dropped
+    multi = jobs["649728"]
+    assert multi.state == "RUNNING" and multi.nodes == 3 and multi.cpus == 128 and multi.user == "crich"
+    assert multi.allocation == (("cn004", 48), ("cn005", 64), ("cn006", 16))
+    assert multi.start_time == 1747754493 and multi.end_time == 1747754613 and multi.time_limit_s == 120
+    assert multi.priority == 727 and multi.deadline is None and multi.memory_per_cpu_mb == 512
+    assert jobs["649726"].allocation == (("cn003", 64),)
+    pending = jobs["649730"]
+    assert pending.pending and pending.state_reason == "BeginTime" and not pending.held
+    assert pending.submit_time == 1747754494 and pending.eligible_time == 1747758094
+    assert pending.time_limit_s == 60 and pending.allocation == () and pending.partition == "batch"
+
+
+def test_squeue_25_05_v0_0_43_real_jobs() -> None:
+    jobs = _restd_jobs("squeue-25.05.4-v0.0.43-slurmrestd-jobs.json")
+    assert sorted(jobs, key=int) == ["4734", "4735", "4741", "4743"]  # 4730 TIMEOUT dropped
+    multi = jobs["4734"]
+    assert multi.state == "RUNNING" and multi.nodes == 3 and multi.cpus == 128
+    assert multi.allocation == (("cn1", 31), ("cn2", 64), ("cn3", 33))
+    assert multi.start_time == 1762789002 and multi.end_time == 1762789122
+    assert jobs["4741"].state_reason == "Resources" and jobs["4741"].eligible_time == 1762789012
+    begin = jobs["4743"]
+    assert begin.pending and begin.state_reason == "BeginTime" and begin.nodes == 2 and begin.cpus == 128
+    assert begin.eligible_time == 1762792615 and begin.deadline is None and begin.priority == 545
+
+
+def test_squeue_25_11_v0_0_44_real_jobs() -> None:
+    jobs = _restd_jobs("squeue-25.11.0-v0.0.44-slurmrestd-jobs.json")
+    assert sorted(jobs, key=int) == ["5745", "5746", "5750"]  # 5737 TIMEOUT dropped
+    assert jobs["5745"].allocation == (("cn1", 4),) and jobs["5745"].cpus == 4
+    assert jobs["5746"].allocation == (("cn1", 1),) and jobs["5746"].end_time == 1762942590
+    begin = jobs["5750"]
+    assert begin.pending and begin.state_reason == "BeginTime" and begin.nodes == 2
+    assert begin.eligible_time == 1762946075 and begin.time_limit_s == 60 and begin.user == "vhartman"

@@ -647,6 +647,103 @@ def hook_install(obj: _Ctx, dest: Path, module_only: bool, no_cli_filter: bool, 
         click.echo(f"note: {warning}", err=True)
 
 
+@main.group()
+def audit() -> None:
+    """Verify the ledger: the signed log of every decision (offline, with the public key)."""
+
+
+def _audit_paths(obj: _Ctx, state_dir: Path | None, key: str | None) -> tuple[Path, Any]:
+    """The ledger directory and the verifier key to trust: --key (a file or a vkey string),
+    else the log's own site.vkey (fine for the operator; an auditor brings their own copy)."""
+    from slurm_flex.ledger.log import VKEY
+    from slurm_flex.ledger.note import Verifier, read_verifier
+    from slurm_flex.ledger.site import LEDGER_DIR, ledger_dir
+
+    directory = state_dir / LEDGER_DIR if state_dir is not None else ledger_dir(obj.config())
+    if key is None:
+        return directory, read_verifier(directory / VKEY)
+    if Path(key).exists():
+        return directory, read_verifier(Path(key))
+    return directory, Verifier.parse(key)
+
+
+_STATE_DIR = click.option(
+    "--state-dir", "audit_state_dir", type=click.Path(path_type=Path), default=None, help="The daemon's state_dir."
+)
+_KEY = click.option("--key", default=None, help="Verifier key (file or vkey string); default: the log's site.vkey.")
+
+
+@audit.command("verify")
+@_STATE_DIR
+@_KEY
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Also check the log against this signed checkpoint (e.g. one a witness cosigned); repeatable.",
+)
+@click.pass_obj
+@_fail_cleanly
+def audit_verify(obj: _Ctx, audit_state_dir: Path | None, key: str | None, checkpoints: tuple[Path, ...]) -> None:
+    """Exit 0 when every record and checkpoint verifies; 1 naming the first bad record."""
+    from slurm_flex.ledger.log import verify
+
+    directory, verifier = _audit_paths(obj, audit_state_dir, key)
+    external = [(str(p), p.read_text(encoding="utf-8")) for p in checkpoints]
+    done = verify(directory, verifier, external=external)
+    click.echo(
+        f"ok: {done.records} records ({done.first}..{done.records - 1} on disk), {done.checkpoints} checkpoints "
+        f"verified with {verifier.name}+{verifier.key_id:08x}"
+    )
+    if done.latest is not None:
+        click.echo(f"latest checkpoint: size {done.latest.size}")
+    if done.uncovered:
+        click.echo(f"note: the last {done.uncovered} records are not signed by a checkpoint yet")
+    if done.signature_only:
+        click.echo(f"note: {done.signature_only} checkpoints predate the retained records (signature checked only)")
+
+
+@audit.command("prove")
+@click.argument("index", type=click.IntRange(min=0))
+@_STATE_DIR
+@_KEY
+@click.pass_obj
+@_fail_cleanly
+def audit_prove(obj: _Ctx, index: int, audit_state_dir: Path | None, key: str | None) -> None:
+    """Print record INDEX with its inclusion proof against the latest signed checkpoint (JSON)."""
+    from slurm_flex.ledger.log import prove
+
+    directory, verifier = _audit_paths(obj, audit_state_dir, key)
+    click.echo(json.dumps(prove(directory, verifier, index).to_json(), indent=2))
+
+
+@audit.command("checkpoint")
+@_STATE_DIR
+@click.option("--sign", is_flag=True, help="Sign a new checkpoint of the log as it is now (needs the site key).")
+@click.pass_obj
+@_fail_cleanly
+def audit_checkpoint(obj: _Ctx, audit_state_dir: Path | None, sign: bool) -> None:
+    """Print the latest signed checkpoint (C2SP tlog-checkpoint), to publish or have cosigned."""
+    from slurm_flex.ledger.log import LATEST
+    from slurm_flex.ledger.site import LEDGER_DIR, ledger_dir, open_site_ledger
+
+    cfg = obj.config()
+    if sign:
+        if audit_state_dir is not None:
+            cfg = cfg.model_copy(update={"daemon": cfg.daemon.model_copy(update={"state_dir": audit_state_dir})})
+        ledger = open_site_ledger(cfg)
+        if ledger is None:
+            raise SlurmFlexError("the ledger is disabled ([ledger] enabled = false)")
+        click.echo(ledger.checkpoint(), nl=False)
+        return
+    directory = audit_state_dir / LEDGER_DIR if audit_state_dir is not None else ledger_dir(cfg)
+    path = directory / LATEST
+    if not path.exists():
+        raise SlurmFlexError(f"no checkpoint at {path}: has the daemon run with this state_dir?")
+    click.echo(path.read_text(encoding="utf-8"), nl=False)
+
+
 @main.group("config")
 def config_group() -> None:
     """Inspect the effective configuration."""

@@ -49,7 +49,7 @@ from slurm_flex.grid.series import iso_utc
 from slurm_flex.ledger import note
 from slurm_flex.ledger.checkpoint import Checkpoint, open_checkpoint
 from slurm_flex.ledger.errors import CheckpointError, ProofError, VerificationError
-from slurm_flex.ledger.merkle import CompactRange, consistency_proof, inclusion_proof, leaf_hash
+from slurm_flex.ledger.merkle import CompactRange, consistency_proof, inclusion_proof, leaf_hash, verify_inclusion
 
 log = structlog.get_logger(__name__)
 
@@ -676,3 +676,62 @@ def verify(
         uncovered=n - (latest.size if latest is not None else 0),
         signature_only=old,
     )
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    """Record ``index`` (its line) is in the tree the signed ``checkpoint`` commits to."""
+
+    index: int
+    record: bytes
+    proof: tuple[bytes, ...]
+    checkpoint: str  # the signed note
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "record": self.record.decode(),
+            "leaf_hash": b64(leaf_hash(self.record)),
+            "proof": [b64(p) for p in self.proof],
+            "checkpoint": self.checkpoint,
+        }
+
+
+def prove(directory: Path, verifier: note.Verifier, index: int, origin: str | None = None) -> InclusionProof:
+    """An inclusion proof of record ``index`` against the latest checkpoint, made only after the
+    whole log verified (a proof into a log that does not verify would prove nothing)."""
+    done = verify(directory, verifier, origin)
+    latest_path = directory / LATEST
+    if done.latest is None or not latest_path.exists():
+        raise ProofError("the log has no checkpoint yet")
+    signed = latest_path.read_text(encoding="utf-8")
+    cp = open_checkpoint(signed, [verifier], origin or verifier.name)
+    if not 0 <= index < cp.size:
+        raise ProofError(f"record {index} is not covered by the latest checkpoint (size {cp.size})")
+    base, lines, _ = _lines(directory)
+    if base:
+        raise ProofError(f"records before {base} were rotated away: proofs need every leaf hash")
+    hashes = [leaf_hash(rec.data) for rec in lines[: cp.size]]
+    return InclusionProof(index, lines[index].data, tuple(inclusion_proof(hashes, index)), signed)
+
+
+def check_inclusion(proof: InclusionProof, verifier: note.Verifier, origin: str | None = None) -> Checkpoint:
+    """Verify an inclusion proof offline: the checkpoint's signature, then the Merkle path."""
+    try:
+        cp = open_checkpoint(proof.checkpoint, [verifier], origin)
+    except CheckpointError as exc:
+        raise ProofError(str(exc)) from exc
+    verify_inclusion(leaf_hash(proof.record), proof.index, cp.size, proof.proof, cp.root)
+    return cp
+
+
+def inclusion_from_json(doc: Mapping[str, Any]) -> InclusionProof:
+    try:
+        return InclusionProof(
+            int(doc["index"]),
+            str(doc["record"]).encode(),
+            tuple(base64.b64decode(p, validate=True) for p in doc["proof"]),
+            str(doc["checkpoint"]),
+        )
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ProofError(f"not an inclusion proof: {exc}") from exc

@@ -744,6 +744,62 @@ def audit_checkpoint(obj: _Ctx, audit_state_dir: Path | None, sign: bool) -> Non
     click.echo(path.read_text(encoding="utf-8"), nl=False)
 
 
+@audit.command("certify")
+@click.argument("job_id")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write here, not stdout.")
+@click.pass_obj
+@_fail_cleanly
+def audit_certify(obj: _Ctx, job_id: str, out: Path | None) -> None:
+    """Issue a signed green-compute certificate for JOB_ID, logged in the ledger with its proof."""
+    from slurm_flex.ledger.certificate import claims, issue
+    from slurm_flex.ledger.site import open_site_ledger
+    from slurm_flex.power.store import POWER_DB, PowerStore
+    from slurm_flex.state import StateStore
+
+    cfg = obj.config()
+    if not cfg.state_db.exists():
+        raise SlurmFlexError(f"no state at {cfg.state_db}: has the daemon run with this state_dir?")
+    with StateStore(cfg.state_db) as store:
+        rec = store.jobs().get(job_id)
+    if rec is None:
+        raise SlurmFlexError(f"job {job_id} is not one slurm-flex planned (unknown job id)")
+    measured = None
+    power_db = cfg.daemon.state_dir / POWER_DB
+    if power_db.exists():
+        with PowerStore(power_db) as power:
+            measured = next(iter(power.job_energy(job_id=job_id)), None)
+    ledger = open_site_ledger(cfg)
+    if ledger is None:
+        raise SlurmFlexError("the ledger is disabled ([ledger] enabled = false): certificates are anchored in it")
+    doc = issue(ledger, claims(rec, measured, ledger.origin, int(time.time())))
+    text = json.dumps(doc, indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}", err=True)
+
+
+@audit.command("verify-certificate")
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_STATE_DIR
+@_KEY
+@click.pass_obj
+@_fail_cleanly
+def audit_verify_certificate(obj: _Ctx, file: Path, audit_state_dir: Path | None, key: str | None) -> None:
+    """Verify a green-compute certificate offline with the site's verifier key (--key)."""
+    from slurm_flex.ledger.certificate import verify_certificate
+
+    _, verifier = _audit_paths(obj, audit_state_dir, key)
+    done = verify_certificate(file.read_text(encoding="utf-8"), verifier)
+    c = done.claims
+    click.echo(
+        f"ok: job {c['job']['id']} ({c['job']['user']}): {c['energy']['kwh']} kWh {c['energy']['basis']}, "
+        f"{c['as_run']['carbon_kg']} kg CO2 as run vs {c['counterfactual']['carbon_kg']} kg without slurm-flex; "
+        f"ledger record {done.index} in checkpoint of size {done.checkpoint.size}, signed by {verifier.name}"
+    )
+
+
 @main.group("config")
 def config_group() -> None:
     """Inspect the effective configuration."""

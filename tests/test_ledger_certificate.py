@@ -60,7 +60,7 @@ def certified(env: FakeEnv) -> tuple[str, Path, Verifier]:
 def test_a_certificate_verifies_offline_and_any_changed_field_is_refused(fake_env: FakeEnv, tmp_path: Path) -> None:
     job_id, path, vkey = certified(fake_env)
     doc = json.loads(path.read_text())
-    c = doc["certificate"]
+    c = doc["body"]
     assert c["job"]["id"] == job_id and c["energy"]["basis"] == "estimated"
     assert c["saved"]["carbon_kg"] > 0 and c["as_run"]["carbon_kg"] < c["counterfactual"]["carbon_kg"]
     # Offline: only the file and the key (a copy outside the state dir).
@@ -74,7 +74,7 @@ def test_a_certificate_verifies_offline_and_any_changed_field_is_refused(fake_en
         with pytest.raises(CertificateError):
             verify_certificate(json.dumps(_changed(doc, field)), vkey)
     changed = tmp_path / "changed.json"
-    changed.write_text(json.dumps(_changed(doc, ("certificate", "saved", "carbon_kg"))))
+    changed.write_text(json.dumps(_changed(doc, ("body", "saved", "carbon_kg"))))
     bad = fake_env.slurmflex("audit", "verify-certificate", str(changed), "--key", str(key_copy))
     assert bad.returncode == 1 and "a field of the certificate was changed" in bad.stderr
     # The certificate's record is in the log, which still verifies.
@@ -86,7 +86,7 @@ def test_certificates_of_another_site_and_unknown_jobs(fake_env: FakeEnv) -> Non
     other = Signer.generate(vkey.name).verifier
     with pytest.raises(CertificateError, match="not by the trusted key"):
         verify_certificate(path.read_text(), other)
-    with pytest.raises(CertificateError, match="not a certificate file"):
+    with pytest.raises(CertificateError, match="not a signed certificate file"):
         verify_certificate("{}", vkey)
     out = fake_env.slurmflex("audit", "certify", "424242")
     assert out.returncode == 1 and "job 424242 is not one slurm-flex planned (unknown job id)" in out.stderr

@@ -1,31 +1,22 @@
 """Green-compute certificates: per job, the energy, carbon and cost as run against the
 counterfactual start without slurm-flex, signed by the site key and anchored in the ledger.
 
-A certificate file is JSON::
-
-    {"certificate": {...the claims...},
-     "ledger": {"index", "record", "proof", "checkpoint"},   # inclusion proof of its ledger record
-     "signature": {"key": "<name>+<hex key ID>", "ed25519": base64}}
-
-The ledger record (kind ``certificate``) holds the SHA-256 of the claims' canonical JSON, so the
-claims are in the append-only log; the signature covers the canonical JSON of ``certificate``
-and ``ledger`` together. :func:`verify_certificate` needs only the file and the site's verifier
-key: offline, no access to the cluster.
+A certificate is a signed, ledger-anchored document (``signed.py``) whose body holds the claims;
+:func:`verify_certificate` needs only the file and the site's verifier key: offline, no access
+to the cluster.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from slurm_flex.errors import LedgerError
 from slurm_flex.grid.series import iso_utc
+from slurm_flex.ledger import signed
 from slurm_flex.ledger.checkpoint import Checkpoint
-from slurm_flex.ledger.errors import CertificateError, ProofError
-from slurm_flex.ledger.log import Ledger, canonical, check_inclusion, inclusion_from_json
+from slurm_flex.ledger.errors import CertificateError
+from slurm_flex.ledger.log import Ledger
 from slurm_flex.ledger.note import Verifier
 from slurm_flex.power.store import JobEnergy
 from slurm_flex.state import JobRecord
@@ -91,26 +82,9 @@ def claims(rec: JobRecord, measured: JobEnergy | None, site: str, issued_at: int
     }
 
 
-def _signed_part(doc: dict[str, Any]) -> bytes:
-    return canonical({"certificate": doc["certificate"], "ledger": doc["ledger"]})
-
-
 def issue(ledger: Ledger, body: dict[str, Any]) -> dict[str, Any]:
     """Log the claims' digest, sign a checkpoint covering it, and return the certificate."""
-    digest = hashlib.sha256(canonical(body)).hexdigest()
-    index = ledger.append("certificate", {"job": body["job"]["id"], "sha256": digest})
-    checkpoint = ledger.checkpoint()
-    size = ledger.size
-    proof = [base64.b64encode(p).decode() for p in ledger.inclusion_proof(index, size)]
-    record = ledger.record(index).decode()
-    doc: dict[str, Any] = {
-        "certificate": body,
-        "ledger": {"index": index, "record": record, "proof": proof, "checkpoint": checkpoint},
-    }
-    v = ledger.signer.verifier
-    signature = ledger.signer.sign(_signed_part(doc))
-    doc["signature"] = {"key": f"{v.name}+{v.key_id:08x}", "ed25519": base64.b64encode(signature).decode()}
-    return doc
+    return signed.issue(ledger, "certificate", body["job"]["id"], body)
 
 
 @dataclass(frozen=True)
@@ -123,26 +97,9 @@ class VerifiedCertificate:
 def verify_certificate(text: str, verifier: Verifier) -> VerifiedCertificate:
     """Check a certificate file offline; :class:`CertificateError` says what is wrong."""
     try:
-        doc = json.loads(text)
-        body, anchor, sig = doc["certificate"], doc["ledger"], doc["signature"]
-        key, signature = sig["key"], base64.b64decode(sig["ed25519"], validate=True)
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise CertificateError(f"not a certificate file: {exc}") from exc
-    if key != f"{verifier.name}+{verifier.key_id:08x}":
-        raise CertificateError(f"signed by {key}, not by the trusted key {verifier.name}+{verifier.key_id:08x}")
-    if not verifier.verify(_signed_part(doc), signature):
-        raise CertificateError("the signature does not verify: a field of the certificate was changed")
-    if not isinstance(body, dict) or body.get("type") != CERTIFICATE_TYPE:
+        body, index, cp = signed.verify(text, verifier, "certificate")
+    except LedgerError as exc:
+        raise CertificateError(str(exc)) from exc
+    if body.get("type") != CERTIFICATE_TYPE:
         raise CertificateError(f"not a {CERTIFICATE_TYPE}")
-    try:
-        proof = inclusion_from_json(anchor)
-        cp = check_inclusion(proof, verifier)
-    except ProofError as exc:
-        raise CertificateError(f"ledger inclusion: {exc}") from exc
-    record = json.loads(proof.record)
-    digest = hashlib.sha256(canonical(body)).hexdigest()
-    if record.get("kind") != "certificate" or record.get("data", {}).get("sha256") != digest:
-        raise CertificateError("the ledger record is not this certificate's (its digest differs)")
-    if record["data"].get("job") != body["job"]["id"]:
-        raise CertificateError("the ledger record names another job")
-    return VerifiedCertificate(body, proof.index, cp)
+    return VerifiedCertificate(body, index, cp)

@@ -800,6 +800,83 @@ def audit_verify_certificate(obj: _Ctx, file: Path, audit_state_dir: Path | None
     )
 
 
+@main.group()
+def report() -> None:
+    """Reports from the record: settlement of flexibility orders."""
+
+
+@report.command("settlement")
+@click.option("--order", "order_id", required=True, help="The order's id in <state_dir>/settlement/orders.json.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option(
+    "--usage",
+    "usage_csv",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Half-hourly usage CSV (start,kw[,basis]) instead of the measured power store.",
+)
+@click.option("--sign", is_flag=True, help="Also issue a signed statement, logged in the ledger.")
+@click.pass_obj
+@_fail_cleanly
+def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None, sign: bool) -> None:
+    """The per-period settlement of one order: baseline, usage, delivered, payment, penalty."""
+    import csv
+    import io
+    from datetime import timedelta
+
+    from slurm_flex.ledger import signed
+    from slurm_flex.ledger.site import open_site_ledger
+    from slurm_flex.power.store import POWER_DB, PowerStore
+    from slurm_flex.settlement import usage as usage_sources
+    from slurm_flex.settlement.compute import LOOKBACK_DAYS, find_order, settle
+    from slurm_flex.settlement.periods import periods_of
+
+    cfg = obj.config()
+    orders_path = cfg.daemon.state_dir / "settlement" / "orders.json"
+    try:
+        orders_doc = json.loads(orders_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SlurmFlexError(f"no orders at {orders_path} (see docs/ledger.md for its format)") from exc
+    except (OSError, ValueError) as exc:
+        raise SlurmFlexError(f"{orders_path}: cannot read: {exc}") from exc
+    order = find_order(orders_doc, order_id)
+    days = sorted(order.event_days)
+    start = periods_of(days[0] - timedelta(days=LOOKBACK_DAYS))[0].start
+    end = periods_of(days[-1])[-1].end
+    if usage_csv is not None:
+        usage = usage_sources.from_csv(usage_csv)
+    else:
+        power_db = cfg.daemon.state_dir / POWER_DB
+        if not power_db.exists():
+            raise SlurmFlexError(f"no measured power at {power_db} ([measure]); give --usage FILE")
+        with PowerStore(power_db) as store:
+            usage = usage_sources.from_power_store(store, start, end)
+    statement = settle(order, usage)
+    doc = statement.to_json()
+    if sign:
+        ledger = open_site_ledger(cfg)
+        if ledger is None:
+            raise SlurmFlexError("the ledger is disabled ([ledger] enabled = false): statements are anchored in it")
+        signed_doc = signed.issue(ledger, "settlement", order.id, doc, total_net=doc["total_net"])
+        out_dir = cfg.daemon.state_dir / "settlement" / "statements"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{order.id}.json"
+        path.write_text(json.dumps(signed_doc, indent=2) + "\n")
+        click.echo(f"signed statement: {path}", err=True)
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2))
+        return
+    buf = io.StringIO()
+    rows = doc["periods"]
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "baseline_days": " ".join(row["baseline_days"])})
+    click.echo(buf.getvalue(), nl=False)
+    for v in statement.violations:
+        click.echo(f"violation: {v}", err=True)
+
+
 @main.group("config")
 def config_group() -> None:
     """Inspect the effective configuration."""

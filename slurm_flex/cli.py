@@ -800,9 +800,62 @@ def audit_verify_certificate(obj: _Ctx, file: Path, audit_state_dir: Path | None
     )
 
 
-@main.group()
-def report() -> None:
-    """Reports from the record: settlement of flexibility orders."""
+@main.group(invoke_without_command=True)
+@click.option("--period", "period", default=None, help="YYYY-MM-DD, YYYY-MM or FROM..TO (settlement days).")
+@click.option("--user", default=None, help="Only this user's jobs.")
+@click.option("--account", default=None, help="Only this account's jobs.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv", "html"]), default="table", show_default=True
+)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write here, not stdout.")
+@click.pass_context
+@_fail_cleanly
+def report(
+    ctx: click.Context, period: str | None, user: str | None, account: str | None, fmt: str, out: Path | None
+) -> None:
+    """Savings by user and account, flexibility delivered per settlement period, revenue."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if user is not None and account is not None:
+        raise click.UsageError("give --user or --account, not both")
+    if period is None:
+        raise click.UsageError("--period is required (e.g. --period 2026-11 or --period 2026-11-01..2026-11-07)")
+    from slurm_flex.power.store import POWER_DB, PowerStore
+    from slurm_flex.reporting import render
+    from slurm_flex.reporting.build import Window, build, read_carbon, read_statements
+    from slurm_flex.settlement.periods import parse_range
+    from slurm_flex.state import StateStore
+
+    obj: _Ctx = ctx.obj
+    cfg = obj.config()
+    first, last = parse_range(period)
+    if not cfg.state_db.exists():
+        raise SlurmFlexError(f"no state at {cfg.state_db}: has the daemon run with this state_dir?")
+    with StateStore(cfg.state_db) as store:
+        jobs = list(store.jobs().values())
+    accounts: dict[str, str] = {}
+    power_db = cfg.daemon.state_dir / POWER_DB
+    if power_db.exists():
+        with PowerStore(power_db) as power:
+            accounts = {j.job_id: j.account for j in power.job_energy(limit=1_000_000)}
+    doc = build(
+        Window(first, last),
+        jobs,
+        accounts,
+        read_statements(cfg.daemon.state_dir / "settlement" / "statements"),
+        read_carbon(cfg.daemon.state_dir / "plans"),
+        user=user,
+        account=account,
+    )
+    if fmt == "table":
+        render.to_table(doc, Console(width=max(Console().width, 120)))
+        return
+    text = {"json": render.to_json, "csv": render.to_csv, "html": render.to_html}[fmt](doc)
+    if out is None:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}", err=True)
 
 
 @report.command("settlement")

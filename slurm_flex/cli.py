@@ -683,14 +683,33 @@ _KEY = click.option("--key", default=None, help="Verifier key (file or vkey stri
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Also check the log against this signed checkpoint (e.g. one a witness cosigned); repeatable.",
 )
+@click.option(
+    "--witness",
+    "witnesses",
+    multiple=True,
+    help="A witness's cosignature/v1 vkey: each --checkpoint must carry its valid cosignature; repeatable.",
+)
 @click.pass_obj
 @_fail_cleanly
-def audit_verify(obj: _Ctx, audit_state_dir: Path | None, key: str | None, checkpoints: tuple[Path, ...]) -> None:
+def audit_verify(
+    obj: _Ctx, audit_state_dir: Path | None, key: str | None, checkpoints: tuple[Path, ...], witnesses: tuple[str, ...]
+) -> None:
     """Exit 0 when every record and checkpoint verifies; 1 naming the first bad record."""
+    from slurm_flex.ledger.cosignature import COSIGNATURE, verify_cosignatures
     from slurm_flex.ledger.log import verify
+    from slurm_flex.ledger.note import Verifier
 
     directory, verifier = _audit_paths(obj, audit_state_dir, key)
     external = [(str(p), p.read_text(encoding="utf-8")) for p in checkpoints]
+    trusted = [Verifier.parse(w, sig_type=COSIGNATURE) for w in witnesses]
+    if trusted and not external:
+        raise click.UsageError("--witness checks the cosignatures of --checkpoint files: give one")
+    for where, text in external:
+        try:
+            for name, t in verify_cosignatures(text, trusted).items():
+                click.echo(f"{where}: cosigned by {name} at {t}")
+        except SlurmFlexError as exc:
+            raise SlurmFlexError(f"{where}: {exc}") from exc
     done = verify(directory, verifier, external=external)
     click.echo(
         f"ok: {done.records} records ({done.first}..{done.records - 1} on disk), {done.checkpoints} checkpoints "

@@ -151,3 +151,21 @@ def test_unwritable_ledger_is_a_soft_failure(fake_env: FakeEnv, tmp_path: Path) 
     out = env.slurmflex("daemon", "--once")
     assert out.returncode == 0 and "ledger_failed" in out.stderr
     assert env.slurm.job(job_id).start_time is not None  # the job was still deferred
+
+
+def test_verify_against_a_witness_cosigned_checkpoint(fake_env: FakeEnv) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from slurm_flex.ledger.cosignature import cosign, cosigner_verifier
+
+    env = fake_env
+    run_daemon_with_decisions(env)
+    wkey = Ed25519PrivateKey.generate()
+    published = env.slurmflex("audit", "checkpoint").stdout
+    (env.tmp / "cosigned").write_text(cosign(published, "witness.example/w", wkey, 1_800_000_000))
+    vkey = cosigner_verifier("witness.example/w", wkey).vkey()
+    ok = env.slurmflex("audit", "verify", "--checkpoint", str(env.tmp / "cosigned"), "--witness", vkey)
+    assert ok.returncode == 0 and "cosigned by witness.example/w at 1800000000" in ok.stdout, ok.stderr
+    (env.tmp / "plain").write_text(published)
+    bad = env.slurmflex("audit", "verify", "--checkpoint", str(env.tmp / "plain"), "--witness", vkey)
+    assert bad.returncode == 1 and "not cosigned by witness witness.example/w" in bad.stderr

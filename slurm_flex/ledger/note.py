@@ -56,9 +56,10 @@ class Verifier:
     name: str
     key_id: int
     public: bytes  # 32 bytes, RFC 8032 encoding
+    sig_type: int = ED25519  # 0x04: a tlog-cosignature/v1 cosigner (cosignature.py)
 
     @classmethod
-    def parse(cls, vkey: str) -> Verifier:
+    def parse(cls, vkey: str, sig_type: int = ED25519) -> Verifier:
         """A verifier key string ``<name>+<hex id>+base64(0x01 || key)``, checked for consistency."""
         parts = vkey.strip().split("+", 2)  # base64 may hold "+" itself
         if len(parts) != 3:
@@ -72,14 +73,14 @@ class Verifier:
             material = base64.b64decode(b64, validate=True)
         except (ValueError, binascii.Error) as exc:
             raise NoteError(f"verifier key for {name}: not hex and base64: {exc}") from exc
-        if len(material) != 33 or material[0] != ED25519:
-            raise NoteError(f"verifier key for {name}: not an Ed25519 key (type 0x01 and 32 bytes)")
-        if key_id(name, ED25519, material[1:]) != kid:
+        if len(material) != 33 or material[0] != sig_type:
+            raise NoteError(f"verifier key for {name}: not a key of type 0x{sig_type:02x} with 32 bytes")
+        if key_id(name, sig_type, material[1:]) != kid:
             raise NoteError(f"verifier key for {name}: key ID {hex_id} does not match the key")
-        return cls(name, kid, material[1:])
+        return cls(name, kid, material[1:], sig_type)
 
     def vkey(self) -> str:
-        return f"{self.name}+{self.key_id:08x}+{base64.b64encode(bytes([ED25519]) + self.public).decode()}"
+        return f"{self.name}+{self.key_id:08x}+{base64.b64encode(bytes([self.sig_type]) + self.public).decode()}"
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         try:

@@ -97,3 +97,34 @@ def cycle_done(cycle: int, ok: bool, jobs: int, deferred: int, updates: int, err
 
 def admin(kind: str, by: str, **details: Any) -> Entry:
     return f"admin.{kind}", {"by": by, **details}
+
+
+# -- for the Beckn work (issue 16 asks for these; nothing calls them yet) --------------------------
+
+
+def beckn_message(
+    direction: str, action: str, message_id: str, body: bytes, signature: str | None, ack: bool, why: str = ""
+) -> Entry:
+    """A Beckn message sent or received (``direction`` "in" or "out"), by digest of its exact
+    bytes, with the signature it carried and whether it was ACKed (and why not)."""
+    return "beckn.message", {
+        "direction": direction,
+        "action": action,
+        "message_id": message_id,
+        "sha256": sha256_hex(body),
+        "signature": signature,
+        "ack": ack,
+        "why": why,
+    }
+
+
+def activation(order: str, period: str, offered_kw: float, delivered_kw: float | None, basis: str) -> Entry:
+    """An activation of a flexibility order in a settlement period and its metered delivery
+    (``basis`` says how it was measured, or ``modelled``)."""
+    return "activation", {
+        "order": order,
+        "period": period,
+        "offered_kw": offered_kw,
+        "delivered_kw": delivered_kw,
+        "basis": basis,
+    }

@@ -305,6 +305,8 @@ class Cycle:
                 assert self.ledger is not None
             self.ledger.append_many([*first, *entries])
             self.ledger.checkpoint()
+            if self.config.ledger.keep_files:
+                self.ledger.retain(self.config.ledger.keep_files)
         except (SlurmFlexError, OSError) as exc:
             self.ledger = None  # reopened (and re-read) next cycle
             log.error("ledger_failed", error=str(exc))

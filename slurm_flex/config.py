@@ -333,6 +333,9 @@ class LedgerConfig(_Section):
     origin: str = ""
     # Records per JSON Lines file before a new file is started.
     records_per_file: int = Field(100_000, ge=1)
+    # Keep this many record files, deleting older ones (the log still verifies from the first kept
+    # file on, and its records can still be proved); 0: keep every file.
+    keep_files: int = Field(0, ge=0)
 
     @field_validator("origin")
     @classmethod

@@ -169,3 +169,20 @@ def test_verify_against_a_witness_cosigned_checkpoint(fake_env: FakeEnv) -> None
     (env.tmp / "plain").write_text(published)
     bad = env.slurmflex("audit", "verify", "--checkpoint", str(env.tmp / "plain"), "--witness", vkey)
     assert bad.returncode == 1 and "not cosigned by witness witness.example/w" in bad.stderr
+
+
+def test_retention_keeps_the_daemon_log_verifiable_and_provable(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(ledger={"records_per_file": 3, "keep_files": 2})
+    job_id = env.submit_flexible(hours=10, minutes=60)
+    for _ in range(4):
+        env.slurmflex("daemon", "--once")
+    files = sorted(p.name for p in (env.tmp / "state" / "ledger").glob("records-*.jsonl"))
+    assert len(files) == 2 and files[0] != "records-000000000000.jsonl"
+    out = env.slurmflex("audit", "verify")
+    assert out.returncode == 0 and "on disk" in out.stdout, out.stderr
+    first = int(files[0][len("records-") : -len(".jsonl")])
+    assert env.slurmflex("audit", "prove", str(first)).returncode == 0
+    gone = env.slurmflex("audit", "prove", "0")
+    assert gone.returncode == 1 and "record 0 was rotated away" in gone.stderr
+    assert env.slurmflex("audit", "certify", job_id).returncode == 0  # anchored in the kept log

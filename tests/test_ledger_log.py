@@ -15,7 +15,17 @@ from hypothesis import strategies as st
 from slurm_flex.ledger import note
 from slurm_flex.ledger.checkpoint import open_checkpoint
 from slurm_flex.ledger.errors import LedgerError, ProofError, VerificationError
-from slurm_flex.ledger.log import CHECKPOINTS, LATEST, QUARANTINE, VKEY, Ledger, segments, start_file, verify
+from slurm_flex.ledger.log import (
+    CHECKPOINTS,
+    LATEST,
+    QUARANTINE,
+    VKEY,
+    Ledger,
+    prove,
+    segments,
+    start_file,
+    verify,
+)
 from slurm_flex.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
 from tests.ledger_mutations import mutations, record_lines, write
 
@@ -100,8 +110,14 @@ def test_rotation_and_retention_keep_the_log_verifiable(tmp_path: Path) -> None:
     assert [p.name for p in led.prune(keep_from=9)] == ["records-000000000000.jsonl", "records-000000000004.jsonl"]
     done = verify(tmp_path / "ledger", vkey(tmp_path))
     assert (done.records, done.first, done.signature_only) == (10, 8, 1)  # the size-4 checkpoint
-    with pytest.raises(ProofError, match="rotated away"):
-        led.inclusion_proof(9, 10)
+    # Kept records can still be proved against checkpoints; rotated-away ones cannot.
+    cp = open_checkpoint((tmp_path / "ledger" / LATEST).read_text(), [vkey(tmp_path)])
+    verify_inclusion(leaf_hash(led.record(9)), 9, 10, led.inclusion_proof(9, 10), cp.root)
+    assert prove(tmp_path / "ledger", vkey(tmp_path), 8).index == 8
+    with pytest.raises(ProofError, match="record 3 was rotated away"):
+        led.inclusion_proof(3, 10)
+    with pytest.raises(ProofError, match="record 3 was rotated away"):
+        prove(tmp_path / "ledger", vkey(tmp_path), 3)
     led.append("event", {"k": 10})  # appending goes on after pruning
     led.checkpoint()
     assert verify(tmp_path / "ledger", vkey(tmp_path)).records == 11

@@ -15,6 +15,7 @@ from slurm_flex.ledger.errors import ProofError
 from slurm_flex.ledger.merkle import (
     EMPTY_ROOT,
     CompactRange,
+    PrunedLeaves,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -143,6 +144,23 @@ def test_compact_range_root_equals_the_recursive_definition(leaves: list[bytes])
     resumed = CompactRange(compact.size, compact.hashes)
     resumed.append(leaf_hash(b"next"))
     assert resumed.root() == _mth([*hashes, leaf_hash(b"next")])
+
+
+@given(st.integers(1, 80), st.data())
+def test_proofs_of_kept_leaves_after_rotation_equal_the_full_proofs(n: int, data: st.DataObject) -> None:
+    hashes = [leaf_hash(k.to_bytes(2, "big")) for k in range(n)]
+    base = data.draw(st.integers(0, n - 1))
+    carried = CompactRange()
+    for h in hashes[:base]:
+        carried.append(h)
+    pruned = PrunedLeaves(carried, hashes[base:])
+    i = data.draw(st.integers(base, n - 1))
+    assert inclusion_proof(pruned, i) == inclusion_proof(hashes, i)
+    m = data.draw(st.integers(1, n))
+    try:
+        assert consistency_proof(pruned, m) == consistency_proof(hashes, m)
+    except ProofError as exc:
+        assert "rotated away" in str(exc)
 
 
 def _mth(hashes: list[bytes]) -> bytes:

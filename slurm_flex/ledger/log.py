@@ -49,7 +49,14 @@ from slurm_flex.grid.series import iso_utc
 from slurm_flex.ledger import note
 from slurm_flex.ledger.checkpoint import Checkpoint, open_checkpoint
 from slurm_flex.ledger.errors import CheckpointError, ProofError, VerificationError
-from slurm_flex.ledger.merkle import CompactRange, consistency_proof, inclusion_proof, leaf_hash, verify_inclusion
+from slurm_flex.ledger.merkle import (
+    CompactRange,
+    PrunedLeaves,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    verify_inclusion,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -310,25 +317,22 @@ class Ledger:
         return path.read_text(encoding="utf-8") if path.exists() else None
 
     # -- proofs --------------------------------------------------------------------------------
-    def leaf_hashes(self) -> list[bytes]:
+    def tree(self, size: int) -> PrunedLeaves:
+        """The tree of the first ``size`` records, as far as it is kept (see :class:`PrunedLeaves`)."""
         with self._locked():
-            if self._state.base.size:
-                raise ProofError(
-                    f"records before {self._state.base.size} were rotated away: proofs need every leaf hash"
-                )
-            return list(self._state.leaves)
+            st = self._state
+            if not st.base.size <= size <= st.size:
+                raise ProofError(f"tree size {size} is outside the kept log ({st.base.size}..{st.size} records)")
+            return PrunedLeaves(st.base.copy(), st.leaves[: size - st.base.size])
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        leaves = self.leaf_hashes()
-        if size > len(leaves):
-            raise ProofError(f"tree size {size} is larger than the log ({len(leaves)} records)")
-        return inclusion_proof(leaves[:size], index)
+        tree = self.tree(size)
+        if index < tree.base:
+            raise ProofError(f"record {index} was rotated away (records before {tree.base} are no longer kept)")
+        return inclusion_proof(tree, index)
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
-        leaves = self.leaf_hashes()
-        if size2 > len(leaves):
-            raise ProofError(f"tree size {size2} is larger than the log ({len(leaves)} records)")
-        return consistency_proof(leaves[:size2], size1)
+        return consistency_proof(self.tree(size2), size1)
 
     def record(self, index: int) -> bytes:
         """Record ``index``'s line (without the newline)."""
@@ -345,7 +349,8 @@ class Ledger:
     def prune(self, keep_from: int) -> list[Path]:
         """Delete whole record files that end at or before ``keep_from``. The file that remains
         first starts with a .start file and a signed checkpoint of its start, so the log still
-        verifies; proofs for the remaining records need the pruned leaves and are refused."""
+        verifies, and the remaining records can still be proved (their proofs need only the
+        carried compact range)."""
         removed: list[Path] = []
         with self._locked():
             files = segments(self.directory)
@@ -359,6 +364,11 @@ class Ledger:
                 _fsync_dir(self.directory)
                 self._load()
         return removed
+
+    def retain(self, files: int) -> list[Path]:
+        """Keep the newest ``files`` record files (retention); returns the files deleted."""
+        kept = segments(self.directory)[-files:]
+        return self.prune(kept[0][0]) if kept else []
 
     # -- loading and repair --------------------------------------------------------------------
     @contextmanager
@@ -708,11 +718,12 @@ def prove(directory: Path, verifier: note.Verifier, index: int, origin: str | No
     cp = open_checkpoint(signed, [verifier], origin or verifier.name)
     if not 0 <= index < cp.size:
         raise ProofError(f"record {index} is not covered by the latest checkpoint (size {cp.size})")
-    base, lines, _ = _lines(directory)
-    if base:
-        raise ProofError(f"records before {base} were rotated away: proofs need every leaf hash")
-    hashes = [leaf_hash(rec.data) for rec in lines[: cp.size]]
-    return InclusionProof(index, lines[index].data, tuple(inclusion_proof(hashes, index)), signed)
+    base, lines, carried = _lines(directory)
+    if index < base:
+        raise ProofError(f"record {index} was rotated away (records before {base} are no longer kept)")
+    start = CompactRange(carried.size, carried.hashes) if carried is not None else CompactRange()
+    tree = PrunedLeaves(start, [leaf_hash(rec.data) for rec in lines[: cp.size - base]])
+    return InclusionProof(index, lines[index - base].data, tuple(inclusion_proof(tree, index)), signed)
 
 
 def check_inclusion(proof: InclusionProof, verifier: note.Verifier, origin: str | None = None) -> Checkpoint:

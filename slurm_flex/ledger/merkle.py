@@ -14,7 +14,7 @@ verification needs only the proof, the sizes and the roots: what an offline veri
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from slurm_flex.ledger.errors import ProofError
 
@@ -78,41 +78,81 @@ class CompactRange:
         return CompactRange(self.size, self.hashes)
 
 
-def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
+def inclusion_proof(leaves: Sequence[bytes] | PrunedLeaves, index: int) -> list[bytes]:
     """PATH(index, D[n]) of RFC 9162 2.1.3.1 over the tree of these leaf hashes."""
     if not 0 <= index < len(leaves):
         raise ProofError(f"leaf {index} is not in a tree of size {len(leaves)}")
-    return _path(index, leaves, 0, len(leaves))
+    return _path(index, _mth(leaves), 0, len(leaves))
 
 
-def _path(m: int, leaves: Sequence[bytes], lo: int, hi: int) -> list[bytes]:
+def _mth(leaves: Sequence[bytes] | PrunedLeaves) -> Callable[[int, int], bytes]:
+    if isinstance(leaves, PrunedLeaves):
+        return leaves.subtree
+    return lambda lo, hi: root(leaves[lo:hi])
+
+
+def _path(m: int, mth: Callable[[int, int], bytes], lo: int, hi: int) -> list[bytes]:
     n = hi - lo
     if n == 1:
         return []
     k = _split(n)
-    if m < k:
-        return [*_path(m, leaves, lo, lo + k), root(leaves[lo + k : hi])]
-    return [*_path(m - k, leaves, lo + k, hi), root(leaves[lo : lo + k])]
+    if m < lo + k:
+        return [*_path(m, mth, lo, lo + k), mth(lo + k, hi)]
+    return [*_path(m, mth, lo + k, hi), mth(lo, lo + k)]
 
 
-def consistency_proof(leaves: Sequence[bytes], size1: int) -> list[bytes]:
+def consistency_proof(leaves: Sequence[bytes] | PrunedLeaves, size1: int) -> list[bytes]:
     """PROOF(size1, D[n]) of RFC 9162 2.1.4.1: the tree of ``size1`` leaves is a prefix of this one."""
     n = len(leaves)
     if not 0 < size1 <= n:
         raise ProofError(f"no consistency proof from size {size1} to size {n}")
     if size1 == n:
         return []
-    return _subproof(size1, leaves, 0, n, True)
+    return _subproof(size1, _mth(leaves), 0, n, True)
 
 
-def _subproof(m: int, leaves: Sequence[bytes], lo: int, hi: int, whole: bool) -> list[bytes]:
+def _subproof(m: int, mth: Callable[[int, int], bytes], lo: int, hi: int, whole: bool) -> list[bytes]:
     n = hi - lo
     if m == n:
-        return [] if whole else [root(leaves[lo:hi])]
+        return [] if whole else [mth(lo, hi)]
     k = _split(n)
     if m <= k:
-        return [*_subproof(m, leaves, lo, lo + k, whole), root(leaves[lo + k : hi])]
-    return [*_subproof(m - k, leaves, lo + k, hi, False), root(leaves[lo : lo + k])]
+        return [*_subproof(m, mth, lo, lo + k, whole), mth(lo + k, hi)]
+    return [*_subproof(m - k, mth, lo + k, hi, False), mth(lo, lo + k)]
+
+
+class PrunedLeaves:
+    """The leaf hashes from ``base`` on, with the compact range of the tree before them: what the
+    log keeps once early record files were rotated away. Proofs of the kept leaves only need
+    subtrees the compact range holds (a left sibling on a kept leaf's path is one of its nodes,
+    or straddles ``base`` and is rebuilt from its nodes and kept leaves); anything else is a
+    :class:`ProofError`."""
+
+    def __init__(self, carried: CompactRange, leaves: Sequence[bytes]) -> None:
+        self.base = carried.size
+        self.leaves = leaves
+        self.nodes: list[tuple[int, int, bytes]] = []  # (lo, hi, hash), left to right
+        lo = 0
+        for bit, h in zip(
+            (1 << b for b in reversed(range(self.base.bit_length())) if self.base >> b & 1), carried.hashes, strict=True
+        ):
+            self.nodes.append((lo, lo + bit, h))
+            lo += bit
+
+    def __len__(self) -> int:
+        return self.base + len(self.leaves)
+
+    def subtree(self, lo: int, hi: int) -> bytes:
+        if lo >= self.base:
+            return root(self.leaves[lo - self.base : hi - self.base])
+        pieces = [h for a, b, h in self.nodes if lo <= a and b <= min(hi, self.base)]
+        covered = sum(b - a for a, b, _ in self.nodes if lo <= a and b <= min(hi, self.base))
+        if covered != min(hi, self.base) - lo:
+            raise ProofError(f"the subtree of leaves {lo}..{hi - 1} needs leaves that were rotated away")
+        compact = CompactRange(covered, pieces)
+        for h in self.leaves[: max(0, hi - self.base)]:
+            compact.append(h)
+        return compact.root()
 
 
 def _check_sizes(what: str, hashes: Sequence[bytes]) -> None:

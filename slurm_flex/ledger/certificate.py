@@ -63,6 +63,9 @@ def claims(rec: JobRecord, measured: JobEnergy | None, site: str, issued_at: int
         "job": {"id": rec.job_id, "user": rec.user, "partition": rec.partition, "status": rec.status},
         "energy": {"kwh": round(energy.kwh, 6), "basis": energy.basis, "source": energy.source},
         "as_run": {
+            # The start slurm-flex gave the job; Slurm's accounting of when it really started
+            # is not read yet, so this says so rather than claim a measured start.
+            "start_basis": "planned start set by slurm-flex (actual start not read from accounting)",
             "start": iso_utc(rec.planned_start) if rec.planned_start is not None else None,
             "carbon_kg": scaled(rec.planned_carbon_g, 1000),
             "cost_gbp": scaled(rec.planned_cost_gbp),

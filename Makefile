@@ -25,8 +25,10 @@ demo: venv
 # `devcluster up` first installs the host's Slurm, munge and lua5.1 (the Lua tests check for
 # lua5.1 when they are collected); the cluster tests then bring up their own clusters
 # (tests/conftest.py), one per Slurm series, bootstrapping the 24.11 chroot on first use.
+# scripts/test-deps installs chromium, in which a test renders the HTML report.
 test: venv
 	scripts/devcluster up
+	scripts/test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Everything that needs no cluster (the daemon's logic runs on the fake Slurm): under a minute.

@@ -9,7 +9,11 @@ each shape slurm-flex knows is read here:
 * v0.0.40 (23.11, 24.05's default for slurmrestd): every number such an object, ``job_state``
   a list;
 * v0.0.41 to v0.0.44 (24.05 to 25.11): ``job_resources.nodes.allocation`` lists with core
-  status lists, and ``sinfo --json`` a top-level ``sinfo`` list of node/partition groups.
+  status lists.
+
+``sinfo --json`` writes a ``nodes`` list (one record per node) on 22.05 only; from 23.02 on
+it writes a top-level ``sinfo`` list of node/partition groups (Slurm's source, see
+tests/fixtures/slurm/PROVENANCE.md). :func:`parse_sinfo_json` goes by the document's shape.
 
 A data_parser newer than the newest known is a :class:`SlurmVersionError` naming it.
 """
@@ -385,7 +389,7 @@ def parse_squeue_json(text: str) -> tuple[SlurmJob, ...]:
 
 
 def parse_sinfo_json(text: str) -> tuple[SlurmNode, ...]:
-    """Nodes from ``sinfo --json`` output: a ``nodes`` list up to v0.0.40 (one record per node),
+    """Nodes from ``sinfo --json`` output: a ``nodes`` list on 22.05 (one record per node),
     a ``sinfo`` list of node/partition groups from v0.0.41 (Slurm 24.05)."""
     doc = load_slurm_json(text, "sinfo --json")
     if isinstance(doc.get("sinfo"), list):

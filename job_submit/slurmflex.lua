@@ -334,7 +334,7 @@ function M.decide(job_desc, part_list, now)
             reject = "slurm-flex: " .. text
         else
             why = "invalid"
-            messages[#messages + 1] = "slurm-flex: " .. text .. "; the job is accepted but will not be moved"
+            messages[#messages + 1] = "slurm-flex: " .. text .. "; slurm-flex lets the job through unchanged, and it will not be moved"
         end
     end
 
@@ -358,7 +358,8 @@ function M.decide(job_desc, part_list, now)
     elseif deadline then
         if limit and deadline < earliest + limit then
             invalid(string.format("the deadline %s is earlier than the earliest start plus the time limit; "
-                .. "Slurm cancels a job that cannot finish by its deadline", hhmm(deadline)))
+                .. "Slurm cancels a job that cannot finish by its deadline (Slurm 24.11 and later refuse it at "
+                .. "submission)", hhmm(deadline)))
         else
             flex = "deadline"
             if limit and deadline - earliest - limit > max_slack then

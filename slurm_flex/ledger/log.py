@@ -345,6 +345,16 @@ class Ledger:
                 break
         raise LedgerError(f"record {index} is not in the log")
 
+    def records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every kept record, parsed, oldest first: for finding the records a document cites."""
+        for first, path in segments(self.directory):
+            with open(path, "rb") as f:
+                for k, line in enumerate(f):
+                    try:
+                        yield first + k, json.loads(line)
+                    except ValueError as exc:  # open() repaired torn lines: this is damage
+                        raise LedgerError(f"record {first + k} in {path.name} is not JSON: {exc}") from exc
+
     # -- retention -----------------------------------------------------------------------------
     def prune(self, keep_from: int) -> list[Path]:
         """Delete whole record files that end at or before ``keep_from``. The file that remains

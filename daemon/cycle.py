@@ -239,7 +239,18 @@ class Cycle:
             errors += 1
             message = f"cycle failed: {exc}"
             log.error("cycle_failed", error=str(exc))
-        entries.append(events.cycle_done(cycle_id, ok, jobs_seen, deferred, updates, errors, message))
+        entries.append(
+            events.cycle_done(
+                cycle_id,
+                ok,
+                jobs_seen,
+                deferred,
+                updates,
+                errors,
+                message,
+                running=len(running) if running is not None else None,
+            )
+        )
         errors += self._record(mode, entries, running)
         duration = time.monotonic() - t0
         commands = sum(self.backend.command_counts().values()) - commands_before

@@ -85,8 +85,21 @@ def mode_changed(old: str | None, new: str, set_at_runtime: bool) -> Entry:
     return "mode", {"from": old, "to": new, "source": "runtime" if set_at_runtime else "config"}
 
 
-def cycle_done(cycle: int, ok: bool, jobs: int, deferred: int, updates: int, errors: int, message: str) -> Entry:
+def cycle_done(
+    cycle: int,
+    ok: bool,
+    jobs: int,
+    deferred: int,
+    updates: int,
+    errors: int,
+    message: str,
+    running: int | None = None,
+) -> Entry:
+    """A cycle's outcome; ``running``: how many jobs it saw running, None when it did not log
+    runs (its job-started/job-ended records are then not a complete account of the period, and
+    settlement does not model usage from them)."""
     return "cycle", {
+        "running": running,
         "cycle": cycle,
         "ok": ok,
         "jobs": jobs,

@@ -347,13 +347,7 @@ class Ledger:
 
     def records(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """Every kept record, parsed, oldest first: for finding the records a document cites."""
-        for first, path in segments(self.directory):
-            with open(path, "rb") as f:
-                for k, line in enumerate(f):
-                    try:
-                        yield first + k, json.loads(line)
-                    except ValueError as exc:  # open() repaired torn lines: this is damage
-                        raise LedgerError(f"record {first + k} in {path.name} is not JSON: {exc}") from exc
+        return read_records(self.directory)
 
     # -- retention -----------------------------------------------------------------------------
     def prune(self, keep_from: int) -> list[Path]:
@@ -476,6 +470,21 @@ class Ledger:
 
 
 # -- verification ------------------------------------------------------------------------------
+
+
+def read_records(directory: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Every kept record of the log in ``directory``, parsed, oldest first, without opening it
+    for writing (``audit verify`` is what checks them). A torn last line is skipped: the daemon
+    is writing, or will repair it."""
+    for first, path in segments(directory):
+        with open(path, "rb") as f:
+            for k, line in enumerate(f):
+                if not line.endswith(b"\n"):
+                    return
+                try:
+                    yield first + k, json.loads(line)
+                except ValueError as exc:
+                    raise LedgerError(f"record {first + k} in {path.name} is not JSON: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import numpy as np
@@ -27,6 +27,9 @@ from slurm_flex.errors import ConfigError, SlurmFlexError
 from slurm_flex.logsetup import configure_logging
 from slurm_flex.planner.policy import Policy, with_objective
 from slurm_flex.state import SIGNALS_SETTING
+
+if TYPE_CHECKING:
+    from slurm_flex.settlement.compute import Usage
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -924,14 +927,20 @@ def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None
     days = sorted(order.event_days)
     start = periods_of(days[0] - timedelta(days=LOOKBACK_DAYS))[0].start
     end = periods_of(days[-1])[-1].end
+    power_db = cfg.daemon.state_dir / POWER_DB
+    usage: dict[datetime, Usage] = {}
     if usage_csv is not None:
         usage = usage_sources.from_csv(usage_csv)
-    else:
-        power_db = cfg.daemon.state_dir / POWER_DB
-        if not power_db.exists():
-            raise SlurmFlexError(f"no measured power at {power_db} ([measure]); give --usage FILE")
+    elif power_db.exists():
         with PowerStore(power_db) as store:
             usage = usage_sources.from_power_store(store, start, end)
+    modelled = _modelled_usage(cfg, days[0] - timedelta(days=LOOKBACK_DAYS), days[-1])
+    if modelled is None and usage_csv is None and not power_db.exists():
+        raise SlurmFlexError(
+            f"no measured power at {power_db} ([measure]) and no modelled usage ([settlement] nodes); give --usage FILE"
+        )
+    # Measured usage wins; the model only fills periods nothing measured, and says so per row.
+    usage = {**(modelled or {}), **usage}
     statement = settle(order, usage)
     doc = statement.to_json()
     if sign:
@@ -956,6 +965,31 @@ def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None
     click.echo(buf.getvalue(), nl=False)
     for v in statement.violations:
         click.echo(f"violation: {v}", err=True)
+
+
+def _modelled_usage(cfg: Config, first: date, last: date) -> dict[datetime, Usage] | None:
+    """Modelled usage of the settlement days first..last from the ledger's job runs ([settlement]),
+    or None where it is not configured or there is no ledger."""
+    from datetime import timedelta
+
+    from slurm_flex.daemon.cycle import power_model_from
+    from slurm_flex.ledger.log import read_records
+    from slurm_flex.ledger.site import ledger_dir
+    from slurm_flex.settlement.modelled import from_ledger, idle_watts, modelled_usage
+    from slurm_flex.settlement.periods import periods_of
+
+    st = cfg.settlement
+    directory = ledger_dir(cfg)
+    if not st.model_usage or not st.nodes or not directory.is_dir():
+        return None
+    model = power_model_from(cfg)
+    periods = []
+    day = first
+    while day <= last:
+        periods.extend(periods_of(day))
+        day += timedelta(days=1)
+    observed = from_ledger(read_records(directory), model)
+    return modelled_usage(periods, observed, idle_watts(st.nodes, model), st.other_watts)
 
 
 @main.group("config")

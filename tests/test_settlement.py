@@ -29,6 +29,7 @@ from slurm_flex.settlement.compute import (
     like_days,
     settle,
 )
+from slurm_flex.settlement.holidays import bank_holidays, easter_sunday, is_bank_holiday
 from slurm_flex.settlement.modelled import from_ledger, idle_watts, modelled_usage
 from slurm_flex.settlement.periods import parse_period, parse_range, period_at, period_count, periods_of
 from tests.fake_cluster import FakeEnv
@@ -297,3 +298,48 @@ def test_settlement_report_labels_measured_modelled_and_missing_periods(fake_env
     env.reconfigure()
     plain = json.loads(env.slurmflex("report", "settlement", "--order", "o", "--format", "json").stdout)
     assert {r["period"]: r["usage_basis"] for r in plain["periods"]}[current.label] == "none"
+
+
+def test_easter_and_the_bank_holidays_of_england_and_wales() -> None:
+    assert [easter_sunday(y) for y in (2024, 2025, 2026, 2038, 2285)] == [
+        date(2024, 3, 31), date(2025, 4, 20), date(2026, 4, 5), date(2038, 4, 25), date(2285, 3, 22),
+    ]  # fmt: skip
+    # 2026: Boxing Day is a Saturday, so Monday 28th.
+    assert sorted(bank_holidays(2026)) == [
+        date(2026, 1, 1), date(2026, 4, 3), date(2026, 4, 6), date(2026, 5, 4),
+        date(2026, 5, 25), date(2026, 8, 31), date(2026, 12, 25), date(2026, 12, 28),
+    ]  # fmt: skip
+    # 2022: New Year's Day a Saturday, the spring holiday moved for the Platinum Jubilee, the
+    # Queen's funeral, Christmas Day a Sunday (Boxing Day Monday, Christmas Tuesday).
+    assert sorted(bank_holidays(2022)) == [
+        date(2022, 1, 3), date(2022, 4, 15), date(2022, 4, 18), date(2022, 5, 2), date(2022, 6, 2),
+        date(2022, 6, 3), date(2022, 8, 29), date(2022, 9, 19), date(2022, 12, 26), date(2022, 12, 27),
+    ]  # fmt: skip
+    # 2021: Christmas Day a Saturday (Monday 27th), Boxing Day a Sunday (Tuesday 28th).
+    assert {date(2021, 12, 27), date(2021, 12, 28)} <= bank_holidays(2021)
+    assert not is_bank_holiday(date(2021, 12, 24)) and is_bank_holiday(date(2020, 5, 8))
+
+
+def test_like_days_treat_bank_holidays_as_non_working_days() -> None:
+    # The Tuesday after the spring bank holiday: its working like days skip Monday 25 May.
+    tue = date(2026, 5, 26)
+    days = like_days(tue, 10, frozenset())
+    assert date(2026, 5, 25) not in days and days[:2] == [date(2026, 5, 22), date(2026, 5, 21)]
+    assert date(2026, 5, 4) not in days and len(days) == 10  # early May bank holiday too
+    # The bank holiday itself is like the weekends before it (and the early May holiday).
+    assert like_days(date(2026, 5, 25), 7, frozenset()) == [
+        date(2026, 5, 24), date(2026, 5, 23), date(2026, 5, 17), date(2026, 5, 16),
+        date(2026, 5, 10), date(2026, 5, 9), date(2026, 5, 4),
+    ]  # fmt: skip
+
+
+def test_a_quiet_bank_holiday_does_not_drag_a_working_day_baseline_down() -> None:
+    event = date(2026, 6, 2)  # the Tuesday a week after the spring bank holiday
+    like = like_days(event, 10, frozenset({event}))
+    # Working days at 100 kW, weekends and the bank holiday at 20 kW: a best 10 of 10 over
+    # working days would fall to 92 kW if the bank holiday counted as one.
+    quiet = {d: 20.0 for d in (date(2026, 5, 25), *(date(2026, 5, k) for k in (16, 17, 23, 24, 30, 31)))}
+    usage = _flat_usage(event - timedelta(days=40), event, quiet, 100.0)
+    row = settle(_order(event, range(35, 36), BaselineMethod(10, 10)), usage).rows[0]
+    assert row.baseline_kw == pytest.approx(100.0) and row.baseline_days == tuple(sorted(like))
+    assert date(2026, 5, 25) not in row.baseline_days

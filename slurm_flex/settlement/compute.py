@@ -18,12 +18,13 @@ that is configured; every row says which (``usage_basis``) and from what (``usag
 period's usage, or any baseline value), so modelled delivery is never passed off as metered.
 
 The baseline follows the order's ``baselineMethodology`` (DEG's ``bestOf``/``outOf``): of the
-last ``outOf`` like days before the event day (working days for a working day, weekend days for
-a weekend day), event days excluded, the ``bestOf`` with the highest usage over the order's
-event window; the baseline of a period is their mean usage at the same local clock time.
-Optionally an additive in-day adjustment in the manner of Elexon's BL01 (the mean of usage minus
-unadjusted baseline over a window of periods before the event); its window parameters are the
-order's and were not checked against the BSC Baselining Methodology Document.
+last ``outOf`` like days before the event day (working days for a working day, weekend days and
+bank holidays of England and Wales, from ``holidays``, for the others), event days excluded, the
+``bestOf`` with the highest usage over the order's event window; the baseline of a period is
+their mean usage at the same local clock time. Optionally an additive in-day adjustment in the
+manner of Elexon's BL01 (the mean of usage minus unadjusted baseline over a window of periods
+before the event); its window parameters are the order's and were not checked against the BSC
+Baselining Methodology Document.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from statistics import fmean
 from typing import Any
 
 from slurm_flex.ledger.errors import SettlementError
+from slurm_flex.settlement.holidays import is_bank_holiday
 from slurm_flex.settlement.periods import PERIOD, Period, parse_period, period_at, periods_of
 
 HOURS = PERIOD.total_seconds() / 3600
@@ -163,12 +165,14 @@ class Statement:
 
 
 def _working(day: date) -> bool:
-    return day.weekday() < 5
+    """Monday to Friday and not a bank holiday of England and Wales: a bank holiday's usage
+    looks like a weekend's, so it is a like day of weekends (and they of it), not of weekdays."""
+    return day.weekday() < 5 and not is_bank_holiday(day)
 
 
 def like_days(day: date, n: int, excluded: frozenset[date]) -> list[date]:
-    """The ``n`` most recent days before ``day`` of the same kind (working day or weekend),
-    skipping ``excluded`` (event days); fewer if the look-back runs out."""
+    """The ``n`` most recent days before ``day`` of the same kind (working day, or weekend day
+    or bank holiday), skipping ``excluded`` (event days); fewer if the look-back runs out."""
     out: list[date] = []
     d = day
     for _ in range(LOOKBACK_DAYS):

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, iso_utc
+from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, iso_utc, parse_iso_utc
 from slurm_flex.ledger import signed
 from slurm_flex.ledger.certificate import (
     ObservedRun,
@@ -235,3 +235,30 @@ def test_an_ended_run_gives_the_window_and_the_energy_over_it() -> None:
     # No start observed: the planned one, labelled so.
     planned = claims(rec, None, "site", run.start, None, [signal])["as_run"]
     assert planned["start_basis"] == "planned" and planned["carbon_kg"] == pytest.approx(0.4)
+
+
+def test_an_ended_job_is_certified_with_its_end_record(fake_env: FakeEnv, tmp_path: Path) -> None:
+    env = fake_env
+    job_id = env.submit_flexible(hours=10, minutes=60)
+    env.slurmflex("daemon", "--once")
+    env.slurm.start(job_id)
+    started = env.slurm.now() - 600
+    env.slurm.jobs[int(job_id)].start_time = started  # squeue says it started 10 minutes ago
+    env.slurmflex("daemon", "--once")
+    env.slurm.finish(job_id)
+    env.slurmflex("daemon", "--once")
+    ended = next(r for r in _records(env) if r["kind"] == "job-ended")
+    out = tmp_path / "cert.json"
+    assert env.slurmflex("audit", "certify", job_id, "--out", str(out)).returncode == 0
+    doc = json.loads(out.read_text())
+    as_run = doc["body"]["as_run"]
+    assert as_run["start"] == iso_utc(started) and as_run["end_record"] == ended["i"]
+    assert as_run["end"] == ended["data"]["last_seen_running"]  # gone from squeue: the earlier bound
+    assert as_run["end_basis"] == "observed: the last cycle that saw it running"
+    ran = parse_iso_utc(as_run["end"]) - started
+    with env.store() as store:
+        power_w = store.jobs()[job_id].power_w
+    assert power_w is not None
+    assert doc["body"]["energy"]["kwh"] == pytest.approx(power_w * ran / 3.6e6, rel=1e-5)
+    vkey = Verifier.parse((env.tmp / "state" / "ledger" / VKEY).read_text())
+    assert verify_certificate(out.read_text(), vkey).claims["as_run"]["end_record"] == ended["i"]

@@ -306,7 +306,10 @@ def verify_certificate(text: str, verifier: Verifier) -> VerifiedCertificate:
     missing = [i for i in evidence(body) if i not in done.evidence]
     if missing:
         raise CertificateError(f"the certificate cites ledger records {missing} but carries no proof of them")
-    _check_observed(body, done.evidence)
+    try:
+        _check_observed(body, done.evidence)
+    except (KeyError, TypeError, AttributeError) as exc:  # signed, but not what `certify` writes
+        raise CertificateError(f"the certificate's as-run claims are malformed: {exc!r}") from exc
     return VerifiedCertificate(body, done.index, done.checkpoint)
 
 
@@ -323,8 +326,15 @@ def _check_observed(body: Mapping[str, Any], records: Mapping[int, Mapping[str, 
         )
     if "end_record" in as_run:
         ended = records[as_run["end_record"]]
-        if ended.get("kind") != "job-ended" or ended.get("data", {}).get("job") != job:
-            raise CertificateError(f"ledger record {as_run['end_record']} is not job {job}'s end")
+        end = ended.get("data", {})
+        if (
+            ended.get("kind") != "job-ended"
+            or end.get("job") != job
+            or (end.get("end") or end.get("last_seen_running")) != as_run.get("end")
+        ):
+            raise CertificateError(
+                f"ledger record {as_run['end_record']} is not job {job}'s end at {as_run.get('end')}"
+            )
     plan_record = as_run.get("signal", {}).get("plan_record")
     if plan_record is not None:
         plan = records[plan_record].get("data", {})

@@ -29,6 +29,7 @@ from slurm_flex.planner.policy import Policy, with_objective
 from slurm_flex.state import SIGNALS_SETTING
 
 if TYPE_CHECKING:
+    from slurm_flex.ledger.certificate import Actuals
     from slurm_flex.settlement.compute import Usage
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -801,7 +802,8 @@ def audit_certify(obj: _Ctx, job_id: str, out: Path | None) -> None:
     signals = with_plan_records(
         read_plan_signals(cfg.daemon.state_dir / "plans", cfg.daemon.state_dir, site), ledger.records()
     )
-    doc = issue(ledger, claims(rec, measured, ledger.origin, int(time.time()), run, signals))
+    actuals = _outturn(cfg, site, run.start, (run.end or run.start) + 7 * 86400) if run is not None else None
+    doc = issue(ledger, claims(rec, measured, ledger.origin, int(time.time()), run, signals, actuals))
     text = json.dumps(doc, indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
@@ -965,6 +967,35 @@ def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None
     click.echo(buf.getvalue(), nl=False)
     for v in statement.violations:
         click.echo(f"violation: {v}", err=True)
+
+
+def _outturn(cfg: Config, site: str, start: int, end: int) -> Actuals | None:
+    """The outturn the grid cache holds for a live site's providers over [start, end) (a
+    file-forecast site has none)."""
+    from slurm_flex.grid.cache import GridCache
+    from slurm_flex.grid.factory import build_provider, grid_cache_path
+    from slurm_flex.grid.series import SLOT_SECONDS, floor_slot
+    from slurm_flex.ledger.certificate import Actuals
+
+    site_cfg = cfg.sites.get(site)
+    path = grid_cache_path(cfg)
+    if site_cfg is None or not path.exists():
+        return None
+    try:
+        carbon = build_provider(site, "carbon", site_cfg.carbon, cfg)
+        price = build_provider(site, "price", site_cfg.price, cfg)
+    except (ValueError, SlurmFlexError):
+        return None  # the config names no provider the cache could hold
+    if carbon is None:
+        return None
+    lo, hi = floor_slot(start), floor_slot(end) + SLOT_SECONDS
+    with GridCache(path) as cache:
+        return Actuals(
+            carbon[0].name,
+            cache.actuals(carbon[0].name, lo, hi),
+            price[0].name if price is not None else None,
+            cache.actuals(price[0].name, lo, hi) if price is not None else {},
+        )
 
 
 def _modelled_usage(cfg: Config, first: date, last: date) -> dict[datetime, Usage] | None:

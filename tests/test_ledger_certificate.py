@@ -11,11 +11,16 @@ from typing import Any
 
 import pytest
 
-from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, iso_utc, parse_iso_utc
+from slurm_flex.grid.cache import GridCache
+from slurm_flex.grid.factory import build_provider, grid_cache_path
+from slurm_flex.grid.readings import Point, make_reading
+from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot, iso_utc, parse_iso_utc
 from slurm_flex.ledger import signed
 from slurm_flex.ledger.certificate import (
+    Actuals,
     ObservedRun,
     RecordedSignal,
+    actual_means,
     claims,
     evidence,
     job_energy,
@@ -262,3 +267,54 @@ def test_an_ended_job_is_certified_with_its_end_record(fake_env: FakeEnv, tmp_pa
     assert doc["body"]["energy"]["kwh"] == pytest.approx(power_w * ran / 3.6e6, rel=1e-5)
     vkey = Verifier.parse((env.tmp / "state" / "ledger" / VKEY).read_text())
     assert verify_certificate(out.read_text(), vkey).claims["as_run"]["end_record"] == ended["i"]
+
+
+def test_outturn_is_preferred_to_the_forecast_where_it_covers_the_window() -> None:
+    start = 1_781_085_600  # 10:00 UTC, a slot boundary
+    run = ObservedRun(start, 5, start + 2700, 9, "Slurm's end time")
+    rec = JobRecord("7", "7", "u", "p", 0, 0, None, None, None, 2000.0, 2.0, None, None,
+                    start, "started", "", 800.0, 400.0, 400.0, 200.0, 0)  # fmt: skip
+    series = SignalSeries(start, (100.0, 400.0), (50.0, 150.0), "forecast-src")
+    signal = RecordedSignal("plans/cycle-00000001.json", "ab" * 32, 1, start - 300, series, 4)
+    energy = 2000.0 * 2700 / 3.6e6
+    # Outturn for both slots: 2/3 x 120 + 1/3 x 300 = 180 g/kWh; no outturn prices.
+    outturn = Actuals("neso-src", {start: 120.0, start + 1800: 300.0})
+    as_run = claims(rec, None, "site", start + 7200, run, [signal], outturn)["as_run"]
+    assert as_run["signal"]["basis"] == "actual" and "neso-src" in as_run["signal"]["source"]
+    assert as_run["carbon_kg"] == pytest.approx(energy * 180.0 / 1000)
+    # The price is the forecast's, and the certificate says so and cites the plan file.
+    assert as_run["signal"]["price_basis"] == "forecast" and as_run["signal"]["plan_record"] == 4
+    assert as_run["cost_gbp"] == pytest.approx(energy * 250 / 3 / 1000)
+    # Outturn missing for the second slot: the window is the forecast's, not a mixture.
+    partial = Actuals("neso-src", {start: 120.0}, "agile", {start: 10.0, start + 1800: 10.0})
+    mixed = claims(rec, None, "site", start + 7200, run, [signal], partial)["as_run"]
+    assert mixed["signal"]["basis"] == "forecast" and mixed["carbon_kg"] == pytest.approx(energy * 200.0 / 1000)
+    assert mixed["signal"]["price_basis"] == "actual" and mixed["cost_gbp"] == pytest.approx(energy * 10 / 1000)
+    assert actual_means(partial, start, start + 2700) == (None, pytest.approx(10.0))
+
+
+def test_certify_reads_the_outturn_of_a_live_site_from_the_grid_cache(fake_env: FakeEnv, tmp_path: Path) -> None:
+    env = fake_env
+    job_id = env.submit_flexible(hours=10, minutes=60)
+    env.slurmflex("daemon", "--once")
+    env.slurm.start(job_id)
+    env.slurmflex("daemon", "--once")
+    started = env.slurm.job(job_id).start_time
+    assert started is not None
+    # The site now plans on NESO (nothing is fetched: the cache already holds the outturn).
+    env.reconfigure(sites={"gb": {"partitions": ["debug"], "carbon": {"provider": "neso", "region_id": 10}}})
+    cfg = env.load()
+    made = build_provider("gb", "carbon", cfg.sites["gb"].carbon, cfg)
+    assert made is not None
+    source = made[0].name
+    slot = floor_slot(started)
+    points = [Point(slot + k * SLOT_SECONDS, 150.0, "actual") for k in range(4)]
+    with GridCache(grid_cache_path(cfg)) as cache:
+        cache.store(make_reading("carbon", points, source, slot + 4 * SLOT_SECONDS))
+    out = tmp_path / "cert.json"
+    done = env.slurmflex("audit", "certify", job_id, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    as_run = json.loads(out.read_text())["body"]["as_run"]
+    assert as_run["start_basis"] == "observed" and as_run["signal"]["basis"] == "actual"
+    assert as_run["mean_g_per_kwh"] == pytest.approx(150.0)
+    assert env.slurmflex("audit", "verify-certificate", str(out)).returncode == 0

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,35 @@ class RecordedSignal:
     now: int  # when the cycle planned with it
     series: SignalSeries
     index: int | None = None  # the plan file's ``plan`` record in the ledger, where kept
+
+
+@dataclass(frozen=True)
+class Actuals:
+    """Outturn a site's providers published (measured or settled intensities, and prices), per
+    slot start, as the grid cache keeps them: better than any forecast for a window in the past."""
+
+    carbon_source: str
+    carbon: Mapping[int, float]  # g/kWh
+    price_source: str | None = None
+    price: Mapping[int, float] = field(default_factory=dict)  # per MWh
+
+
+def actual_means(actuals: Actuals, start: int, end: int) -> tuple[float | None, float | None]:
+    """Time-weighted mean outturn carbon and price over ``[start, end)``; each None unless every
+    slot of the window has an outturn value (a window half outturn, half forecast is neither)."""
+
+    def mean(values: Mapping[int, float]) -> float | None:
+        total, t = 0.0, start
+        while t < end:
+            slot_end = floor_slot(t) + SLOT_SECONDS
+            value = values.get(floor_slot(t))
+            if value is None:
+                return None
+            total += value * (min(end, slot_end) - t)
+            t = min(end, slot_end)
+        return total / (end - start) if end > start else None
+
+    return mean(actuals.carbon), mean(actuals.price)
 
 
 def observed_run(records: Iterable[tuple[int, Mapping[str, Any]]], job_id: str) -> ObservedRun | None:
@@ -183,11 +212,12 @@ def claims(
     issued_at: int,
     run: ObservedRun | None = None,
     signals: Sequence[RecordedSignal] = (),
+    actuals: Actuals | None = None,
 ) -> dict[str, Any]:
     """What the certificate states: energy, carbon and cost of the job as run (from the start
-    the ledger observed, over the forecast slurm-flex recorded for that window; the planned
-    start where no start was observed, labelled so) against the start it would have had
-    without slurm-flex."""
+    the ledger observed, over the outturn the grid cache holds for that window, else the
+    forecast slurm-flex recorded for it; the planned start where no start was observed,
+    labelled so) against the start it would have had without slurm-flex."""
     ran = run.end - run.start if run is not None and run.end is not None else None
     energy = job_energy(rec, measured, ran)
     if energy is None or rec.baseline_carbon_g is None or rec.planned_carbon_g is None:
@@ -199,7 +229,7 @@ def claims(
     def scaled(value: float | None, per: float = 1.0) -> float | None:
         return None if value is None else round(value * scale / per, 6)
 
-    as_run = _as_run(rec, energy, run, signals) if run is not None else None
+    as_run = _as_run(rec, energy, run, signals, actuals) if run is not None else None
     if as_run is None:
         as_run = {
             "start_basis": "planned",
@@ -237,7 +267,9 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 6)
 
 
-def _as_run(rec: JobRecord, energy: Energy, run: ObservedRun, signals: Sequence[RecordedSignal]) -> dict[str, Any]:
+def _as_run(
+    rec: JobRecord, energy: Energy, run: ObservedRun, signals: Sequence[RecordedSignal], actuals: Actuals | None
+) -> dict[str, Any]:
     seconds = run.end - run.start if run.end is not None else planned_seconds(rec)
     doc: dict[str, Any] = {
         "start_basis": "observed",
@@ -254,23 +286,40 @@ def _as_run(rec: JobRecord, energy: Energy, run: ObservedRun, signals: Sequence[
         doc["end"], doc["end_basis"], doc["end_record"] = iso_utc(run.end), f"observed: {run.end_basis}", run.end_index
     elif seconds is not None:
         doc["end"], doc["end_basis"] = iso_utc(run.start + seconds), "planned run time (no end observed yet)"
-    found = pick_signal(signals, run.start, run.start + seconds) if seconds else None
-    if found is None:
-        doc["signal"] = {"basis": "none", "source": "no kept plan file's forecast covers the as-run window"}
+    if not seconds:
+        doc["signal"] = {"basis": "none", "source": "the run time is unknown"}
         return doc
-    sig, ci, price = found
+    end = run.start + seconds
+    found = pick_signal(signals, run.start, end)
+    ci, price = actual_means(actuals, run.start, end) if actuals is not None else (None, None)
+    signal: dict[str, Any] = {}
+    if ci is not None and actuals is not None:
+        signal = {
+            "basis": "actual",
+            "source": f"grid cache: {actuals.carbon_source} outturn (as published; not in the ledger)",
+        }
+    if price is not None and actuals is not None:
+        signal["price_basis"], signal["price_source"] = "actual", f"grid cache: {actuals.price_source} outturn"
+    if found is not None and (ci is None or price is None):
+        sig, forecast_ci, forecast_price = found
+        if ci is None:
+            ci, signal["basis"], signal["source"] = forecast_ci, "forecast", sig.series.source
+        if price is None and forecast_price is not None:
+            price, signal["price_basis"] = forecast_price, "forecast"
+        # Forecast, not outturn: the intensities slurm-flex planned with, as its plan file keeps them.
+        signal |= {
+            "plan_file": sig.file,
+            "plan_sha256": sig.sha256,
+            "plan_record": sig.index,
+            "planned_at": iso_utc(sig.now),
+        }
+    if ci is None:
+        doc["signal"] = {"basis": "none", "source": "no outturn or kept plan file's forecast covers the as-run window"}
+        return doc
     doc["carbon_kg"] = round(energy.kwh * ci / 1000, 6)
     doc["cost_gbp"] = round(energy.kwh * price / 1000, 6) if price is not None else None
     doc["mean_g_per_kwh"] = round(ci, 3)
-    doc["signal"] = {
-        # Forecast, not outturn: the intensities slurm-flex planned with, as its plan file keeps them.
-        "basis": "forecast",
-        "source": sig.series.source,
-        "plan_file": sig.file,
-        "plan_sha256": sig.sha256,
-        "plan_record": sig.index,
-        "planned_at": iso_utc(sig.now),
-    }
+    doc["signal"] = signal
     return doc
 
 

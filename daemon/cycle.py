@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from slurm_flex.config import Config, NodeType, PowerConfig
+from slurm_flex.daemon import runs
 from slurm_flex.daemon.actions import Actions
 from slurm_flex.daemon.decide import (
     PRIORITY_KINDS,
@@ -163,6 +164,7 @@ class Cycle:
         fallback: tuple[tuple[str, bool], ...] = ()
         measured_kw: float | None = None
         entries: list[events.Entry] = []  # for the ledger, written once at the end of the cycle
+        running: dict[str, runs.Running] | None = None  # saved once the ledger holds its records
         try:
             jobs = self.backend.read_jobs()
             nodes = self.backend.read_nodes()
@@ -171,6 +173,9 @@ class Cycle:
                 ((j.update_id, j.user, float(j.start_time or started)) for j in jobs if j.state == "RUNNING"),
                 started,
             )
+            if self.config.ledger.enabled:
+                started_ended, running = self._observe_runs(jobs, int(started))
+                entries.extend(started_ended)
             jobs_seen = len(jobs)
             if self.measured is not None:
                 measured_kw, power_errors = self._measure(started, jobs)
@@ -234,8 +239,19 @@ class Cycle:
             errors += 1
             message = f"cycle failed: {exc}"
             log.error("cycle_failed", error=str(exc))
-        entries.append(events.cycle_done(cycle_id, ok, jobs_seen, deferred, updates, errors, message))
-        errors += self._record(mode, entries)
+        entries.append(
+            events.cycle_done(
+                cycle_id,
+                ok,
+                jobs_seen,
+                deferred,
+                updates,
+                errors,
+                message,
+                running=len(running) if running is not None else None,
+            )
+        )
+        errors += self._record(mode, entries, running)
         duration = time.monotonic() - t0
         commands = sum(self.backend.command_counts().values()) - commands_before
         self.store.finish_cycle(
@@ -285,7 +301,17 @@ class Cycle:
             expedited=expedited,
         )
 
-    def _record(self, mode: str, entries: list[events.Entry]) -> int:
+    def _observe_runs(self, jobs: tuple[SlurmJob, ...], now: int) -> tuple[list[events.Entry], dict[str, runs.Running]]:
+        """``job-started`` / ``job-ended`` records since the jobs the ledger last logged as
+        running (a setting the daemon wrote; unreadable, it starts afresh and says so)."""
+        try:
+            previous = runs.load(self.store.setting(runs.RUNNING_SETTING))
+        except SlurmFlexError as exc:
+            log.warning("ledger_running_reset", error=str(exc))
+            previous = {}
+        return runs.observe(previous, jobs, now, lambda job: _estimate(job, self.power))
+
+    def _record(self, mode: str, entries: list[events.Entry], running: dict[str, runs.Running] | None = None) -> int:
         """Append the cycle's records (and a change of mode or config since the last ones) to the
         ledger in one write, then sign a checkpoint. A ledger that cannot be written is a soft
         failure (returns 1): Slurm keeps being managed, and the error is logged every cycle."""
@@ -313,6 +339,8 @@ class Cycle:
             return 1
         self.store.set_setting(LEDGER_CONFIG_SETTING, digest, by="daemon")
         self.store.set_setting(LEDGER_MODE_SETTING, mode, by="daemon")
+        if running is not None:
+            self.store.set_setting(runs.RUNNING_SETTING, runs.dump(running), by="daemon")
         return 0
 
     def _measure(self, now: float, jobs: tuple[SlurmJob, ...]) -> tuple[float | None, int]:

@@ -12,10 +12,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import numpy as np
@@ -27,6 +27,10 @@ from slurm_flex.errors import ConfigError, SlurmFlexError
 from slurm_flex.logsetup import configure_logging
 from slurm_flex.planner.policy import Policy, with_objective
 from slurm_flex.state import SIGNALS_SETTING
+
+if TYPE_CHECKING:
+    from slurm_flex.ledger.certificate import Actuals
+    from slurm_flex.settlement.compute import Usage
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -777,7 +781,8 @@ def audit_checkpoint(obj: _Ctx, audit_state_dir: Path | None, sign: bool) -> Non
 @_fail_cleanly
 def audit_certify(obj: _Ctx, job_id: str, out: Path | None) -> None:
     """Issue a signed green-compute certificate for JOB_ID, logged in the ledger with its proof."""
-    from slurm_flex.ledger.certificate import claims, issue
+    from slurm_flex.daemon.cycle import DEFAULT_SITE
+    from slurm_flex.ledger.certificate import claims, issue, observed_run, read_plan_signals, with_plan_records
     from slurm_flex.ledger.site import open_site_ledger
     from slurm_flex.power.store import POWER_DB, PowerStore
     from slurm_flex.state import StateStore
@@ -797,7 +802,15 @@ def audit_certify(obj: _Ctx, job_id: str, out: Path | None) -> None:
     ledger = open_site_ledger(cfg)
     if ledger is None:
         raise SlurmFlexError("the ledger is disabled ([ledger] enabled = false): certificates are anchored in it")
-    doc = issue(ledger, claims(rec, measured, ledger.origin, int(time.time())))
+    # As run: the start the daemon observed (its job-started record), over the forecast of the
+    # job's site that the plan files recorded for that window.
+    run = observed_run(ledger.records(), job_id)
+    site = DEFAULT_SITE if not cfg.sites else (cfg.site_of(rec.partition) or "")
+    signals = with_plan_records(
+        read_plan_signals(cfg.daemon.state_dir / "plans", cfg.daemon.state_dir, site), ledger.records()
+    )
+    actuals = _outturn(cfg, site, run.start, (run.end or run.start) + 7 * 86400) if run is not None else None
+    doc = issue(ledger, claims(rec, measured, ledger.origin, int(time.time()), run, signals, actuals))
     text = json.dumps(doc, indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
@@ -821,7 +834,8 @@ def audit_verify_certificate(obj: _Ctx, file: Path, audit_state_dir: Path | None
     c = done.claims
     click.echo(
         f"ok: job {c['job']['id']} ({c['job']['user']}): {c['energy']['kwh']} kWh {c['energy']['basis']}, "
-        f"{c['as_run']['carbon_kg']} kg CO2 as run vs {c['counterfactual']['carbon_kg']} kg without slurm-flex; "
+        f"{c['as_run']['carbon_kg']} kg CO2 as run ({c['as_run']['start_basis']} start {c['as_run']['start']}) "
+        f"vs {c['counterfactual']['carbon_kg']} kg without slurm-flex; "
         f"ledger record {done.index} in checkpoint of size {done.checkpoint.size}, signed by {verifier.name}"
     )
 
@@ -922,14 +936,20 @@ def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None
     days = sorted(order.event_days)
     start = periods_of(days[0] - timedelta(days=LOOKBACK_DAYS))[0].start
     end = periods_of(days[-1])[-1].end
+    power_db = cfg.daemon.state_dir / POWER_DB
+    usage: dict[datetime, Usage] = {}
     if usage_csv is not None:
         usage = usage_sources.from_csv(usage_csv)
-    else:
-        power_db = cfg.daemon.state_dir / POWER_DB
-        if not power_db.exists():
-            raise SlurmFlexError(f"no measured power at {power_db} ([measure]); give --usage FILE")
+    elif power_db.exists():
         with PowerStore(power_db) as store:
             usage = usage_sources.from_power_store(store, start, end)
+    modelled = _modelled_usage(cfg, days[0] - timedelta(days=LOOKBACK_DAYS), days[-1])
+    if modelled is None and usage_csv is None and not power_db.exists():
+        raise SlurmFlexError(
+            f"no measured power at {power_db} ([measure]) and no modelled usage ([settlement] nodes); give --usage FILE"
+        )
+    # Measured usage wins; the model only fills periods nothing measured, and says so per row.
+    usage = {**(modelled or {}), **usage}
     statement = settle(order, usage)
     doc = statement.to_json()
     if sign:
@@ -954,6 +974,60 @@ def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None
     click.echo(buf.getvalue(), nl=False)
     for v in statement.violations:
         click.echo(f"violation: {v}", err=True)
+
+
+def _outturn(cfg: Config, site: str, start: int, end: int) -> Actuals | None:
+    """The outturn the grid cache holds for a live site's providers over [start, end) (a
+    file-forecast site has none)."""
+    from slurm_flex.grid.cache import GridCache
+    from slurm_flex.grid.factory import build_provider, grid_cache_path
+    from slurm_flex.grid.series import SLOT_SECONDS, floor_slot
+    from slurm_flex.ledger.certificate import Actuals
+
+    site_cfg = cfg.sites.get(site)
+    path = grid_cache_path(cfg)
+    if site_cfg is None or not path.exists():
+        return None
+    try:
+        carbon = build_provider(site, "carbon", site_cfg.carbon, cfg)
+        price = build_provider(site, "price", site_cfg.price, cfg)
+    except (ValueError, SlurmFlexError):
+        return None  # the config names no provider the cache could hold
+    if carbon is None:
+        return None
+    lo, hi = floor_slot(start), floor_slot(end) + SLOT_SECONDS
+    with GridCache(path) as cache:
+        return Actuals(
+            carbon[0].name,
+            cache.actuals(carbon[0].name, lo, hi),
+            price[0].name if price is not None else None,
+            cache.actuals(price[0].name, lo, hi) if price is not None else {},
+        )
+
+
+def _modelled_usage(cfg: Config, first: date, last: date) -> dict[datetime, Usage] | None:
+    """Modelled usage of the settlement days first..last from the ledger's job runs ([settlement]),
+    or None where it is not configured or there is no ledger."""
+    from datetime import timedelta
+
+    from slurm_flex.daemon.cycle import power_model_from
+    from slurm_flex.ledger.log import read_records
+    from slurm_flex.ledger.site import ledger_dir
+    from slurm_flex.settlement.modelled import from_ledger, idle_watts, modelled_usage
+    from slurm_flex.settlement.periods import periods_of
+
+    st = cfg.settlement
+    directory = ledger_dir(cfg)
+    if not st.model_usage or not st.nodes or not directory.is_dir():
+        return None
+    model = power_model_from(cfg)
+    periods = []
+    day = first
+    while day <= last:
+        periods.extend(periods_of(day))
+        day += timedelta(days=1)
+    observed = from_ledger(read_records(directory), model)
+    return modelled_usage(periods, observed, idle_watts(st.nodes, model), st.other_watts)
 
 
 @main.group("config")

@@ -349,6 +349,20 @@ class LedgerConfig(_Section):
         return value
 
 
+class SettlementConfig(_Section):
+    """Settling flexibility orders (slurm_flex.settlement): what usage is modelled from where
+    nothing measured it."""
+
+    # Model a period's usage from the ledger's job runs and the power model where no meter or node
+    # reading covers it (every such row is labelled modelled); false: such a period is a violation.
+    model_usage: bool = True
+    # The compute nodes behind the meter, by node type ("default": [power]'s own type): their idle
+    # power is in every modelled period. Empty: usage is not modelled (it would be understated).
+    nodes: dict[str, int] = Field(default_factory=dict)
+    # What else the meter sees (storage, network, cooling), in watts, constant.
+    other_watts: float = Field(0.0, ge=0)
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     slurm: SlurmConfig = SlurmConfig()
@@ -361,8 +375,17 @@ class Config(_Section):
     measure: MeasureConfig = MeasureConfig()
     agent: AgentConfig = AgentConfig()
     ledger: LedgerConfig = LedgerConfig()
+    settlement: SettlementConfig = SettlementConfig()
     # Sites and their signal providers; none: one site planned on [forecast] (a file).
     sites: dict[str, SiteConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _settlement_node_types(self) -> Config:
+        for name in self.settlement.nodes:
+            if name != "default" and name not in self.power.node_types:
+                known = ", ".join(["default", *sorted(self.power.node_types)])
+                raise ValueError(f"[settlement] nodes names node type {name!r}; known: {known}")
+        return self
 
     @model_validator(mode="after")
     def _sites_partition_the_cluster(self) -> Config:

@@ -120,3 +120,15 @@ def test_slack_layers_qos_beats_partition_beats_global(tmp_path: Path) -> None:
     path.write_text("[flex.partition.batch]\nmax_slak_hours = 1\n")
     with pytest.raises(ConfigError, match=r"flex\.partition\.batch\.max_slak_hours: unknown key"):
         load_config(path, environ={})
+
+
+def test_settlement_nodes_name_known_node_types(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[settlement.nodes]\ndefault = 4\ngpu = 2\n")
+    with pytest.raises(ConfigError, match="names node type 'gpu'; known: default"):
+        load_config(path, environ={})
+    path.write_text(
+        "[power.node_types.gpu]\nnode_idle_watts = 300\nnode_max_watts = 900\ncpus_per_node = 64\n"
+        "[settlement.nodes]\ndefault = 4\ngpu = 2\n"
+    )
+    assert load_config(path, environ={}).settlement.nodes == {"default": 4, "gpu": 2}

@@ -8,14 +8,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from slurm_flex.daemon.runs import Running, observe
+from slurm_flex.grid.series import iso_utc
+from slurm_flex.ledger import events
 from slurm_flex.ledger.log import CHECKPOINTS, LATEST, VKEY
 from slurm_flex.ledger.merkle import leaf_hash, verify_inclusion
 from slurm_flex.ledger.note import Verifier
+from slurm_flex.slurm.fake import FakeSlurm
 from tests.fake_cluster import FakeEnv
 from tests.ledger_mutations import mutations, record_lines, write
 
@@ -186,3 +191,50 @@ def test_retention_keeps_the_daemon_log_verifiable_and_provable(fake_env: FakeEn
     gone = env.slurmflex("audit", "prove", "0")
     assert gone.returncode == 1 and "record 0 was rotated away" in gone.stderr
     assert env.slurmflex("audit", "certify", job_id).returncode == 0  # anchored in the kept log
+
+
+def test_runs_are_logged_once_and_their_end_when_seen_gone(fake_env: FakeEnv) -> None:
+    env = fake_env
+    job_id = env.submit(time_limit_s=3600)  # not flexible: every run is logged, not only planned ones
+    env.slurm.start(job_id)
+    started = env.slurm.job(job_id).start_time
+    env.slurmflex("daemon", "--once")
+    env.slurmflex("daemon", "--once")
+    env.slurm.finish(job_id)
+    env.slurmflex("daemon", "--once")
+    env.slurmflex("daemon", "--once")
+    recs = records(env)
+    runs = [r for r in recs if r["kind"] in ("job-started", "job-ended")]
+    assert [r["kind"] for r in runs] == ["job-started", "job-ended"]
+    start, end = runs[0]["data"], runs[1]["data"]
+    assert start["job"] == job_id and start["start"] == iso_utc(started) and start["node_count"] == 1
+    assert start["power_w"] > 0 and len(start["nodes"]) == 1
+    # Gone from squeue: no Slurm end time, so the cycles either side bound it.
+    assert end["job"] == job_id and end["state"] is None and end["end"] is None
+    assert end["start"] == start["start"] and end["last_seen_running"] <= end["seen_ended"]
+    assert env.slurmflex("audit", "verify").returncode == 0
+
+
+def test_a_run_is_logged_again_when_the_ledger_write_failed(fake_env: FakeEnv) -> None:
+    env = fake_env
+    job_id = env.submit(time_limit_s=3600)
+    env.slurm.start(job_id)
+    ledger_dir = env.tmp / "state" / "ledger"
+    ledger_dir.parent.mkdir(parents=True, exist_ok=True)
+    ledger_dir.write_text("not a directory")  # the ledger cannot be opened this cycle
+    env.slurmflex("daemon", "--once")
+    ledger_dir.unlink()
+    env.slurmflex("daemon", "--once")
+    assert [r["data"]["job"] for r in records(env) if r["kind"] == "job-started"] == [job_id]
+
+
+def test_observe_reads_slurms_end_time_when_squeue_still_lists_the_job() -> None:
+    slurm = FakeSlurm(clock=lambda: 1_800_000_000)
+    job_id = slurm.submit(user="alice")
+    slurm.start(job_id)
+    job = replace(slurm.job(job_id), state="COMPLETED", end_time=1_800_000_100)  # as squeue lists it a while
+    previous = {job.update_id: Running("alice", 1_799_990_000, 1_799_999_000)}
+    entries, running = observe(previous, [job], 1_800_000_300, lambda _: 100.0)
+    assert running == {}
+    assert entries == [events.job_ended(job.update_id, "alice", 1_799_990_000, 1_799_999_000, 1_800_000_300,
+                                        "COMPLETED", job.end_time)]  # fmt: skip

@@ -15,7 +15,12 @@ from slurm_flex.ledger import signed
 from slurm_flex.ledger.errors import SettlementError
 from slurm_flex.ledger.log import VKEY
 from slurm_flex.ledger.note import Verifier
+from slurm_flex.power.model import PowerModel, Request
+from slurm_flex.power.sample import PowerSample
+from slurm_flex.power.store import POWER_DB, PowerStore
 from slurm_flex.settlement.compute import (
+    MEASURED,
+    MODELLED,
     BaselineMethod,
     Order,
     OrderSlot,
@@ -24,8 +29,11 @@ from slurm_flex.settlement.compute import (
     like_days,
     settle,
 )
+from slurm_flex.settlement.holidays import bank_holidays, easter_sunday, is_bank_holiday
+from slurm_flex.settlement.modelled import from_ledger, idle_watts, modelled_usage
 from slurm_flex.settlement.periods import parse_period, parse_range, period_at, period_count, periods_of
 from tests.fake_cluster import FakeEnv
+from tests.ledger_mutations import record_lines
 
 SPRING = date(2026, 3, 29)  # clocks go forward: 46 periods
 AUTUMN = date(2026, 10, 25)  # clocks go back: 50 periods
@@ -77,7 +85,7 @@ def _flat_usage(first: date, last: date, kw_of_day: dict[date, float], default: 
     d = first
     while d <= last:
         for p in periods_of(d):
-            out[p.start] = Usage(kw_of_day.get(d, default), "site meter")
+            out[p.start] = Usage(kw_of_day.get(d, default), MEASURED, "site meter")
         d += timedelta(days=1)
     return out
 
@@ -103,8 +111,8 @@ def test_best_5_of_10_baseline_and_the_deg_formulas() -> None:
     kw = {d: 80.0 + 10 * k for k, d in enumerate(reversed(like))}
     usage = _flat_usage(event - timedelta(days=30), event, kw, 0.0)
     for p in periods_of(event):
-        usage[p.start] = Usage(120.0 if 35 <= p.number <= 38 else 150.0, "site meter")
-    usage[parse_period(f"{event}/38").start] = Usage(95.0, "site meter")
+        usage[p.start] = Usage(120.0 if 35 <= p.number <= 38 else 150.0, MEASURED, "site meter")
+    usage[parse_period(f"{event}/38").start] = Usage(95.0, MEASURED, "site meter")
     st = settle(_order(event, range(35, 39), BaselineMethod(5, 10)), usage)
     assert not st.violations
     first, last = st.rows[0], st.rows[-1]
@@ -115,8 +123,9 @@ def test_best_5_of_10_baseline_and_the_deg_formulas() -> None:
     assert last.delivered_kw == pytest.approx(55.0) and last.eligible_kw == pytest.approx(50.0)
     assert last.pay == pytest.approx(50 * 0.5 * 0.40) and last.penalty == 0.0
     assert st.total == pytest.approx(3 * (6.0 - 1.0) + 10.0)
+    assert {r.delivery_basis for r in st.rows} == {MEASURED} and st.to_json()["modelled_periods"] == []
     # More usage than the baseline delivers nothing: clamped at zero, full shortfall penalty.
-    usage[parse_period(f"{event}/36").start] = Usage(400.0, "site meter")
+    usage[parse_period(f"{event}/36").start] = Usage(400.0, MEASURED, "site meter")
     row = settle(_order(event, range(36, 37), BaselineMethod(5, 10)), usage).rows[0]
     assert row.delivered_kw == 0.0 and row.pay == 0.0 and row.penalty == pytest.approx(50 * 0.5 * 0.10)
 
@@ -125,7 +134,7 @@ def test_in_day_adjustment_and_missing_usage() -> None:
     event = date(2026, 6, 10)
     usage = _flat_usage(event - timedelta(days=30), event - timedelta(days=1), {}, 100.0)
     for p in periods_of(event):
-        usage[p.start] = Usage(130.0 if p.number < 35 else 90.0, "site meter")  # a busier day
+        usage[p.start] = Usage(130.0 if p.number < 35 else 90.0, MEASURED, "site meter")  # a busier day
     plain = settle(_order(event, range(35, 37), BaselineMethod(5, 10)), usage).rows[0]
     adjusted = settle(_order(event, range(35, 37), BaselineMethod(5, 10, in_day_adjustment=True)), usage).rows[0]
     assert plain.baseline_kw == pytest.approx(100.0) and plain.delivered_kw == pytest.approx(10.0)
@@ -191,3 +200,146 @@ def test_signed_statement_is_logged_and_verifies(fake_env: FakeEnv) -> None:
     assert fake_env.slurmflex("audit", "verify").returncode == 0
     bad = fake_env.slurmflex("report", "settlement", "--order", "nope", "--usage", str(usage))
     assert bad.returncode == 1 and "unknown order id 'nope'" in bad.stderr
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def test_modelled_usage_follows_the_power_model_over_the_ledgers_runs() -> None:
+    model = PowerModel()  # 120 W idle, 450 W max, 64 CPUs per node
+    p = parse_period("2026-06-10/21")  # 10:00-10:30 BST, 09:00-09:30 UTC
+    t0 = p.start
+    job_w = model.estimate(Request(nodes=1, cpus=32))  # 120 + 32 x 330 / 64 = 285 W
+    records = [
+        (0, {"kind": "job-started", "time": _iso(t0), "data": {"job": "7", "partition": "", "node_count": 1,
+             "power_w": job_w, "start": _iso(t0 - timedelta(minutes=20))}}),
+        (1, {"kind": "job-started", "time": _iso(t0), "data": {"job": "8", "partition": "", "node_count": 2,
+             "power_w": 2 * 120 + 500.0, "start": _iso(t0 + timedelta(minutes=20))}}),
+        (2, {"kind": "cycle", "time": _iso(t0 + timedelta(minutes=5)), "data": {"ok": True, "running": 2}}),
+        (3, {"kind": "job-ended", "time": _iso(t0), "data": {"job": "7", "end": None,
+             "last_seen_running": _iso(t0 + timedelta(minutes=15))}}),
+        # Before this version cycles did not log runs: they do not make a period modelled.
+        (4, {"kind": "cycle", "time": _iso(t0 - timedelta(hours=1)), "data": {"ok": True}}),
+    ]  # fmt: skip
+    observed = from_ledger(records, model)
+    idle = idle_watts({"default": 4}, model)
+    assert idle == 480.0
+    usage = modelled_usage([period_at(t0 - timedelta(hours=1)), p], observed, idle, other_w=100.0)
+    assert list(usage) == [p.start]  # the daemon watched only this period
+    u = usage[p.start]
+    # Job 7 ran 15 of the 30 minutes, job 8 the last 10; each above its nodes' idle power,
+    # which the four nodes' idle already counts.
+    expected_w = 100.0 + 480.0 + (job_w - 120.0) * 15 / 30 + 500.0 * 10 / 30
+    assert u.basis == MODELLED and u.kw == pytest.approx(expected_w / 1000)
+    assert "2 job runs from the ledger" in u.source and "1 cycles watched" in u.source
+
+
+def test_delivery_resting_on_modelled_data_is_labelled() -> None:
+    event = date(2026, 6, 10)
+    usage = _flat_usage(event - timedelta(days=30), event - timedelta(days=1), {}, 100.0)
+    p35, p36 = parse_period(f"{event}/35"), parse_period(f"{event}/36")
+    usage[p35.start] = Usage(80.0, MODELLED, "power model")
+    usage[p36.start] = Usage(70.0, MEASURED, "site meter")
+    st = settle(_order(event, range(35, 37), BaselineMethod(5, 10)), usage)
+    assert not st.violations
+    modelled, measured = st.rows
+    assert modelled.usage_basis == MODELLED and modelled.delivery_basis == MODELLED
+    assert modelled.delivered_kw == pytest.approx(20.0)  # settled, but labelled
+    assert measured.delivery_basis == MEASURED
+    assert st.to_json()["modelled_periods"] == [f"{event}/35"]
+    # A measured event period against a baseline resting on a modelled like-day value.
+    like = like_days(event, 10, frozenset({event}))[0]
+    q = next(x for x in periods_of(like) if x.number == 36)
+    usage[q.start] = Usage(100.0, MODELLED, "power model")
+    row = settle(_order(event, range(36, 37), BaselineMethod(10, 10)), usage).rows[0]
+    assert row.delivery_basis == "measured usage, modelled baseline"
+
+
+def test_settlement_report_labels_measured_modelled_and_missing_periods(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(settlement={"nodes": {"default": 4}})
+    job_id = env.submit(time_limit_s=7200)  # 1 CPU on a 2-CPU node: 120 + 330 / 2 = 285 W
+    env.slurm.start(job_id)
+    started = env.slurm.job(job_id).start_time
+    assert started is not None
+    env.slurmflex("daemon", "--once")
+    env.slurmflex("daemon", "--once")
+    # The period the cycles ran in (taken from their records: a half hour may have begun since).
+    _, lines = record_lines(env.tmp / "state" / "ledger")
+    now = datetime.fromisoformat([json.loads(x) for x in lines if b'"kind":"cycle"' in x][-1]["time"])
+    current, before, after = period_at(now), period_at(now - timedelta(minutes=30)), period_at(now + timedelta(hours=1))
+    # Node readings (BMC system power) for the period before: measured.
+    with PowerStore(env.tmp / "state" / POWER_DB) as store:
+        at = before.start.timestamp()
+        store.add_samples(PowerSample("ipmi", "system", w, at + 60, n, True) for n, w in (("n1", 300.0), ("n2", 200.0)))
+        store.fold(current.start.timestamp())
+    settlement = env.tmp / "state" / "settlement"
+    settlement.mkdir(parents=True, exist_ok=True)
+    order = {"id": "o", "periods": [{"period": p.label, "offered_kw": 1.0, "price_per_kwh": 0.3}
+                                    for p in (before, current, after)]}  # fmt: skip
+    (settlement / "orders.json").write_text(json.dumps({"orders": [order]}))
+    out = env.slurmflex("report", "settlement", "--order", "o", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["period"]: r for r in json.loads(out.stdout)["periods"]}
+    measured, modelled, missing = rows[before.label], rows[current.label], rows[after.label]
+    assert measured["usage_basis"] == MEASURED and measured["usage_kw"] == pytest.approx(0.5)
+    assert measured["usage_source"] == "node readings (ipmi; 2 nodes)"
+    lo, hi = current.start.timestamp(), current.end.timestamp()
+    job_share = (hi - max(lo, started)) / (hi - lo)  # still running: to the end of the period
+    assert modelled["usage_basis"] == MODELLED and modelled["usage_source"].startswith("power model")
+    assert modelled["usage_kw"] == pytest.approx((4 * 120 + (285 - 120) * job_share) / 1000, rel=1e-6)
+    assert missing["usage_basis"] == "none" and missing["usage_kw"] is None
+    csv_out = env.slurmflex("report", "settlement", "--order", "o", "--format", "csv")
+    header = csv_out.stdout.splitlines()[0].split(",")
+    assert {"usage_basis", "usage_source", "delivery_basis"} <= set(header)
+    assert f"violation: {after.label}: no metered or modelled usage: cannot settle" in csv_out.stderr
+    # Without the node inventory nothing is modelled: understated idle power would overstate delivery.
+    env.reconfigure()
+    plain = json.loads(env.slurmflex("report", "settlement", "--order", "o", "--format", "json").stdout)
+    assert {r["period"]: r["usage_basis"] for r in plain["periods"]}[current.label] == "none"
+
+
+def test_easter_and_the_bank_holidays_of_england_and_wales() -> None:
+    assert [easter_sunday(y) for y in (2024, 2025, 2026, 2038, 2285)] == [
+        date(2024, 3, 31), date(2025, 4, 20), date(2026, 4, 5), date(2038, 4, 25), date(2285, 3, 22),
+    ]  # fmt: skip
+    # 2026: Boxing Day is a Saturday, so Monday 28th.
+    assert sorted(bank_holidays(2026)) == [
+        date(2026, 1, 1), date(2026, 4, 3), date(2026, 4, 6), date(2026, 5, 4),
+        date(2026, 5, 25), date(2026, 8, 31), date(2026, 12, 25), date(2026, 12, 28),
+    ]  # fmt: skip
+    # 2022: New Year's Day a Saturday, the spring holiday moved for the Platinum Jubilee, the
+    # Queen's funeral, Christmas Day a Sunday (Boxing Day Monday, Christmas Tuesday).
+    assert sorted(bank_holidays(2022)) == [
+        date(2022, 1, 3), date(2022, 4, 15), date(2022, 4, 18), date(2022, 5, 2), date(2022, 6, 2),
+        date(2022, 6, 3), date(2022, 8, 29), date(2022, 9, 19), date(2022, 12, 26), date(2022, 12, 27),
+    ]  # fmt: skip
+    # 2021: Christmas Day a Saturday (Monday 27th), Boxing Day a Sunday (Tuesday 28th).
+    assert {date(2021, 12, 27), date(2021, 12, 28)} <= bank_holidays(2021)
+    assert not is_bank_holiday(date(2021, 12, 24)) and is_bank_holiday(date(2020, 5, 8))
+
+
+def test_like_days_treat_bank_holidays_as_non_working_days() -> None:
+    # The Tuesday after the spring bank holiday: its working like days skip Monday 25 May.
+    tue = date(2026, 5, 26)
+    days = like_days(tue, 10, frozenset())
+    assert date(2026, 5, 25) not in days and days[:2] == [date(2026, 5, 22), date(2026, 5, 21)]
+    assert date(2026, 5, 4) not in days and len(days) == 10  # early May bank holiday too
+    # The bank holiday itself is like the weekends before it (and the early May holiday).
+    assert like_days(date(2026, 5, 25), 7, frozenset()) == [
+        date(2026, 5, 24), date(2026, 5, 23), date(2026, 5, 17), date(2026, 5, 16),
+        date(2026, 5, 10), date(2026, 5, 9), date(2026, 5, 4),
+    ]  # fmt: skip
+
+
+def test_a_quiet_bank_holiday_does_not_drag_a_working_day_baseline_down() -> None:
+    event = date(2026, 6, 2)  # the Tuesday a week after the spring bank holiday
+    like = like_days(event, 10, frozenset({event}))
+    # Working days at 100 kW, weekends and the bank holiday at 20 kW: a best 10 of 10 over
+    # working days would fall to 92 kW if the bank holiday counted as one.
+    quiet = {d: 20.0 for d in (date(2026, 5, 25), *(date(2026, 5, k) for k in (16, 17, 23, 24, 30, 31)))}
+    usage = _flat_usage(event - timedelta(days=40), event, quiet, 100.0)
+    row = settle(_order(event, range(35, 36), BaselineMethod(10, 10)), usage).rows[0]
+    assert row.baseline_kw == pytest.approx(100.0) and row.baseline_days == tuple(sorted(like))
+    assert date(2026, 5, 25) not in row.baseline_days

@@ -5,7 +5,9 @@ Record kinds: ``forecast`` (digest of the forecast a site planned with), ``plan`
 cycle's replayable plan file in ``<state_dir>/plans/``), ``action`` (a change made in Slurm: job,
 old and new start or priority, reason, outcome), ``mode`` (the mode in force changed),
 ``config`` (the effective configuration changed), ``admin.release`` / ``admin.resume`` /
-``admin.mode`` (what an admin told the daemon), ``cycle`` (a cycle's outcome) and
+``admin.mode`` (what an admin told the daemon), ``cycle`` (a cycle's outcome),
+``job-started`` / ``job-ended`` (a job the daemon first saw running, and saw gone or finished:
+the as-run record certificates and modelled settlement usage are built on) and
 ``ledger.repaired`` (a torn line moved to quarantine).
 """
 
@@ -83,8 +85,21 @@ def mode_changed(old: str | None, new: str, set_at_runtime: bool) -> Entry:
     return "mode", {"from": old, "to": new, "source": "runtime" if set_at_runtime else "config"}
 
 
-def cycle_done(cycle: int, ok: bool, jobs: int, deferred: int, updates: int, errors: int, message: str) -> Entry:
+def cycle_done(
+    cycle: int,
+    ok: bool,
+    jobs: int,
+    deferred: int,
+    updates: int,
+    errors: int,
+    message: str,
+    running: int | None = None,
+) -> Entry:
+    """A cycle's outcome; ``running``: how many jobs it saw running, None when it did not log
+    runs (its job-started/job-ended records are then not a complete account of the period, and
+    settlement does not model usage from them)."""
     return "cycle", {
+        "running": running,
         "cycle": cycle,
         "ok": ok,
         "jobs": jobs,
@@ -92,6 +107,40 @@ def cycle_done(cycle: int, ok: bool, jobs: int, deferred: int, updates: int, err
         "updates": updates,
         "errors": errors,
         "message": message[:500],
+    }
+
+
+def job_started(
+    job: str, user: str, partition: str, start: int, nodes: tuple[str, ...], node_count: int, power_w: float
+) -> Entry:
+    """A job the daemon saw running for the first time: its start as squeue reports it (Slurm's
+    own start time, not when the daemon noticed), where it runs, and the power estimate the
+    daemon holds for it (what modelled usage uses where nothing is measured)."""
+    return "job-started", {
+        "job": job,
+        "user": user,
+        "partition": partition,
+        "start": iso_utc(start),
+        "nodes": list(nodes),
+        "node_count": node_count,
+        "power_w": round(power_w, 3),
+    }
+
+
+def job_ended(
+    job: str, user: str, start: int, last_running: int, now: int, state: str | None, end: int | None
+) -> Entry:
+    """A job seen running before and not now: ``state`` is what squeue still lists it as (None:
+    gone from squeue), ``end`` Slurm's end time where squeue still shows one; otherwise the job
+    ended between ``last_seen_running`` and ``seen_ended``."""
+    return "job-ended", {
+        "job": job,
+        "user": user,
+        "start": iso_utc(start),
+        "state": state,
+        "end": iso_utc(end) if end is not None else None,
+        "last_seen_running": iso_utc(last_running),
+        "seen_ended": iso_utc(now),
     }
 
 

@@ -362,6 +362,10 @@ class Ledger:
                 break
         raise LedgerError(f"record {index} is not in the log")
 
+    def records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every kept record, parsed, oldest first: for finding the records a document cites."""
+        return read_records(self.directory)
+
     # -- retention -----------------------------------------------------------------------------
     def prune(self, keep_from: int) -> list[Path]:
         """Delete whole record files that end at or before ``keep_from``. The file that remains
@@ -563,6 +567,21 @@ class Ledger:
 
 
 # -- verification ------------------------------------------------------------------------------
+
+
+def read_records(directory: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Every kept record of the log in ``directory``, parsed, oldest first, without opening it
+    for writing (``audit verify`` is what checks them). A torn last line is skipped: the daemon
+    is writing, or will repair it."""
+    for first, path in segments(directory):
+        with open(path, "rb") as f:
+            for k, line in enumerate(f):
+                if not line.endswith(b"\n"):
+                    return
+                try:
+                    yield first + k, json.loads(line)
+                except ValueError as exc:
+                    raise LedgerError(f"record {first + k} in {path.name} is not JSON: {exc}") from exc
 
 
 @dataclass(frozen=True)

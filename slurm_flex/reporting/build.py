@@ -83,7 +83,14 @@ def build(
             start = int(datetime.fromisoformat(row["start_utc"].replace("Z", "+00:00")).timestamp())
             if not window.holds(start):
                 continue
-            periods.append({"order": st["order"], **{k: row[k] for k in _PERIOD_KEYS}})
+            periods.append(
+                {
+                    "order": st["order"],
+                    **{k: row[k] for k in _PERIOD_KEYS},
+                    # Statements signed before usage could be modelled rested on metered usage only.
+                    "delivery_basis": row.get("delivery_basis", "measured"),
+                }
+            )
             revenue[st.get("currency", "GBP")] += row["net"] or 0.0
     periods.sort(key=lambda p: (p["start_utc"], p["order"]))
 

@@ -15,7 +15,18 @@ from rich.console import Console
 from rich.table import Table
 
 SAVINGS = ("jobs", "energy_kwh", "carbon_saved_kg", "cost_saved_gbp")
-CSV_FIELDS = ("section", "name", *SAVINGS, "period", "order", "offered_kw", "delivered_kw", "eligible_kw", "net")
+CSV_FIELDS = (
+    "section",
+    "name",
+    *SAVINGS,
+    "period",
+    "order",
+    "offered_kw",
+    "delivered_kw",
+    "eligible_kw",
+    "net",
+    "delivery_basis",
+)
 
 
 def to_json(doc: dict[str, Any]) -> str:
@@ -46,10 +57,12 @@ def to_table(doc: dict[str, Any], console: Console) -> None:
             t.add_row(str(row[key]), *(f"{row[c]:.3f}" if c != "jobs" else str(int(row[c])) for c in SAVINGS))
         console.print(t)
     t = Table(title="flexibility per settlement period")
-    for col in ("period", "order", "offered_kw", "delivered_kw", "net"):
+    for col in ("period", "order", "offered_kw", "delivered_kw", "net", "delivery_basis"):
         t.add_column(col)
     for p in doc["flexibility"]:
-        t.add_row(p["period"], p["order"], *(str(p[c]) for c in ("offered_kw", "delivered_kw", "net")))
+        t.add_row(
+            p["period"], p["order"], *(str(p[c]) for c in ("offered_kw", "delivered_kw", "net", "delivery_basis"))
+        )
     console.print(t)
     console.print("revenue: " + (", ".join(f"{v:.2f} {c}" for c, v in doc["revenue"].items()) or "none"))
 
@@ -135,7 +148,12 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
 <h2>Savings by user</h2>{rows(doc["by_user"], ("user", *SAVINGS))}
 <h2>Savings by account</h2>{rows(doc["by_account"], ("account", *SAVINGS))}
 <h2>Flexibility per settlement period</h2>
-{rows(doc["flexibility"], ("period", "order", "offered_kw", "delivered_kw", "eligible_kw", "pay", "penalty", "net"))}
+{
+        rows(
+            doc["flexibility"],
+            ("period", "order", "offered_kw", "delivered_kw", "eligible_kw", "pay", "penalty", "net", "delivery_basis"),
+        )
+    }
 <ul>{"".join(f"<li>{e(n)}</li>" for n in doc["notes"])}</ul>
 <script>
 // Mark the page rendered once every plot has decoded (a check for headless browsers).

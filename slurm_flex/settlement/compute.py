@@ -10,15 +10,21 @@ carried as policy data, not vendored), per interval::
     penalty   = max(0, offered - delivered) x hours x shortfall penalty price
     net       = pay - penalty
 
-and, like its rule S2, a period without metered usage cannot be settled: it is reported as a
-violation, not guessed. The baseline follows the order's ``baselineMethodology`` (DEG's
-``bestOf``/``outOf``): of the last ``outOf`` like days before the event day (working days for a
-working day, weekend days for a weekend day), event days excluded, the ``bestOf`` with the
-highest usage over the order's event window; the baseline of a period is their mean usage at
-the same local clock time. Optionally an additive in-day adjustment in the manner of Elexon's
-BL01 (the mean of usage minus unadjusted baseline over a window of periods before the event);
-its window parameters are the order's and were not checked against the BSC Baselining
-Methodology Document.
+and, like its rule S2, a period without usage cannot be settled: it is reported as a violation,
+not guessed. Usage is metered (site meter, node readings) where anything measured it, else
+modelled (``settlement.modelled``: the power model over the jobs the ledger saw running) where
+that is configured; every row says which (``usage_basis``) and from what (``usage_source``), and
+``delivery_basis`` says whether the delivery it pays for rests on modelled data (the event
+period's usage, or any baseline value), so modelled delivery is never passed off as metered.
+
+The baseline follows the order's ``baselineMethodology`` (DEG's ``bestOf``/``outOf``): of the
+last ``outOf`` like days before the event day (working days for a working day, weekend days and
+bank holidays of England and Wales, from ``holidays``, for the others), event days excluded, the
+``bestOf`` with the highest usage over the order's event window; the baseline of a period is
+their mean usage at the same local clock time. Optionally an additive in-day adjustment in the
+manner of Elexon's BL01 (the mean of usage minus unadjusted baseline over a window of periods
+before the event); its window parameters are the order's and were not checked against the BSC
+Baselining Methodology Document.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from statistics import fmean
 from typing import Any
 
 from slurm_flex.ledger.errors import SettlementError
+from slurm_flex.settlement.holidays import is_bank_holiday
 from slurm_flex.settlement.periods import PERIOD, Period, parse_period, period_at, periods_of
 
 HOURS = PERIOD.total_seconds() / 3600
@@ -65,10 +72,15 @@ class Order:
         return frozenset(s.period.day for s in self.slots)
 
 
+MEASURED = "measured"
+MODELLED = "modelled"
+
+
 @dataclass(frozen=True)
 class Usage:
     kw: float  # mean over the period
-    basis: str  # "site meter", "node readings", ... or "modelled"
+    basis: str  # MEASURED or MODELLED
+    source: str = ""  # "site meter", "node readings (...)", "power model (...)"
 
 
 UsageSeries = Mapping[datetime, Usage]  # by period start (UTC)
@@ -81,7 +93,9 @@ class Row:
     baseline_kw: float | None
     adjustment_kw: float
     usage_kw: float | None
-    usage_basis: str
+    usage_basis: str  # measured, modelled, or none
+    usage_source: str
+    delivery_basis: str  # measured, modelled, "measured usage, modelled baseline", or none
     delivered_kw: float | None
     eligible_kw: float | None
     price: float
@@ -102,6 +116,8 @@ class Row:
             "adjustment_kw": _r(self.adjustment_kw),
             "usage_kw": _r(self.usage_kw),
             "usage_basis": self.usage_basis,
+            "usage_source": self.usage_source,
+            "delivery_basis": self.delivery_basis,
             "delivered_kw": _r(self.delivered_kw),
             "eligible_kw": _r(self.eligible_kw),
             "hours": HOURS,
@@ -141,17 +157,22 @@ class Statement:
             "total_pay": _r(sum(r.pay for r in self.rows)),
             "total_penalty": _r(sum(r.penalty for r in self.rows)),
             "total_net": _r(self.total),
+            # Periods whose payment rests on modelled data: DEG settles on metered data, so the
+            # counterparty must see these and may refuse them.
+            "modelled_periods": [r.period.label for r in self.rows if r.delivery_basis not in (MEASURED, "none")],
             "violations": list(self.violations),
         }
 
 
 def _working(day: date) -> bool:
-    return day.weekday() < 5
+    """Monday to Friday and not a bank holiday of England and Wales: a bank holiday's usage
+    looks like a weekend's, so it is a like day of weekends (and they of it), not of weekdays."""
+    return day.weekday() < 5 and not is_bank_holiday(day)
 
 
 def like_days(day: date, n: int, excluded: frozenset[date]) -> list[date]:
-    """The ``n`` most recent days before ``day`` of the same kind (working day or weekend),
-    skipping ``excluded`` (event days); fewer if the look-back runs out."""
+    """The ``n`` most recent days before ``day`` of the same kind (working day, or weekend day
+    or bank holiday), skipping ``excluded`` (event days); fewer if the look-back runs out."""
     out: list[date] = []
     d = day
     for _ in range(LOOKBACK_DAYS):
@@ -170,53 +191,63 @@ def _same_clock(day: date, p: Period) -> Period | None:
     return next((q for q in periods_of(day) if q.local_start.time() == wall), None)
 
 
-def _usage_at(usage: UsageSeries, day: date, p: Period) -> float | None:
+def _usage_at(usage: UsageSeries, day: date, p: Period) -> Usage | None:
     q = _same_clock(day, p)
-    u = usage.get(q.start) if q is not None else None
-    return u.kw if u is not None else None
+    return usage.get(q.start) if q is not None else None
 
 
 def baseline(order: Order, slot: OrderSlot, usage: UsageSeries) -> tuple[float | None, tuple[date, ...]]:
     """Unadjusted baseline of one period: mean usage at the same clock time on the ``bestOf``
     like days with the highest usage over the event window (days missing data are skipped)."""
     window = [s.period for s in order.slots if s.period.day == slot.period.day]
-    return _baseline_at(order, slot.period, window, usage)
+    base, days, _ = _baseline_at(order, slot.period, window, usage)
+    return base, days
 
 
 def _baseline_at(
     order: Order, p: Period, window: Sequence[Period], usage: UsageSeries
-) -> tuple[float | None, tuple[date, ...]]:
+) -> tuple[float | None, tuple[date, ...], bool]:
+    """(baseline, the days chosen, whether any value it rests on was modelled)."""
     m = order.method
-    ranked: list[tuple[float, date, float]] = []
+    ranked: list[tuple[float, date, float, bool]] = []
     for d in like_days(p.day, m.out_of, order.event_days):
         values = [_usage_at(usage, d, w) for w in window]
         at = _usage_at(usage, d, p)
         if at is None or any(v is None for v in values):
             continue
-        ranked.append((fmean(v for v in values if v is not None), d, at))
+        used = [v for v in values if v is not None]
+        modelled = at.basis != MEASURED or any(v.basis != MEASURED for v in used)
+        ranked.append((fmean(v.kw for v in used), d, at.kw, modelled))
     ranked.sort(key=lambda t: (-t[0], t[1]))
     chosen = ranked[: m.best_of]
     if not chosen:
-        return None, ()
-    return fmean(t[2] for t in chosen), tuple(sorted(t[1] for t in chosen))
+        return None, (), False
+    return fmean(t[2] for t in chosen), tuple(sorted(t[1] for t in chosen)), any(t[3] for t in chosen)
 
 
 def in_day_adjustment(order: Order, day: date, usage: UsageSeries) -> float:
     """Additive adjustment for an event day: mean(actual - unadjusted baseline) over the
     adjustment window before the first event period (0 where data is missing)."""
+    return _adjustment(order, day, usage)[0]
+
+
+def _adjustment(order: Order, day: date, usage: UsageSeries) -> tuple[float, bool]:
+    """The in-day adjustment, and whether it rests on any modelled value."""
     m = order.method
     window = sorted((s.period for s in order.slots if s.period.day == day), key=lambda p: p.start)
     first = window[0].start
     diffs = []
+    modelled = False
     for k in range(m.adjustment_gap + m.adjustment_periods, m.adjustment_gap, -1):
         start = first - k * PERIOD
         actual = usage.get(start)
         p = period_at(start)
-        base, _ = _baseline_at(order, p, window, usage)
+        base, _, base_modelled = _baseline_at(order, p, window, usage)
         if actual is None or base is None:
-            return 0.0
+            return 0.0, False
         diffs.append(actual.kw - base)
-    return fmean(diffs) if diffs else 0.0
+        modelled = modelled or base_modelled or actual.basis != MEASURED
+    return (fmean(diffs), modelled) if diffs else (0.0, False)
 
 
 def settle(order: Order, usage: UsageSeries) -> Statement:
@@ -224,14 +255,15 @@ def settle(order: Order, usage: UsageSeries) -> Statement:
     rows: list[Row] = []
     violations: list[str] = []
     adjustments = {
-        d: in_day_adjustment(order, d, usage) if order.method.in_day_adjustment else 0.0 for d in order.event_days
+        d: _adjustment(order, d, usage) if order.method.in_day_adjustment else (0.0, False) for d in order.event_days
     }
     for slot in sorted(order.slots, key=lambda s: s.period.start):
-        base, days = baseline(order, slot, usage)
-        adj = adjustments[slot.period.day]
+        window = [s.period for s in order.slots if s.period.day == slot.period.day]
+        base, days, base_modelled = _baseline_at(order, slot.period, window, usage)
+        adj, adj_modelled = adjustments[slot.period.day]
         used = usage.get(slot.period.start)
         if base is None:
-            violations.append(f"{slot.period.label}: no baseline: no like day with metered usage")
+            violations.append(f"{slot.period.label}: no baseline: no like day with metered or modelled usage")
         if used is None:
             violations.append(f"{slot.period.label}: no metered or modelled usage: cannot settle")
         if base is None or used is None:
@@ -243,6 +275,8 @@ def settle(order: Order, usage: UsageSeries) -> Statement:
                     adj,
                     used.kw if used else None,
                     used.basis if used else "none",
+                    used.source if used else "",
+                    "none",
                     None,
                     None,
                     slot.price,
@@ -255,6 +289,12 @@ def settle(order: Order, usage: UsageSeries) -> Statement:
             )
             continue
         adjusted = base + adj
+        if used.basis != MEASURED:
+            delivery_basis = MODELLED  # proven only by modelled data
+        elif base_modelled or adj_modelled:
+            delivery_basis = "measured usage, modelled baseline"
+        else:
+            delivery_basis = MEASURED
         delivered = max(0.0, adjusted - used.kw)
         eligible = min(delivered, slot.offered_kw)
         pay = eligible * HOURS * slot.price
@@ -267,6 +307,8 @@ def settle(order: Order, usage: UsageSeries) -> Statement:
                 adj,
                 used.kw,
                 used.basis,
+                used.source,
+                delivery_basis,
                 delivered,
                 eligible,
                 slot.price,

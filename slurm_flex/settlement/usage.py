@@ -1,8 +1,8 @@
 """Metered usage per settlement period, and where it came from: the site meter where there is
 one, else the sum of the nodes' own readings (node agents, Slurm's energy counters), from the
 power store's half-hour means ([measure]); or a CSV of a meter's half-hourly readings. Periods
-nothing measured are absent (settlement reports them rather than guess); a CSV may label its
-rows ``modelled``, and then every row it settles carries that label."""
+nothing measured are absent here (``modelled`` fills them where configured, labelled so); a CSV
+may label its rows ``modelled``, and then every row it settles carries that label."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from slurm_flex.ledger.errors import SettlementError
 from slurm_flex.power.store import PowerStore
-from slurm_flex.settlement.compute import Usage
+from slurm_flex.settlement.compute import MEASURED, MODELLED, Usage
 
 WHOLE_NODE = ("system", "node")
 
@@ -35,16 +35,17 @@ def from_power_store(store: PowerStore, start: datetime, end: datetime) -> dict[
     for slot in set(site) | set(nodes):
         t = datetime.fromtimestamp(slot, UTC)
         if slot in site:
-            out[t] = Usage(site[slot] / 1000, "site meter")
+            out[t] = Usage(site[slot] / 1000, MEASURED, "site meter")
         else:
             sources = sorted({src for _, _, src in nodes[slot].values()})
             kw = sum(w for _, w, _ in nodes[slot].values()) / 1000
-            out[t] = Usage(kw, f"node readings ({', '.join(sources)}; {len(nodes[slot])} nodes)")
+            out[t] = Usage(kw, MEASURED, f"node readings ({', '.join(sources)}; {len(nodes[slot])} nodes)")
     return out
 
 
 def from_csv(path: Path) -> dict[datetime, Usage]:
-    """``start,kw[,basis]`` rows: the period's start (ISO 8601 with a zone) and mean kW."""
+    """``start,kw[,basis]`` rows: the period's start (ISO 8601 with a zone) and mean kW; a basis
+    of ``modelled`` (or starting so) marks a modelled row, anything else names the meter."""
     out: dict[datetime, Usage] = {}
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -53,7 +54,9 @@ def from_csv(path: Path) -> dict[datetime, Usage]:
                     t = datetime.fromisoformat(row["start"].replace("Z", "+00:00"))
                     if t.tzinfo is None:
                         raise ValueError("start needs a time zone")
-                    out[t.astimezone(UTC)] = Usage(float(row["kw"]), (row.get("basis") or "meter file").strip())
+                    source = (row.get("basis") or "meter file").strip()
+                    basis = MODELLED if source.lower().startswith("model") else MEASURED
+                    out[t.astimezone(UTC)] = Usage(float(row["kw"]), basis, f"{source} ({path.name})")
                 except (KeyError, ValueError) as exc:
                     raise SettlementError(f"{path} line {n}: {exc}") from exc
     except OSError as exc:

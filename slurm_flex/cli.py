@@ -921,7 +921,7 @@ def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None
     from slurm_flex.ledger.site import open_site_ledger
     from slurm_flex.power.store import POWER_DB, PowerStore
     from slurm_flex.settlement import usage as usage_sources
-    from slurm_flex.settlement.compute import LOOKBACK_DAYS, find_order, settle
+    from slurm_flex.settlement.compute import LOOKBACK_DAYS, find_order, other_event_days, settle
     from slurm_flex.settlement.periods import periods_of
 
     cfg = obj.config()
@@ -950,7 +950,8 @@ def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None
         )
     # Measured usage wins; the model only fills periods nothing measured, and says so per row.
     usage = {**(modelled or {}), **usage}
-    statement = settle(order, usage)
+    # Other orders' event days are no like days for this one (their usage was lowered on purpose).
+    statement = settle(order, usage, other_event_days(orders_doc, order.id))
     doc = statement.to_json()
     if sign:
         ledger = open_site_ledger(cfg)

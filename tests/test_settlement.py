@@ -27,6 +27,8 @@ from slurm_flex.settlement.compute import (
     Usage,
     find_order,
     like_days,
+    order_from_json,
+    other_event_days,
     settle,
 )
 from slurm_flex.settlement.holidays import bank_holidays, easter_sunday, is_bank_holiday
@@ -142,7 +144,10 @@ def test_in_day_adjustment_and_missing_usage() -> None:
     del usage[parse_period(f"{event}/36").start]
     st = settle(_order(event, range(35, 37), BaselineMethod(5, 10)), usage)
     assert st.violations == (f"{event}/36: no metered or modelled usage: cannot settle",)
-    assert st.rows[1].usage_basis == "none" and st.rows[1].net == 0.0
+    # As DEG's contract policy settles it: no USAGE, no reduction, the whole offer penalised.
+    missing = st.rows[1]
+    assert missing.usage_basis == "none" and missing.delivered_kw == 0.0 and missing.pay == 0.0
+    assert missing.penalty == pytest.approx(50 * 0.5 * 0.10) and missing.net == pytest.approx(-missing.penalty)
 
 
 def test_unknown_order_ids_are_named() -> None:
@@ -276,8 +281,8 @@ def test_settlement_report_labels_measured_modelled_and_missing_periods(fake_env
         store.fold(current.start.timestamp())
     settlement = env.tmp / "state" / "settlement"
     settlement.mkdir(parents=True, exist_ok=True)
-    order = {"id": "o", "periods": [{"period": p.label, "offered_kw": 1.0, "price_per_kwh": 0.3}
-                                    for p in (before, current, after)]}  # fmt: skip
+    order = {"id": "o", "periods": [{"period": p.label, "offered_kw": 1.0, "price_per_kwh": 0.3,
+                                     "penalty_per_kwh": 0.1} for p in (before, current, after)]}  # fmt: skip
     (settlement / "orders.json").write_text(json.dumps({"orders": [order]}))
     out = env.slurmflex("report", "settlement", "--order", "o", "--format", "json")
     assert out.returncode == 0, out.stderr
@@ -343,3 +348,30 @@ def test_a_quiet_bank_holiday_does_not_drag_a_working_day_baseline_down() -> Non
     row = settle(_order(event, range(35, 36), BaselineMethod(10, 10)), usage).rows[0]
     assert row.baseline_kw == pytest.approx(100.0) and row.baseline_days == tuple(sorted(like))
     assert date(2026, 5, 25) not in row.baseline_days
+
+
+def test_other_orders_event_days_are_no_like_days() -> None:
+    # A past event (another order) lowered usage on one like day; counting it would lower this
+    # order's baseline and under-pay the delivery.
+    event = date(2026, 6, 10)
+    earlier = date(2026, 6, 9)
+    usage = _flat_usage(event - timedelta(days=30), event, {}, 100.0)
+    for p in periods_of(earlier):
+        usage[p.start] = Usage(20.0, MEASURED, "site meter")
+    for p in periods_of(event):
+        usage[p.start] = Usage(60.0, MEASURED, "site meter")
+    order = _order(event, range(36, 37), BaselineMethod(10, 10))
+    naive = settle(order, usage).rows[0]
+    assert earlier in naive.baseline_days and naive.baseline_kw < 100.0
+    fair = settle(order, usage, frozenset({earlier})).rows[0]
+    assert earlier not in fair.baseline_days and fair.baseline_kw == pytest.approx(100.0)
+    assert fair.delivered_kw == pytest.approx(40.0)
+    doc = {"orders": [{"id": "a", "periods": [{"period": f"{earlier}/36", "offered_kw": 1.0, "price_per_kwh": 0.3,
+                                               "penalty_per_kwh": 0.1}]}, {"id": "b"}]}  # fmt: skip
+    assert other_event_days(doc, "b") == frozenset({earlier})
+
+
+def test_an_order_without_a_shortfall_penalty_is_refused() -> None:
+    doc = {"id": "o", "periods": [{"period": "2026-06-10/36", "offered_kw": 1.0, "price_per_kwh": 0.3}]}
+    with pytest.raises(SettlementError, match=r"period 2026-06-10/36 has no penalty_per_kwh"):
+        order_from_json(doc)

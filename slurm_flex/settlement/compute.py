@@ -30,7 +30,7 @@ Baselining Methodology Document.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from statistics import fmean
 from typing import Any
@@ -66,6 +66,8 @@ class Order:
     currency: str
     method: BaselineMethod
     slots: tuple[OrderSlot, ...]
+    # Days of other flexibility events, not like days either (see :func:`settle`).
+    excluded_days: frozenset[date] = frozenset()
 
     @property
     def event_days(self) -> frozenset[date]:
@@ -210,7 +212,7 @@ def _baseline_at(
     """(baseline, the days chosen, whether any value it rests on was modelled)."""
     m = order.method
     ranked: list[tuple[float, date, float, bool]] = []
-    for d in like_days(p.day, m.out_of, order.event_days):
+    for d in like_days(p.day, m.out_of, order.event_days | order.excluded_days):
         values = [_usage_at(usage, d, w) for w in window]
         at = _usage_at(usage, d, p)
         if at is None or any(v is None for v in values):
@@ -250,8 +252,12 @@ def _adjustment(order: Order, day: date, usage: UsageSeries) -> tuple[float, boo
     return (fmean(diffs), modelled) if diffs else (0.0, False)
 
 
-def settle(order: Order, usage: UsageSeries) -> Statement:
-    """Every period of the order, settled by the DEG contract's formulas."""
+def settle(order: Order, usage: UsageSeries, other_event_days: frozenset[date] = frozenset()) -> Statement:
+    """Every period of the order, settled by the DEG contract's formulas. ``other_event_days``:
+    days of other flexibility events (other orders, activations), which are no like days
+    either: their lowered usage would lower this order's baseline and under-pay it."""
+    if other_event_days:
+        order = replace(order, excluded_days=order.excluded_days | other_event_days)
     rows: list[Row] = []
     violations: list[str] = []
     adjustments = {
@@ -267,6 +273,10 @@ def settle(order: Order, usage: UsageSeries) -> Statement:
         if used is None:
             violations.append(f"{slot.period.label}: no metered or modelled usage: cannot settle")
         if base is None or used is None:
+            # As the DEG contract policy computes it: a meter without BASELINE or USAGE at an
+            # interval reduces nothing there (its reduction is undefined, the sum over meters
+            # is 0), so the whole offer falls short and is penalised, besides the violation.
+            shortfall = max(0.0, slot.offered_kw) * HOURS * slot.penalty_price
             rows.append(
                 Row(
                     slot.period,
@@ -277,13 +287,13 @@ def settle(order: Order, usage: UsageSeries) -> Statement:
                     used.basis if used else "none",
                     used.source if used else "",
                     "none",
-                    None,
-                    None,
+                    0.0,
+                    0.0,
                     slot.price,
                     0.0,
                     slot.penalty_price,
-                    0.0,
-                    0.0,
+                    shortfall,
+                    -shortfall,
                     days,
                 )
             )
@@ -327,6 +337,12 @@ def settle(order: Order, usage: UsageSeries) -> Statement:
 
 def order_from_json(doc: Mapping[str, Any]) -> Order:
     """An order as ``<state_dir>/settlement/orders.json`` holds it (see docs/ledger.md)."""
+    for s in doc.get("periods") or ():
+        if isinstance(s, Mapping) and "penalty_per_kwh" not in s:
+            raise SettlementError(
+                f"order {doc.get('id', '?')!r}: period {s.get('period', '?')} has no penalty_per_kwh "
+                "(the contract's SHORTFALL_PENALTY: every settled interval needs one, 0 if none is due)"
+            )
     try:
         method = doc.get("baselineMethodology", {})
         slots = tuple(
@@ -334,7 +350,7 @@ def order_from_json(doc: Mapping[str, Any]) -> Order:
                 parse_period(str(s["period"])),
                 float(s["offered_kw"]),
                 float(s["price_per_kwh"]),
-                float(s.get("penalty_per_kwh", 0.0)),
+                float(s["penalty_per_kwh"]),  # DEG's SHORTFALL_PENALTY: every interval has one
             )
             for s in doc["periods"]
         )
@@ -357,6 +373,20 @@ def order_from_json(doc: Mapping[str, Any]) -> Order:
     if not 1 <= order.method.best_of <= order.method.out_of:
         raise SettlementError(f"order {order.id!r}: bestOf must be between 1 and outOf")
     return order
+
+
+def other_event_days(orders_doc: Mapping[str, Any], order_id: str) -> frozenset[date]:
+    """The event days of every order in the file but ``order_id`` (malformed ones are that
+    order's own error, reported when it is settled)."""
+    days: set[date] = set()
+    for doc in orders_doc.get("orders", []):
+        if str(doc.get("id")) == order_id:
+            continue
+        try:
+            days |= order_from_json(doc).event_days
+        except SettlementError:
+            continue
+    return frozenset(days)
 
 
 def find_order(orders_doc: Mapping[str, Any], order_id: str) -> Order:

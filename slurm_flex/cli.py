@@ -918,6 +918,7 @@ def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None
     from datetime import timedelta
 
     from slurm_flex.ledger import signed
+    from slurm_flex.ledger.log import write_atomic
     from slurm_flex.ledger.site import open_site_ledger
     from slurm_flex.power.store import POWER_DB, PowerStore
     from slurm_flex.settlement import usage as usage_sources
@@ -961,7 +962,8 @@ def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None
         out_dir = cfg.daemon.state_dir / "settlement" / "statements"
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{order.id}.json"
-        path.write_text(json.dumps(signed_doc, indent=2) + "\n")
+        # Whole or not at all: a re-signed statement replaces the old one in one rename.
+        write_atomic(path, (json.dumps(signed_doc, indent=2) + "\n").encode())
         click.echo(f"signed statement: {path}", err=True)
     if fmt == "json":
         click.echo(json.dumps(doc, indent=2))

@@ -126,7 +126,7 @@ def _holds_a_log(directory: Path) -> bool:
     return any(path.stat().st_size > 0 for _, path in segments(directory))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -230,7 +230,7 @@ class Ledger:
                 f"{key_file} is not the key this log was signed with ({vkey}): restore the right key file"
             )
         if not vkey.exists():
-            _write_atomic(vkey, (signer.verifier.vkey() + "\n").encode())
+            write_atomic(vkey, (signer.verifier.vkey() + "\n").encode())
         ledger = cls(directory, signer, records_per_file, clock)
         ledger.high_water = high_water
         with ledger._locked(reload=False):
@@ -301,7 +301,7 @@ class Ledger:
         st = self._state
         self._checkpoint_locked()
         carried = Carried(st.size, tuple(st.compact.hashes), st.last_leaf)
-        _write_atomic(start_file(self.directory, st.size), carried.to_bytes())
+        write_atomic(start_file(self.directory, st.size), carried.to_bytes())
         st.segment_first, st.segment_count, st.segment_bytes = st.size, 0, 0
         (self.directory / segment_name(st.size)).touch()
         _fsync_dir(self.directory)
@@ -324,9 +324,9 @@ class Ledger:
         }
         line = canonical(doc) + b"\n"
         _append_bytes(self.directory / CHECKPOINTS, line)
-        _write_atomic(self.directory / LATEST, signed.encode())
+        write_atomic(self.directory / LATEST, signed.encode())
         if self.high_water is not None:
-            _write_atomic(self.high_water, f"{cp.size} {b64(cp.root)}\n".encode())
+            write_atomic(self.high_water, f"{cp.size} {b64(cp.root)}\n".encode())
         return signed
 
     def latest_checkpoint(self) -> str | None:
@@ -457,7 +457,7 @@ class Ledger:
                 if not (qdir / name).exists() and not (qdir / f"{name}{PENDING}").exists():
                     break
                 n += 1
-            _write_atomic(qdir / f"{name}{PENDING}", torn)
+            write_atomic(qdir / f"{name}{PENDING}", torn)
             with open(path, "r+b") as f:
                 f.truncate(offset)
                 os.fsync(f.fileno())

@@ -105,8 +105,12 @@ def verify_document(text: str, verifier: Verifier, kind: str) -> Verified:
         cp = check_inclusion(proof, verifier)
     except ProofError as exc:
         raise LedgerError(f"ledger inclusion: {exc}") from exc
-    record = json.loads(proof.record)
-    if record.get("kind") != kind or record.get("data", {}).get("sha256") != digest(body):
+    try:
+        record = json.loads(proof.record)
+    except ValueError as exc:
+        raise LedgerError(f"ledger inclusion: the proved record is not JSON ({exc})") from exc
+    data = record.get("data") if isinstance(record, dict) else None
+    if not isinstance(data, dict) or record.get("kind") != kind or data.get("sha256") != digest(body):
         raise LedgerError(f"the ledger record is not this {kind}'s (its kind or digest differs)")
     evidence: dict[int, dict[str, Any]] = {}
     for item in anchor.get("evidence", []):

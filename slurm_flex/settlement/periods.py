@@ -67,7 +67,7 @@ def parse_period(text: str) -> Period:
     """``YYYY-MM-DD/N``: settlement period N of that day; a period the day does not have (47-48
     on a 46-period day) is an error that says it is a clock-change day."""
     day_text, sep, number = text.partition("/")
-    if not sep or not number.isdigit():
+    if not sep or not (number.isascii() and number.isdigit()):
         raise SettlementError(f"{text!r} is not a settlement period (YYYY-MM-DD/N, N from 1)")
     day = parse_day(day_text)
     periods = periods_of(day)

@@ -56,6 +56,8 @@ log = structlog.get_logger(__name__)
 # change is logged once, by the first cycle that runs with it.
 LEDGER_MODE_SETTING = "ledger.mode"
 LEDGER_CONFIG_SETTING = "ledger.config"
+# Records kept in memory while the ledger cannot be written (about a day of busy cycles).
+UNLOGGED_MAX = 50_000
 
 DEFAULT_SITE = "default"
 NO_SITE = "(no site)"
@@ -141,6 +143,11 @@ class Cycle:
         self._snapshots: dict[str, tuple[PlanningSnapshot, SignalSeries | None]] = {}
         # The verifiable record ([ledger]); opened at the first cycle, and again after a failure.
         self.ledger: Ledger | None = None
+        # Records of cycles whose ledger write failed, written first by the next one that
+        # succeeds (bounded: beyond UNLOGGED_MAX the oldest go, and a ledger.gap record says
+        # how many).
+        self._unlogged: list[events.Entry] = []
+        self._unlogged_dropped = 0
 
     def mode(self) -> str:
         """The mode in force: an admin's runtime choice (``slurmflex mode``) over the config."""
@@ -325,18 +332,34 @@ class Cycle:
             first.append(events.config_changed(self.config, logged_config))
         if mode != logged_mode:
             first.append(events.mode_changed(logged_mode, mode, self.store.setting("mode") is not None))
+        batch = [*self._unlogged, *first, *entries]
+        if self._unlogged_dropped:
+            gap = {"dropped": self._unlogged_dropped, "why": "the ledger could not be written for a while"}
+            batch.insert(0, ("ledger.gap", gap))
+        appended = False
         try:
             if self.ledger is None:
                 self.ledger = open_site_ledger(self.config)
                 assert self.ledger is not None
-            self.ledger.append_many([*first, *entries])
+            self.ledger.append_many(batch)
+            appended = True
             self.ledger.checkpoint()
             if self.config.ledger.keep_files:
                 self.ledger.retain(self.config.ledger.keep_files)
         except (SlurmFlexError, OSError) as exc:
             self.ledger = None  # reopened (and re-read) next cycle
-            log.error("ledger_failed", error=str(exc))
+            log.error("ledger_failed", error=str(exc), unlogged=0 if appended else len(batch))
+            if not appended:
+                # Kept for the next cycle: a decision made while the ledger was down is still
+                # logged once it is back (first, in the order made).
+                self._unlogged = [*self._unlogged, *first, *entries]
+                if len(self._unlogged) > UNLOGGED_MAX:
+                    self._unlogged_dropped += len(self._unlogged) - UNLOGGED_MAX
+                    self._unlogged = self._unlogged[-UNLOGGED_MAX:]
+            else:
+                self._unlogged, self._unlogged_dropped = [], 0
             return 1
+        self._unlogged, self._unlogged_dropped = [], 0
         self.store.set_setting(LEDGER_CONFIG_SETTING, digest, by="daemon")
         self.store.set_setting(LEDGER_MODE_SETTING, mode, by="daemon")
         if running is not None:

@@ -238,3 +238,29 @@ def test_observe_reads_slurms_end_time_when_squeue_still_lists_the_job() -> None
     assert running == {}
     assert entries == [events.job_ended(job.update_id, "alice", 1_799_990_000, 1_799_999_000, 1_800_000_300,
                                         "COMPLETED", job.end_time)]  # fmt: skip
+
+
+def test_decisions_made_while_the_ledger_is_down_are_logged_when_it_is_back(fake_env: FakeEnv) -> None:
+    # One daemon process, two cycles: the first cannot write the ledger (its directory is a
+    # file), the second can, and logs the first cycle's decisions before its own.
+    from slurm_flex.config import load_config
+    from slurm_flex.daemon.service import make_cycle
+    from slurm_flex.state import StateStore
+
+    env = fake_env
+    job_id = env.submit_flexible(hours=10, minutes=60)
+    config = load_config(env.config, environ={})
+    ledger_dir = env.tmp / "state" / "ledger"
+    ledger_dir.parent.mkdir(parents=True, exist_ok=True)
+    ledger_dir.write_text("not a directory")
+    cycle = make_cycle(config, StateStore(config.state_db))
+    first = cycle.run()
+    assert first.ok and env.slurm.job(job_id).start_time is not None  # deferred all the same
+    ledger_dir.unlink()
+    assert cycle.run().ok
+    kinds = [r["kind"] for r in records(env)]
+    actions = [r for r in records(env) if r["kind"] == "action"]
+    assert [a["data"]["job"] for a in actions] == [job_id]  # the deferral, made while it was down
+    assert kinds.count("cycle") == 2  # both cycles' outcomes, the first one first
+    assert kinds.index("action") < [i for i, k in enumerate(kinds) if k == "cycle"][1]
+    assert env.slurmflex("audit", "verify").returncode == 0

@@ -57,6 +57,24 @@ class Federation:
             raise AssertionError(f"sbatch {' '.join(args)} failed: {proc.stderr}")
         return proc.stdout.strip().split(";")[0]
 
+    def tag_as_hook(self, job_id: str, power_w: float = 200.0) -> None:
+        """Tag a job as the submit hook would have (the federation runs without it): its begin
+        time is the hook's grace, which slurm-flex may move."""
+        from slurm_flex.tag import TAG_VERSION, HookTag, format_tag
+
+        rec = next(r for r in self.records(job_id).values() if r["job_state"] != "REVOKED")
+        tag = HookTag(
+            TAG_VERSION,
+            power_w=power_w,
+            basis="test",
+            begin=0,
+            grace=int(rec["eligible_time"]),
+            deadline=int(rec["deadline"]) or None,
+            flex="yes",
+            why="deadline",
+        )
+        self.run("scontrol", "update", f"JobId={job_id}", f"AdminComment={format_tag(tag)}")
+
     def records(self, job_id: str) -> dict[str, dict[str, Any]]:
         """Every cluster's record of the job (REVOKED ones included): cluster -> record."""
         out: dict[str, dict[str, Any]] = {}
@@ -81,6 +99,17 @@ class Federation:
                 return state
             time.sleep(0.5)
         raise AssertionError(f"job {job_id} at {cluster} is {state}, expected one of {states}")
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Until every node of both clusters is idle (a cancelled job's node may still be
+        completing, and the planner counts only usable nodes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [self.run("sinfo", "-h", "-M", c, "-N", "-o", "%t", check=False).stdout.split() for c in CLUSTERS]
+            if all(s and all(t == "idle" for t in s if t != "CLUSTER:" and t not in CLUSTERS) for s in states):
+                return
+            time.sleep(0.5)
+        raise AssertionError("federation nodes not idle")
 
     def cancel_all(self) -> None:
         for c in CLUSTERS:
@@ -133,5 +162,6 @@ def federation_session() -> Iterator[Federation]:
 @pytest.fixture
 def federation(federation_session: Federation) -> Iterator[Federation]:
     federation_session.cancel_all()
+    federation_session.wait_idle()
     yield federation_session
     federation_session.cancel_all()

@@ -139,3 +139,184 @@ def test_unsafe_jobs_are_refused(federation: Federation) -> None:
     assert any("array" in r for r in move_blockers(array_job, "manchester", allowed, view))
     doc = json.loads(federation.run("squeue", "--json", "-M", "cambridge").stdout)
     assert {str(j["job_id"]) for j in doc["jobs"]} >= {parent, child}
+
+
+# -- the site dimension: planner and daemon -----------------------------------------------------
+
+
+def _series(start: int, carbon: list[float]) -> Any:
+    from slurm_flex.grid.series import SignalSeries
+
+    return SignalSeries(start=start, carbon=tuple(carbon), price=tuple([float("nan")] * len(carbon)), source="test")
+
+
+def test_choose_sites_moves_to_the_cleaner_site_within_capacity() -> None:
+    import numpy as np
+
+    from slurm_flex.planner.policy import Policy
+    from slurm_flex.planner.queue import FlexJob
+    from slurm_flex.planner.sites import Portable, SiteOption, choose_sites
+
+    now = 1_800_000_000 - 1_800_000_000 % 1800
+    dirty = _series(now, [300.0] * 48)
+    clean = _series(now, [30.0] * 4 + [300.0] * 44)
+    policy = Policy(use_price=False)
+
+    def flex(i: int, nodes: int = 1) -> FlexJob:
+        return FlexJob(f"{i}", nodes, 200.0, 1800, now, now + 6 * 3600, now + 7 * 3600)
+
+    both = ("cambridge", "manchester")
+    options = {
+        "cambridge": SiteOption("cambridge", dirty, np.full(49, 2.0)),
+        "manchester": SiteOption("manchester", clean, np.full(49, 2.0)),
+    }
+    jobs = [Portable(flex(i), "cambridge", both) for i in range(1, 11)] + [
+        Portable(flex(99), "cambridge", ("cambridge",))
+    ]
+    choices = {c.job_id: c for c in choose_sites(jobs, options, policy, now, 0.1)}
+    moved = [c for c in choices.values() if c.moves]
+    # Manchester's 4 clean half-hours hold 2 nodes each: 8 jobs of one node for 30 minutes.
+    assert len(moved) == 8 and all(c.target == "manchester" for c in moved)
+    assert "90% lower" in moved[0].reason
+    assert not choices["99"].moves
+    # Below the threshold: stays.
+    options["manchester"] = SiteOption("manchester", _series(now, [280.0] * 48), np.full(49, 2.0))
+    assert not any(c.moves for c in choose_sites(jobs, options, policy, now, 0.1))
+
+
+def _fed_config(tmp: Any, fed: Federation, cam: list[float], man: list[float], **extra: dict[str, object]) -> Any:
+    from slurm_flex.grid.series import floor_slot
+    from tests.helpers import write_config, write_forecast
+
+    slot0 = floor_slot(time.time())
+    sites: dict[str, dict[str, object]] = {}
+    for name, carbon in (("cambridge", cam), ("manchester", man)):
+        path = write_forecast(tmp / f"{name}.csv", slot0, carbon)
+        sites[f"sites.{name}"] = {"cluster": name, "carbon": {"provider": "file", "path": str(path)}}
+    sections: dict[str, dict[str, object]] = {
+        "daemon": {"state_dir": str(tmp / "state"), "log_format": "json", "mode": "enforce"},
+        "slurm": {"slurm_conf": str(fed.conf("cambridge"))},
+        "policy": {
+            "safety_margin_seconds": 300,
+            "min_saving_fraction": 0.05,
+            "use_price": False,
+            "capacity_headroom": 1.0,
+        },
+        "flex": {"grace_seconds": 0},
+        "power": {"cpus_per_node": 2},
+        "federation": {"enabled": True, "move_threshold": 0.1},
+        **sites,
+    }
+    for k, v in extra.items():
+        sections[k] = {**sections.get(k, {}), **v}
+    return write_config(tmp / "slurmflex.toml", sections)
+
+
+def _daemon(config: Any, fed: Federation, *args: str, timeout: float = 120) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "slurm_flex.cli", "--config", str(config), "daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=fed.env(),
+        check=False,
+    )
+
+
+@pytest.mark.slurm
+def test_daemon_moves_a_flexible_job_to_the_cleaner_site(federation: Federation, tmp_path: Any) -> None:
+    # Cambridge dirty all day; Manchester clean for the next two hours.
+    config = _fed_config(tmp_path, federation, [300.0] * 96, [30.0] * 4 + [300.0] * 92)
+    deadline = int(time.time()) + 4 * 3600
+    flex_script = "#!/bin/bash\nsleep 3\n"
+    common = ("--clusters=cambridge,manchester", "--begin=now+1hour", "-t", "10", "--deadline=now+4hours")
+    job_id = federation.sbatch(*common, script=flex_script)
+    array = federation.sbatch(*common[:-1], "--deadline=now+3hours", "--array=1-2", script=flex_script)
+    parent = federation.sbatch("--clusters=cambridge,manchester", "--begin=now+3hours", "-t", "5")
+    child = federation.sbatch(*common, "-d", f"afterok:{parent}", script=flex_script)
+    for j in (job_id, array, child):
+        federation.tag_as_hook(j)
+    proc = _daemon(config, federation, "--once")
+    assert proc.returncode == 0, proc.stderr
+    # Moved to Manchester, released there (its clean hour is now), and run before its deadline.
+    federation.wait(job_id, "manchester", {"RUNNING", "COMPLETING", "COMPLETED"}, timeout=60)
+    rec = federation.records(job_id)
+    assert rec["cambridge"]["job_state"] == "REVOKED"
+    assert rec["manchester"]["start_time"] < deadline
+    assert federation.live_copies(job_id).keys() == {"manchester"}
+    # The array and the job with a dependency stay at their origin, and say why.
+    assert "manchester" not in federation.live_copies(array)
+    assert (
+        "cambridge" in federation.live_copies(child)
+        and "afterok" in federation.records(child)["cambridge"]["dependency"]
+    )
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    moved = [e for e in events if e.get("event") == "job_moved"]
+    assert [e["job"] for e in moved] == [job_id] and moved[0]["target"] == "manchester"
+    # The child would be cleaner at Manchester; the move checks refuse it.
+    blocked = {e["job"]: e["reason"] for e in events if e.get("event") == "job_not_moved"}
+    assert "dependency" in blocked[child]
+    # Slurm 22.05 keeps an array at its origin whatever --clusters says (viable there only), so
+    # it is not portable; were its partition portable by default, the checks would refuse it.
+    assert federation.records(array)["cambridge"]["federation_siblings_viable"] == "cambridge"
+
+
+@pytest.mark.slurm
+def test_kill_9_during_moves_loses_and_duplicates_nothing(federation: Federation, tmp_path: Any) -> None:
+    """The daemon killed at points through a cycle that moves many jobs: afterwards every job
+    exists exactly once (one live copy across both clusters), pending and runnable, with a
+    begin time before its latest safe start; a later cycle finishes the work."""
+    import signal
+    import subprocess
+    import sys
+
+    config = _fed_config(tmp_path, federation, [300.0] * 96, [30.0] * 12 + [300.0] * 84)
+    deadline = int(time.time()) + 8 * 3600
+    ids = [
+        federation.sbatch(
+            "--clusters=cambridge,manchester", "--begin=now+2hours", "-t", "10", "--deadline=now+8hours", "--hold"
+        )
+        for _ in range(12)
+    ]
+    for j in ids:
+        federation.tag_as_hook(j)
+    federation.run("scontrol", "release", ",".join(ids))
+    for delay in (0.4, 0.7, 1.0, 1.3):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slurm_flex.cli", "--config", str(config), "daemon", "--once"],
+            env=federation.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _check_once(federation, ids, deadline)
+    proc2 = _daemon(config, federation, "--once")
+    assert proc2.returncode == 0, proc2.stderr
+    _check_once(federation, ids, deadline)
+
+
+def _check_once(federation: Federation, ids: list[str], deadline: int) -> None:
+    # A move in flight settles within a moment (the origin revokes, the target takes it).
+    time.sleep(2)
+    for j in ids:
+        live = federation.live_copies(j)
+        assert len(live) == 1 or (set(live) == {"cambridge", "manchester"} and _same_job_unmoved(federation, j)), (
+            j,
+            live,
+        )
+        rec = next(r for r in federation.records(j).values() if r["job_state"] != "REVOKED")
+        assert rec["job_state"] in ("PENDING", "RUNNING", "COMPLETING", "COMPLETED"), (j, rec["job_state"])
+        assert rec["priority"] != 0  # not held
+        assert rec["eligible_time"] <= deadline - 600 - 300
+
+
+def _same_job_unmoved(federation: Federation, job_id: str) -> bool:
+    """A job viable at both clusters and not moved has a pending sibling copy at each: Slurm's
+    own bookkeeping of one job (the origin's is the job; the other is revoked when one starts)."""
+    recs = federation.records(job_id)
+    return all(r["federation_origin"] == "cambridge" and r["job_state"] == "PENDING" for r in recs.values())

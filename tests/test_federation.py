@@ -228,6 +228,9 @@ def _daemon(config: Any, fed: Federation, *args: str, timeout: float = 120) -> A
 
 @pytest.mark.slurm
 def test_daemon_moves_a_flexible_job_to_the_cleaner_site(federation: Federation, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
     # Cambridge dirty all day; Manchester clean for the next two hours.
     config = _fed_config(tmp_path, federation, [300.0] * 96, [30.0] * 4 + [300.0] * 92)
     deadline = int(time.time()) + 4 * 3600
@@ -256,6 +259,18 @@ def test_daemon_moves_a_flexible_job_to_the_cleaner_site(federation: Federation,
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     moved = [e for e in events if e.get("event") == "job_moved"]
     assert [e["job"] for e in moved] == [job_id] and moved[0]["target"] == "manchester"
+    # Status says where it went and why.
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "slurm_flex.cli", "--config", str(config), "status", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=federation.env(),
+        ).stdout
+    )
+    assert status["moves"][job_id]["moves"][0]["to"] == "manchester"
+    assert "cleaner" in status["moves"][job_id]["last"]
     # The child would be cleaner at Manchester; the move checks refuse it.
     blocked = {e["job"]: e["reason"] for e in events if e.get("event") == "job_not_moved"}
     assert "dependency" in blocked[child]

@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 # chroot, see scripts/devcluster) or both (tests only; the demo then uses 22.05).
 export SLURMFLEX_SLURM ?= both
 
-.PHONY: demo test unit venv lint typecheck bench cluster-up cluster-down clean
+.PHONY: demo test unit venv lint typecheck bench cluster-up cluster-down fed-up fed-down clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ cluster-up:
 
 cluster-down:
 	scripts/devcluster down
+
+# The two-cluster Slurm federation (cambridge, manchester; MariaDB + slurmdbd): scripts/fedcluster.
+fed-up:
+	scripts/fedcluster up
+
+fed-down:
+	scripts/fedcluster down
 
 clean:
 	scripts/devcluster down || true

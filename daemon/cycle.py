@@ -32,6 +32,7 @@ from slurm_flex.daemon.decide import (
     power_request,
     reconcile,
 )
+from slurm_flex.daemon.moves import Mover
 from slurm_flex.daemon.records import job_records, planned_kw, write_plan_file
 from slurm_flex.daemon.site_planning import SitePlanner, busy_nodes, managed_nodes
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
@@ -47,6 +48,7 @@ from slurm_flex.power.model import NodePower, PowerModel
 from slurm_flex.power.readers.slurm_energy import SlurmEnergyReader
 from slurm_flex.power.sample import PowerReader
 from slurm_flex.slurm.backend import SlurmBackend
+from slurm_flex.slurm.federation import FederationBackend
 from slurm_flex.slurm.parsers import SlurmJob, SlurmNode
 from slurm_flex.state import PENDING_STATUSES, SIGNALS_SETTING, JobRecord, StateStore
 
@@ -139,6 +141,13 @@ class Cycle:
         self.plans_dir = config.daemon.state_dir / "plans"
         self.site_planner = SitePlanner(self.policy, self.rules, store, config.daemon.interval_seconds)
         self.actions = Actions(backend, store)
+        # The site dimension ([federation]): moves portable jobs between clusters before each
+        # site is planned; None outside a federation.
+        self.mover: Mover | None = (
+            Mover(backend, config, store, self.policy)
+            if isinstance(backend, FederationBackend) and config.federation.enabled
+            else None
+        )
         # Each site's last planning snapshot and forecast, kept with the cycle's plan file.
         self._snapshots: dict[str, tuple[PlanningSnapshot, SignalSeries | None]] = {}
         # The verifiable record ([ledger]); opened at the first cycle, and again after a failure.
@@ -418,16 +427,18 @@ class Cycle:
             )
             if a is not None:
                 assessments.append(a)
+        if self.mover is not None:
+            assessments, jobs = self.mover.apply(assessments, jobs, nodes, forecasts, now, self.mode())
         # Each site is planned on its own signals and its own nodes; jobs of partitions no site
         # names have no signal and run as submitted.
         sites: dict[str | None, list[Assessment]] = defaultdict(list)
         for a in assessments:
-            sites[self._site_of(a.job.partition)].append(a)
+            sites[self._job_site(a.job)].append(a)
         plans: dict[str, Plan] = {}
         planned_assessments: list[Assessment] = []
         priority_changes: list[PriorityChange] = []
         for site in [*forecasts, *(s for s in sites if s not in forecasts)]:
-            site_jobs = tuple(j for j in jobs if self._site_of(j.partition) == site)
+            site_jobs = tuple(j for j in jobs if self._job_site(j) == site)
             site_nodes = self._nodes_of(site, nodes)
             forecast = forecasts.get(site or "")
             planned_site = self.site_planner.plan(
@@ -443,8 +454,19 @@ class Cycle:
         records = job_records(assessments, merged, intents, previous, jobs, now)
         return plans, intents, records, [c for c in priority_changes if c.job_id in records]
 
+    def _job_site(self, job: SlurmJob) -> str | None:
+        """A job's site: the one that is its federation cluster, else by its partition."""
+        if job.cluster and (site := self.config.site_of_cluster(job.cluster)) is not None:
+            return site
+        return self._site_of(job.partition)
+
     def _nodes_of(self, site: str | None, nodes: tuple[SlurmNode, ...]) -> tuple[SlurmNode, ...]:
-        return tuple(n for n in nodes if any(self._site_of(p) == site for p in n.partitions))
+        return tuple(
+            n
+            for n in nodes
+            if (self.config.site_of_cluster(n.cluster) == site if n.cluster else False)
+            or (not n.cluster and any(self._site_of(p) == site for p in n.partitions))
+        )
 
     def _record_load(self, nodes: tuple[SlurmNode, ...], now: int) -> None:
         """Each site's busy nodes this cycle: the history the arrival reserve is built from."""

@@ -34,6 +34,8 @@ from slurm_flex.power.store import POWER_DB, PowerStore
 from slurm_flex.power.wire import read_token
 from slurm_flex.sdnotify import Notifier
 from slurm_flex.slurm.backend import SlurmBackend, make_backend
+from slurm_flex.slurm.federation import FederationBackend
+from slurm_flex.slurm.runner import SlurmRunner
 from slurm_flex.state import StateStore
 
 log = structlog.get_logger(__name__)
@@ -57,7 +59,16 @@ def open_grid_cache(config: Config) -> GridCache | None:
 
 
 def slurm_backend(config: Config) -> SlurmBackend:
-    """The Slurm backend the ``[slurm]`` table names."""
+    """The Slurm backend the ``[slurm]`` table names (over every cluster of the federation
+    when ``[federation]`` is enabled)."""
+    if config.federation.enabled and config.site_clusters:
+        runner = SlurmRunner(
+            bin_dir=config.slurm.bin_dir,
+            slurm_conf=config.slurm.slurm_conf,
+            chroot=config.slurm.chroot,
+            timeout_seconds=config.slurm.command_timeout_seconds,
+        )
+        return FederationBackend(runner, tuple(config.site_clusters.values()))
     return make_backend(
         config.slurm.backend,
         bin_dir=config.slurm.bin_dir,

@@ -107,11 +107,17 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
             controls=store.controls(),
             signals=_stored_signals(store.setting(SIGNALS_SETTING)),
         )
+        moves = store.setting("federation.moves")  # daemon.moves.MOVES_SETTING
     doc["power"] = _measured_power(cfg)
+    # Portable jobs of a federation: where each was moved, and why (or why it stays).
+    doc["moves"] = json.loads(moves) if moves else {}
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
-        render_status(doc, Console(width=max(Console().width, 160)))
+        console = Console(width=max(Console().width, 160))
+        render_status(doc, console)
+        for job_id, entry in sorted(doc["moves"].items()):
+            console.print(f"  job {job_id} (sites {', '.join(entry.get('allowed', []))}): {entry.get('last', '')}")
 
 
 def _measured_power(cfg: Config) -> dict[str, Any] | None:

@@ -144,6 +144,23 @@ class SiteConfig(_Section):
     partitions: tuple[str, ...] = ()
     carbon: CarbonSignal
     price: PriceSignal = PriceSignal()
+    # The federation cluster this site is ([federation]): its jobs are the jobs Slurm shows at
+    # that cluster, whatever their partition, and its nodes that cluster's nodes.
+    cluster: str | None = None
+
+
+class FederationConfig(_Section):
+    """Moving pending jobs between the clusters of a Slurm federation (sites with ``cluster``)."""
+
+    enabled: bool = False
+    # A move is made when the best window at the other site costs at least this share less than
+    # the best at the job's site (a move restarts the job's age priority, and forecasts err).
+    move_threshold: float = Field(0.10, ge=0.0, lt=1.0)
+    max_moves_per_cycle: int = Field(20, ge=0, le=10000)
+    # Jobs of these partitions may run at every site even when submitted to one cluster (a
+    # site's "portable by default"); other jobs move only among the clusters they were submitted
+    # to (``sbatch --clusters=a,b``, as Slurm shows it).
+    portable_partitions: tuple[str, ...] = ()
 
 
 class SignalsConfig(_Section):
@@ -378,6 +395,7 @@ class Config(_Section):
     settlement: SettlementConfig = SettlementConfig()
     # Sites and their signal providers; none: one site planned on [forecast] (a file).
     sites: dict[str, SiteConfig] = Field(default_factory=dict)
+    federation: FederationConfig = FederationConfig()
 
     @model_validator(mode="after")
     def _settlement_node_types(self) -> Config:
@@ -390,7 +408,8 @@ class Config(_Section):
     @model_validator(mode="after")
     def _sites_partition_the_cluster(self) -> Config:
         owner: dict[str, str] = {}
-        catch_all = [name for name, site in self.sites.items() if not site.partitions]
+        # Sites that are federation clusters are told apart by cluster, not partition.
+        catch_all = [name for name, site in self.sites.items() if not site.partitions and site.cluster is None]
         if len(catch_all) > 1:
             raise ValueError(f"sites {', '.join(catch_all)} all claim every partition; give all but one partitions")
         for name, site in self.sites.items():
@@ -399,6 +418,15 @@ class Config(_Section):
                     raise ValueError(f"partition {partition!r} is in sites {owner[partition]!r} and {name!r}")
                 owner[partition] = name
         return self
+
+    def site_of_cluster(self, cluster: str) -> str | None:
+        """The site that is this federation cluster (None: no site names it)."""
+        return next((name for name, site in self.sites.items() if site.cluster and site.cluster == cluster), None)
+
+    @property
+    def site_clusters(self) -> dict[str, str]:
+        """Site -> cluster, for the sites that are federation clusters."""
+        return {name: site.cluster for name, site in self.sites.items() if site.cluster}
 
     def site_of(self, partition: str) -> str | None:
         """The site whose signals plan jobs of ``partition`` (None: no site claims it)."""

@@ -32,7 +32,7 @@ from slurm_flex.slurm.runner import SlurmRunner
 from tests.helpers import FlexEnv, clean_windows_forecast, write_env_config
 
 # The fake Slurm cluster's fixture (fake_env), for the fast tests of the daemon.
-pytest_plugins = ["tests.fake_cluster"]
+pytest_plugins = ["tests.fake_cluster", "tests.federation"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEVCLUSTER = REPO / "scripts" / "devcluster"

@@ -83,6 +83,13 @@ class SlurmJob:
     name: str = ""
     # Running jobs: (node, allocated cores) per node, for attributing measured node power.
     allocation: tuple[tuple[str, int], ...] = ()
+    # Federation (``squeue --json -M <cluster>``): the cluster whose record this is, the cluster
+    # the job was submitted to, and the clusters it may run at (viable) and has copies at
+    # (active). Empty outside a federation.
+    cluster: str = ""
+    origin: str = ""
+    siblings_viable: tuple[str, ...] = ()
+    siblings_active: tuple[str, ...] = ()
 
     @property
     def pending(self) -> bool:
@@ -136,6 +143,8 @@ class SlurmNode:
     real_memory_mb: int
     gres: str
     partitions: tuple[str, ...]
+    # The federation cluster it belongs to (set by the reader of ``sinfo -M <cluster>``).
+    cluster: str = ""
 
     @property
     def usable(self) -> bool:
@@ -325,9 +334,18 @@ def parse_job(raw: Mapping[str, Any]) -> SlurmJob:
             dependency=_str(raw.get("dependency")),
             name=_str(raw.get("name")),
             allocation=_allocation(raw.get("job_resources")),
+            cluster=_str(raw.get("cluster")),
+            origin=_str(raw.get("federation_origin")),
+            siblings_viable=_names(raw.get("federation_siblings_viable")),
+            siblings_active=_names(raw.get("federation_siblings_active")),
         )
     except KeyError as exc:
         raise SlurmParseError(f"job record without {exc.args[0]!r}") from exc
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A comma-separated list of names (clusters), as a tuple without empties."""
+    return tuple(n for n in _str(value).split(",") if n)
 
 
 def _allocation(resources: Any) -> tuple[tuple[str, int], ...]:

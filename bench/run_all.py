@@ -6,7 +6,8 @@
 planner (about 1 min; 3 min without --quick), daemon_cycle (10,000 jobs on a 32-node local
 cluster, about 3 min), hook_throughput (2,000 submissions per configuration, about 10 min),
 power_readers (well under a minute), power_ingest (1,000 nodes' pushes, about 1 min),
-simulate (three real traces against GB 2023 grid data, about 45 min; needs ../shared).
+simulate (three real traces against GB 2023 grid data, about 45 min; needs ../shared),
+ledger (100,000 records appended and verified, about a minute).
 Each prints as it goes; the header line records when and on what the figures were taken.
 """
 
@@ -29,6 +30,7 @@ BENCHES = {
     "power_readers": ["power_readers.py"],
     "power_ingest": ["power_ingest.py"],
     "simulate": ["simulate_traces.py"],
+    "ledger": ["ledger_bench.py"],
 }
 
 

@@ -25,6 +25,9 @@ class Actions:
     def __init__(self, backend: SlurmBackend, store: StateStore) -> None:
         self.backend = backend
         self.store = store
+        # Each change made (job, old begin, new begin, kind, reason, outcome), for the ledger;
+        # the cycle takes them after each apply.
+        self.made: list[tuple[str, int | None, int | None, str, str, str]] = []
 
     def apply(
         self,
@@ -103,9 +106,11 @@ class Actions:
         ids = self.store.record_intents(cycle_id, rows)
         report = update()
         outcomes: dict[int, str] = {}
-        for action_id, (job_id, _, _, kind, _) in zip(ids, rows, strict=True):
+        for action_id, row in zip(ids, rows, strict=True):
+            job_id, _, _, kind, _ = row
             error = report.failed.get(job_id)
             outcomes[action_id] = "applied" if error is None else f"failed: {error}"
+            self.made.append((*row, outcomes[action_id]))
             if error is not None:
                 log.warning("update_failed", job=job_id, kind=kind, error=error)
         self.store.settle_intents(outcomes)

@@ -13,6 +13,8 @@ import structlog
 from slurm_flex.config import Config
 from slurm_flex.daemon.service import slurm_backend
 from slurm_flex.errors import SlurmFlexError
+from slurm_flex.ledger import events
+from slurm_flex.ledger.site import open_site_ledger
 from slurm_flex.slurm.backend import UpdateReport
 from slurm_flex.state import Exemptions, JobRecord, StateStore
 
@@ -56,6 +58,8 @@ def release(
         reason=reason,
         deferred=len(deferred),
     )
+    _record(config, events.admin("release", by, jobs=list(job_ids), users=list(users), all=everything,
+                                 reason=reason, deferred=list(deferred)))  # fmt: skip
     if not deferred:
         return Release(deferred)
     try:
@@ -78,6 +82,7 @@ def resume(config: Config, job_ids: Iterable[str], users: Iterable[str], everyth
         if everything:
             lifted += sum(store.clear_controls(kind) for kind in ("all", "job", "user"))
     log.warning("resume", by=by, jobs=list(job_ids), users=list(users), everything=everything, lifted=lifted)
+    _record(config, events.admin("resume", by, jobs=list(job_ids), users=list(users), all=everything, lifted=lifted))
     return lifted
 
 
@@ -91,7 +96,21 @@ def set_mode(config: Config, new_mode: str | None, by: str, clear: bool = False)
             store.set_setting(MODE_SETTING, new_mode, by)
             log.warning("mode", by=by, mode=new_mode)
         current = store.setting(MODE_SETTING)
+    if clear or new_mode:
+        _record(config, events.admin("mode", by, mode=new_mode, clear=clear))
     return current or config.daemon.mode, bool(current)
+
+
+def _record(config: Config, entry: events.Entry) -> None:
+    """Log what an admin did in the ledger; the command itself has worked either way, so a
+    ledger that cannot be written is a warning (the daemon reports it too)."""
+    try:
+        ledger = open_site_ledger(config)
+        if ledger is not None:
+            ledger.append_many([entry])
+            ledger.checkpoint()
+    except (SlurmFlexError, OSError) as exc:
+        log.warning("ledger_failed", error=str(exc), record=entry[0])
 
 
 def _covered(exempt: Exemptions, job_id: str, rec: JobRecord) -> bool:

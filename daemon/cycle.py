@@ -36,6 +36,9 @@ from slurm_flex.daemon.site_planning import SitePlanner, busy_nodes, managed_nod
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
 from slurm_flex.grid.report import signal_summary
 from slurm_flex.grid.series import ForecastSource, SignalSeries
+from slurm_flex.ledger import events
+from slurm_flex.ledger.log import Ledger
+from slurm_flex.ledger.site import open_site_ledger
 from slurm_flex.planner.policy import Policy
 from slurm_flex.planner.queue import Plan, PlanningSnapshot, merge_plans
 from slurm_flex.power.ledger import PowerLedger
@@ -47,6 +50,11 @@ from slurm_flex.slurm.parsers import SlurmJob, SlurmNode
 from slurm_flex.state import PENDING_STATUSES, SIGNALS_SETTING, JobRecord, StateStore
 
 log = structlog.get_logger(__name__)
+
+# What the ledger last recorded of the mode and the config (state store settings), so that a
+# change is logged once, by the first cycle that runs with it.
+LEDGER_MODE_SETTING = "ledger.mode"
+LEDGER_CONFIG_SETTING = "ledger.config"
 
 DEFAULT_SITE = "default"
 NO_SITE = "(no site)"
@@ -130,6 +138,8 @@ class Cycle:
         self.actions = Actions(backend, store)
         # Each site's last planning snapshot and forecast, kept with the cycle's plan file.
         self._snapshots: dict[str, tuple[PlanningSnapshot, SignalSeries | None]] = {}
+        # The verifiable record ([ledger]); opened at the first cycle, and again after a failure.
+        self.ledger: Ledger | None = None
 
     def mode(self) -> str:
         """The mode in force: an admin's runtime choice (``slurmflex mode``) over the config."""
@@ -152,6 +162,7 @@ class Cycle:
         saved_kg = 0.0
         fallback: tuple[tuple[str, bool], ...] = ()
         measured_kw: float | None = None
+        entries: list[events.Entry] = []  # for the ledger, written once at the end of the cycle
         try:
             jobs = self.backend.read_jobs()
             nodes = self.backend.read_nodes()
@@ -181,6 +192,7 @@ class Cycle:
                     notes.append(f"forecast unavailable, running jobs as submitted: {exc}")
                     signals[site] = signal_summary(None, source.name, str(exc))
                     log.warning("forecast_unavailable", error=str(exc), source=source.name, site=site)
+            entries.extend(events.forecast(site, forecasts[site], source.name) for site, source in self.sources.items())
             # What each site planned with, for `slurmflex status` (fallbacks are visible there).
             self.store.set_setting(SIGNALS_SETTING, json.dumps(signals), by="daemon")
             fallback = tuple((site, bool(sig["fallback"])) for site, sig in signals.items())
@@ -192,9 +204,13 @@ class Cycle:
             plans, intents, records, priorities = self._decide(jobs, nodes, forecasts, int(started))
             plan_ = merge_plans(plans.values(), int(started))
             flexible = sum(1 for r in records.values() if r.status in ("deferred", "runs-now", "late"))
-            applied, failed_errors = self.actions.apply(
-                cycle_id, intents, records, mode, plan_, jobs, priorities, int(started)
-            )
+            try:
+                applied, failed_errors = self.actions.apply(
+                    cycle_id, intents, records, mode, plan_, jobs, priorities, int(started)
+                )
+            finally:  # what was made in Slurm is recorded even if the cycle fails after it
+                entries.extend(events.action(cycle_id, *made) for made in self.actions.made)
+                self.actions.made.clear()
             errors += failed_errors
             updates = applied
             deferred = sum(1 for r in records.values() if r.status == "deferred")
@@ -203,9 +219,11 @@ class Cycle:
             )
             power_planned = planned_kw(plans.values())
             saved_kg = sum(r.carbon_saved_g for r in records.values() if r.status in PENDING_STATUSES) / 1000
-            write_plan_file(
+            plan_file = write_plan_file(
                 self.plans_dir, cycle_id, plans, self._snapshots, self.policy.max_horizon_hours, int(started)
             )
+            if plan_file is not None:
+                entries.append(events.plan(cycle_id, plan_file, self.config.daemon.state_dir))
             ok = True
         except SlurmError as exc:
             errors += 1
@@ -216,6 +234,8 @@ class Cycle:
             errors += 1
             message = f"cycle failed: {exc}"
             log.error("cycle_failed", error=str(exc))
+        entries.append(events.cycle_done(cycle_id, ok, jobs_seen, deferred, updates, errors, message))
+        errors += self._record(mode, entries)
         duration = time.monotonic() - t0
         commands = sum(self.backend.command_counts().values()) - commands_before
         self.store.finish_cycle(
@@ -264,6 +284,36 @@ class Cycle:
             measured_kw=measured_kw,
             expedited=expedited,
         )
+
+    def _record(self, mode: str, entries: list[events.Entry]) -> int:
+        """Append the cycle's records (and a change of mode or config since the last ones) to the
+        ledger in one write, then sign a checkpoint. A ledger that cannot be written is a soft
+        failure (returns 1): Slurm keeps being managed, and the error is logged every cycle."""
+        if not self.config.ledger.enabled:
+            return 0
+        digest = events.config_digest(self.config)
+        logged_config = self.store.setting(LEDGER_CONFIG_SETTING)
+        logged_mode = self.store.setting(LEDGER_MODE_SETTING)
+        first: list[events.Entry] = []
+        if digest != logged_config:
+            first.append(events.config_changed(self.config, logged_config))
+        if mode != logged_mode:
+            first.append(events.mode_changed(logged_mode, mode, self.store.setting("mode") is not None))
+        try:
+            if self.ledger is None:
+                self.ledger = open_site_ledger(self.config)
+                assert self.ledger is not None
+            self.ledger.append_many([*first, *entries])
+            self.ledger.checkpoint()
+            if self.config.ledger.keep_files:
+                self.ledger.retain(self.config.ledger.keep_files)
+        except (SlurmFlexError, OSError) as exc:
+            self.ledger = None  # reopened (and re-read) next cycle
+            log.error("ledger_failed", error=str(exc))
+            return 1
+        self.store.set_setting(LEDGER_CONFIG_SETTING, digest, by="daemon")
+        self.store.set_setting(LEDGER_MODE_SETTING, mode, by="daemon")
+        return 0
 
     def _measure(self, now: float, jobs: tuple[SlurmJob, ...]) -> tuple[float | None, int]:
         """Ingest measured power and attribute it to running jobs; failures are soft."""

@@ -152,10 +152,11 @@ def write_plan_file(
     snapshots: Mapping[str, tuple[PlanningSnapshot, SignalSeries | None]],
     horizon_hours: float,
     now: int,
-) -> None:
+) -> Path | None:
     """Keep each cycle's instances and solutions so a decision can be replayed and explained:
     ``<plans_dir>/cycle-<id>.json``, the last :data:`PLAN_FILES_KEPT` of them. A site's entry
-    also holds its planning snapshot and forecast (up to ``horizon_hours``) where it has one."""
+    also holds its planning snapshot and forecast (up to ``horizon_hours``) where it has one.
+    Returns the file written (None: it could not be; the cycle goes on)."""
     try:
         plans_dir.mkdir(parents=True, exist_ok=True)
         doc = {
@@ -182,6 +183,8 @@ def write_plan_file(
             old.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("plan_not_written", error=str(exc), dir=str(plans_dir))
+        return None
+    return path
 
 
 def _snapshot_doc(snapshot: PlanningSnapshot, forecast: SignalSeries | None, horizon_hours: float) -> dict[str, Any]:

@@ -647,6 +647,308 @@ def hook_install(obj: _Ctx, dest: Path, module_only: bool, no_cli_filter: bool, 
         click.echo(f"note: {warning}", err=True)
 
 
+@main.group()
+def audit() -> None:
+    """Verify the ledger: the signed log of every decision (offline, with the public key)."""
+
+
+def _audit_paths(obj: _Ctx, state_dir: Path | None, key: str | None) -> tuple[Path, Any]:
+    """The ledger directory and the verifier key to trust: --key (a file or a vkey string),
+    else the log's own site.vkey (fine for the operator; an auditor brings their own copy)."""
+    from slurm_flex.ledger.log import VKEY
+    from slurm_flex.ledger.note import Verifier, read_verifier
+    from slurm_flex.ledger.site import LEDGER_DIR, ledger_dir
+
+    directory = state_dir / LEDGER_DIR if state_dir is not None else ledger_dir(obj.config())
+    if key is None:
+        return directory, read_verifier(directory / VKEY)
+    if Path(key).exists():
+        return directory, read_verifier(Path(key))
+    return directory, Verifier.parse(key)
+
+
+_STATE_DIR = click.option(
+    "--state-dir", "audit_state_dir", type=click.Path(path_type=Path), default=None, help="The daemon's state_dir."
+)
+_KEY = click.option("--key", default=None, help="Verifier key (file or vkey string); default: the log's site.vkey.")
+
+
+@audit.command("verify")
+@_STATE_DIR
+@_KEY
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Also check the log against this signed checkpoint (e.g. one a witness cosigned); repeatable.",
+)
+@click.option(
+    "--witness",
+    "witnesses",
+    multiple=True,
+    help="A witness's cosignature/v1 vkey: each --checkpoint must carry its valid cosignature; repeatable.",
+)
+@click.pass_obj
+@_fail_cleanly
+def audit_verify(
+    obj: _Ctx, audit_state_dir: Path | None, key: str | None, checkpoints: tuple[Path, ...], witnesses: tuple[str, ...]
+) -> None:
+    """Exit 0 when every record and checkpoint verifies; 1 naming the first bad record."""
+    from slurm_flex.ledger.cosignature import COSIGNATURE, verify_cosignatures
+    from slurm_flex.ledger.log import verify
+    from slurm_flex.ledger.note import Verifier
+
+    directory, verifier = _audit_paths(obj, audit_state_dir, key)
+    external = [(str(p), p.read_text(encoding="utf-8")) for p in checkpoints]
+    trusted = [Verifier.parse(w, sig_type=COSIGNATURE) for w in witnesses]
+    if trusted and not external:
+        raise click.UsageError("--witness checks the cosignatures of --checkpoint files: give one")
+    for where, text in external:
+        try:
+            for name, t in verify_cosignatures(text, trusted).items():
+                click.echo(f"{where}: cosigned by {name} at {t}")
+        except SlurmFlexError as exc:
+            raise SlurmFlexError(f"{where}: {exc}") from exc
+    done = verify(directory, verifier, external=external)
+    click.echo(
+        f"ok: {done.records} records ({done.first}..{done.records - 1} on disk), {done.checkpoints} checkpoints "
+        f"verified with {verifier.name}+{verifier.key_id:08x}"
+    )
+    if done.latest is not None:
+        click.echo(f"latest checkpoint: size {done.latest.size}")
+    if done.uncovered:
+        click.echo(f"note: the last {done.uncovered} records are not signed by a checkpoint yet")
+    if done.signature_only:
+        click.echo(f"note: {done.signature_only} checkpoints predate the retained records (signature checked only)")
+
+
+@audit.command("prove")
+@click.argument("index", type=click.IntRange(min=0))
+@_STATE_DIR
+@_KEY
+@click.pass_obj
+@_fail_cleanly
+def audit_prove(obj: _Ctx, index: int, audit_state_dir: Path | None, key: str | None) -> None:
+    """Print record INDEX with its inclusion proof against the latest signed checkpoint (JSON)."""
+    from slurm_flex.ledger.log import prove
+
+    directory, verifier = _audit_paths(obj, audit_state_dir, key)
+    click.echo(json.dumps(prove(directory, verifier, index).to_json(), indent=2))
+
+
+@audit.command("checkpoint")
+@_STATE_DIR
+@click.option("--sign", is_flag=True, help="Sign a new checkpoint of the log as it is now (needs the site key).")
+@click.pass_obj
+@_fail_cleanly
+def audit_checkpoint(obj: _Ctx, audit_state_dir: Path | None, sign: bool) -> None:
+    """Print the latest signed checkpoint (C2SP tlog-checkpoint), to publish or have cosigned."""
+    from slurm_flex.ledger.log import LATEST
+    from slurm_flex.ledger.site import LEDGER_DIR, ledger_dir, open_site_ledger
+
+    cfg = obj.config()
+    if sign:
+        if audit_state_dir is not None:
+            cfg = cfg.model_copy(update={"daemon": cfg.daemon.model_copy(update={"state_dir": audit_state_dir})})
+        ledger = open_site_ledger(cfg)
+        if ledger is None:
+            raise SlurmFlexError("the ledger is disabled ([ledger] enabled = false)")
+        click.echo(ledger.checkpoint(), nl=False)
+        return
+    directory = audit_state_dir / LEDGER_DIR if audit_state_dir is not None else ledger_dir(cfg)
+    path = directory / LATEST
+    if not path.exists():
+        raise SlurmFlexError(f"no checkpoint at {path}: has the daemon run with this state_dir?")
+    click.echo(path.read_text(encoding="utf-8"), nl=False)
+
+
+@audit.command("certify")
+@click.argument("job_id")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write here, not stdout.")
+@click.pass_obj
+@_fail_cleanly
+def audit_certify(obj: _Ctx, job_id: str, out: Path | None) -> None:
+    """Issue a signed green-compute certificate for JOB_ID, logged in the ledger with its proof."""
+    from slurm_flex.ledger.certificate import claims, issue
+    from slurm_flex.ledger.site import open_site_ledger
+    from slurm_flex.power.store import POWER_DB, PowerStore
+    from slurm_flex.state import StateStore
+
+    cfg = obj.config()
+    if not cfg.state_db.exists():
+        raise SlurmFlexError(f"no state at {cfg.state_db}: has the daemon run with this state_dir?")
+    with StateStore(cfg.state_db) as store:
+        rec = store.jobs().get(job_id)
+    if rec is None:
+        raise SlurmFlexError(f"job {job_id} is not one slurm-flex planned (unknown job id)")
+    measured = None
+    power_db = cfg.daemon.state_dir / POWER_DB
+    if power_db.exists():
+        with PowerStore(power_db) as power:
+            measured = next(iter(power.job_energy(job_id=job_id)), None)
+    ledger = open_site_ledger(cfg)
+    if ledger is None:
+        raise SlurmFlexError("the ledger is disabled ([ledger] enabled = false): certificates are anchored in it")
+    doc = issue(ledger, claims(rec, measured, ledger.origin, int(time.time())))
+    text = json.dumps(doc, indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}", err=True)
+
+
+@audit.command("verify-certificate")
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_STATE_DIR
+@_KEY
+@click.pass_obj
+@_fail_cleanly
+def audit_verify_certificate(obj: _Ctx, file: Path, audit_state_dir: Path | None, key: str | None) -> None:
+    """Verify a green-compute certificate offline with the site's verifier key (--key)."""
+    from slurm_flex.ledger.certificate import verify_certificate
+
+    _, verifier = _audit_paths(obj, audit_state_dir, key)
+    done = verify_certificate(file.read_text(encoding="utf-8"), verifier)
+    c = done.claims
+    click.echo(
+        f"ok: job {c['job']['id']} ({c['job']['user']}): {c['energy']['kwh']} kWh {c['energy']['basis']}, "
+        f"{c['as_run']['carbon_kg']} kg CO2 as run vs {c['counterfactual']['carbon_kg']} kg without slurm-flex; "
+        f"ledger record {done.index} in checkpoint of size {done.checkpoint.size}, signed by {verifier.name}"
+    )
+
+
+@main.group(invoke_without_command=True)
+@click.option("--period", "period", default=None, help="YYYY-MM-DD, YYYY-MM or FROM..TO (settlement days).")
+@click.option("--user", default=None, help="Only this user's jobs.")
+@click.option("--account", default=None, help="Only this account's jobs.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv", "html"]), default="table", show_default=True
+)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write here, not stdout.")
+@click.pass_context
+@_fail_cleanly
+def report(
+    ctx: click.Context, period: str | None, user: str | None, account: str | None, fmt: str, out: Path | None
+) -> None:
+    """Savings by user and account, flexibility delivered per settlement period, revenue."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if user is not None and account is not None:
+        raise click.UsageError("give --user or --account, not both")
+    if period is None:
+        raise click.UsageError("--period is required (e.g. --period 2026-11 or --period 2026-11-01..2026-11-07)")
+    from slurm_flex.power.store import POWER_DB, PowerStore
+    from slurm_flex.reporting import render
+    from slurm_flex.reporting.build import Window, build, read_carbon, read_statements
+    from slurm_flex.settlement.periods import parse_range
+    from slurm_flex.state import StateStore
+
+    obj: _Ctx = ctx.obj
+    cfg = obj.config()
+    first, last = parse_range(period)
+    if not cfg.state_db.exists():
+        raise SlurmFlexError(f"no state at {cfg.state_db}: has the daemon run with this state_dir?")
+    with StateStore(cfg.state_db) as store:
+        jobs = list(store.jobs().values())
+    accounts: dict[str, str] = {}
+    power_db = cfg.daemon.state_dir / POWER_DB
+    if power_db.exists():
+        with PowerStore(power_db) as power:
+            accounts = {j.job_id: j.account for j in power.job_energy(limit=1_000_000)}
+    doc = build(
+        Window(first, last),
+        jobs,
+        accounts,
+        read_statements(cfg.daemon.state_dir / "settlement" / "statements"),
+        read_carbon(cfg.daemon.state_dir / "plans"),
+        user=user,
+        account=account,
+    )
+    if fmt == "table":
+        render.to_table(doc, Console(width=max(Console().width, 120)))
+        return
+    text = {"json": render.to_json, "csv": render.to_csv, "html": render.to_html}[fmt](doc)
+    if out is None:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}", err=True)
+
+
+@report.command("settlement")
+@click.option("--order", "order_id", required=True, help="The order's id in <state_dir>/settlement/orders.json.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option(
+    "--usage",
+    "usage_csv",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Half-hourly usage CSV (start,kw[,basis]) instead of the measured power store.",
+)
+@click.option("--sign", is_flag=True, help="Also issue a signed statement, logged in the ledger.")
+@click.pass_obj
+@_fail_cleanly
+def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None, sign: bool) -> None:
+    """The per-period settlement of one order: baseline, usage, delivered, payment, penalty."""
+    import csv
+    import io
+    from datetime import timedelta
+
+    from slurm_flex.ledger import signed
+    from slurm_flex.ledger.site import open_site_ledger
+    from slurm_flex.power.store import POWER_DB, PowerStore
+    from slurm_flex.settlement import usage as usage_sources
+    from slurm_flex.settlement.compute import LOOKBACK_DAYS, find_order, settle
+    from slurm_flex.settlement.periods import periods_of
+
+    cfg = obj.config()
+    orders_path = cfg.daemon.state_dir / "settlement" / "orders.json"
+    try:
+        orders_doc = json.loads(orders_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SlurmFlexError(f"no orders at {orders_path} (see docs/ledger.md for its format)") from exc
+    except (OSError, ValueError) as exc:
+        raise SlurmFlexError(f"{orders_path}: cannot read: {exc}") from exc
+    order = find_order(orders_doc, order_id)
+    days = sorted(order.event_days)
+    start = periods_of(days[0] - timedelta(days=LOOKBACK_DAYS))[0].start
+    end = periods_of(days[-1])[-1].end
+    if usage_csv is not None:
+        usage = usage_sources.from_csv(usage_csv)
+    else:
+        power_db = cfg.daemon.state_dir / POWER_DB
+        if not power_db.exists():
+            raise SlurmFlexError(f"no measured power at {power_db} ([measure]); give --usage FILE")
+        with PowerStore(power_db) as store:
+            usage = usage_sources.from_power_store(store, start, end)
+    statement = settle(order, usage)
+    doc = statement.to_json()
+    if sign:
+        ledger = open_site_ledger(cfg)
+        if ledger is None:
+            raise SlurmFlexError("the ledger is disabled ([ledger] enabled = false): statements are anchored in it")
+        signed_doc = signed.issue(ledger, "settlement", order.id, doc, total_net=doc["total_net"])
+        out_dir = cfg.daemon.state_dir / "settlement" / "statements"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{order.id}.json"
+        path.write_text(json.dumps(signed_doc, indent=2) + "\n")
+        click.echo(f"signed statement: {path}", err=True)
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2))
+        return
+    buf = io.StringIO()
+    rows = doc["periods"]
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "baseline_days": " ".join(row["baseline_days"])})
+    click.echo(buf.getvalue(), nl=False)
+    for v in statement.violations:
+        click.echo(f"violation: {v}", err=True)
+
+
 @main.group("config")
 def config_group() -> None:
     """Inspect the effective configuration."""

@@ -326,6 +326,29 @@ class AgentConfig(_Section):
     buffer_samples: int = Field(10000, ge=100, le=1_000_000)
 
 
+class LedgerConfig(_Section):
+    """The verifiable record (slurm_flex.ledger): a transparency log of every decision."""
+
+    enabled: bool = True
+    # The site's Ed25519 signing key (made on first use, mode 0600); default <state_dir>/ledger.key.
+    # Keep it out of backups that auditors see; its public half is <state_dir>/ledger/site.vkey.
+    key_file: Path | None = None
+    # The log's origin and key name, e.g. "hpc.example.ac.uk/slurm-flex"; default "<host fqdn>/slurm-flex".
+    origin: str = ""
+    # Records per JSON Lines file before a new file is started.
+    records_per_file: int = Field(100_000, ge=1)
+    # Keep this many record files, deleting older ones (the log still verifies from the first kept
+    # file on, and its records can still be proved); 0: keep every file.
+    keep_files: int = Field(0, ge=0)
+
+    @field_validator("origin")
+    @classmethod
+    def _key_name(cls, value: str) -> str:
+        if any(c.isspace() for c in value) or "+" in value:
+            raise ValueError("must contain no spaces and no '+' (it is a signed-note key name)")
+        return value
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     slurm: SlurmConfig = SlurmConfig()
@@ -337,6 +360,7 @@ class Config(_Section):
     signals: SignalsConfig = SignalsConfig()
     measure: MeasureConfig = MeasureConfig()
     agent: AgentConfig = AgentConfig()
+    ledger: LedgerConfig = LedgerConfig()
     # Sites and their signal providers; none: one site planned on [forecast] (a file).
     sites: dict[str, SiteConfig] = Field(default_factory=dict)
 

@@ -114,3 +114,7 @@ class TraceError(SimulationError):
 
 class SignalsError(SimulationError):
     """Grid data for a simulation could not be read."""
+
+
+class LedgerError(SlurmFlexError):
+    """The verifiable record (slurm_flex.ledger): the log, its proofs, signatures, settlement."""

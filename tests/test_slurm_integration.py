@@ -78,14 +78,6 @@ def test_daemon_defers_into_the_cleanest_window_before_the_deadline(env: Env) ->
     assert job_id in human and "deferred" in human and "Saved vs running" in human
 
 
-
-
-
-
-
-
-
-
 def test_slurmctld_down_then_back(env: Env) -> None:
     job_id = env.submit_flexible(hours=10)
     env.slurmflex("daemon", "--once")

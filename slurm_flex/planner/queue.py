@@ -345,9 +345,7 @@ class PlanningSnapshot:
     margin_slots: int  # deadline-risk margin (policy margin plus the cycle interval)
 
 
-def plan_step(
-    snapshot: PlanningSnapshot, forecast: SignalSeries | None, policy: Policy
-) -> tuple[Plan, frozenset[str]]:
+def plan_step(snapshot: PlanningSnapshot, forecast: SignalSeries | None, policy: Policy) -> tuple[Plan, frozenset[str]]:
     """One planning step: deferred jobs the queue could no longer start in time (by time limits)
     run now; the rest are planned within the capacity the policy allows. Returns the plan and
     the jobs found at risk."""

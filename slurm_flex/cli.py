@@ -949,6 +949,21 @@ def report_settlement(obj: _Ctx, order_id: str, fmt: str, usage_csv: Path | None
         click.echo(f"violation: {v}", err=True)
 
 
+@main.group("beckn")
+def beckn_group() -> None:
+    """Beckn on the Digital Energy Grid: keys, the endpoint, a grid-operator agent."""
+
+
+@beckn_group.command("keygen")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for the key files.")
+@_fail_cleanly
+def beckn_keygen(out_dir: Path) -> None:
+    """Make an Ed25519 key pair (signing.key mode 0600, signing.pub) and print the public key."""
+    from slurm_flex.beckn.keys import write_keypair
+
+    click.echo(write_keypair(out_dir))
+
+
 @main.group("config")
 def config_group() -> None:
     """Inspect the effective configuration."""

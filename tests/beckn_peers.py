@@ -12,7 +12,7 @@ from pathlib import Path
 
 def registry(port: int, data: Path) -> None:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             query = json.loads(self.rfile.read(length))
             subs = [s for s in json.loads(data.read_text()) if s["subscriber_id"] == query.get("subscriber_id")]

@@ -964,6 +964,74 @@ def beckn_keygen(out_dir: Path) -> None:
     click.echo(write_keypair(out_dir))
 
 
+@beckn_group.command("serve")
+@click.pass_obj
+@_fail_cleanly
+def beckn_serve(obj: _Ctx) -> None:
+    """Run the Beckn endpoint ([beckn] listen): POST /{action}, GET /health."""
+    from slurm_flex.beckn.service import serve
+
+    serve(obj.config())
+
+
+@beckn_group.command("grid-agent")
+@click.option("--subscriber-id", default="grid-operator.local", show_default=True)
+@click.option("--key", "key_file", required=True, help="The agent's own signing.key.")
+@click.option("--trust", "trust_file", required=True, help="Trust file with the cluster's key.")
+@click.option("--listen", default="127.0.0.1:9881", show_default=True, help="Where callbacks arrive.")
+@click.option("--bpp-url", default="http://127.0.0.1:9871", show_default=True)
+@click.option("--bpp-id", default="", help="The cluster's subscriber id.")
+@click.option("--start", default="+60", show_default=True, help="ISO time, or +SECONDS from now (rounded up).")
+@click.option("--interval-seconds", default=1800, show_default=True, type=int)
+@click.option("--kw", default="2", show_default=True, help="kW to shed per interval, comma-separated.")
+@click.option("--price", default=0.3, show_default=True, type=float)
+@click.option("--penalty", default=0.1, show_default=True, type=float)
+@click.option("--currency", default="GBP", show_default=True)
+@click.option("--follow/--no-follow", default=True, help="Poll on_status until the final on_update.")
+@click.option("--poll-seconds", default=10.0, show_default=True, type=float)
+@click.option("--receive-only", default=None, help="Only receive callbacks, one JSON line each, into FILE.")
+@_fail_cleanly
+def beckn_grid_agent(
+    subscriber_id: str,
+    key_file: str,
+    trust_file: str,
+    listen: str,
+    bpp_url: str,
+    bpp_id: str,
+    start: str,
+    interval_seconds: int,
+    kw: str,
+    price: float,
+    penalty: float,
+    currency: str,
+    follow: bool,
+    poll_seconds: float,
+    receive_only: str | None,
+) -> None:
+    """Play the grid operator: confirm an activation and follow its delivery (JSON lines)."""
+    from slurm_flex.beckn.agent import agent_main
+
+    sys.exit(
+        agent_main(
+            subscriber_id=subscriber_id,
+            key_file=key_file,
+            trust_file=trust_file,
+            listen=listen,
+            bpp_url=bpp_url,
+            bpp_id=bpp_id,
+            start=start,
+            interval_s=interval_seconds,
+            kw=[float(x) for x in kw.split(",") if x],
+            price=price,
+            penalty=penalty,
+            currency=currency,
+            follow=follow,
+            poll_s=poll_seconds,
+            receive_only=receive_only,
+        )
+    )
+
+
 @main.group("config")
 def config_group() -> None:
     """Inspect the effective configuration."""

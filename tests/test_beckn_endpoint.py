@@ -118,7 +118,7 @@ solver = "fast"
 """
     )
     env = {**os.environ, "SLURMFLEX_CONFIG": str(conf)}
-    server = subprocess.Popen([SLURMFLEX, "beckn", "serve"], env=env, cwd=REPO, stderr=(tmp / "serve.log").open("w"))  # noqa: SIM115
+    server = subprocess.Popen([SLURMFLEX, "beckn", "serve"], env=env, cwd=REPO, stderr=(tmp / "serve.log").open("w"))
     agent = subprocess.Popen(
         [
             SLURMFLEX,

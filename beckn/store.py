@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS suspensions (
     job_id TEXT NOT NULL,
     suspended_at REAL NOT NULL,
     resumed_at REAL,
+    end_at REAL,                      -- the job's expected end when it was suspended
     how TEXT NOT NULL DEFAULT 'suspend',
     PRIMARY KEY (contract_id, job_id)
 );
@@ -257,11 +258,21 @@ class BecknStore:
                 args = (contract_id,)
             return list(self.db.execute(sql, args).fetchall())
 
-    def mark_suspended(self, contract_id: str, job_id: str, at: float, how: str) -> None:
+    def mark_suspended(self, contract_id: str, job_id: str, at: float, end_at: float | None, how: str) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO suspensions (contract_id, job_id, suspended_at, how) VALUES (?, ?, ?, ?)",
-                (contract_id, job_id, at, how),
+                "INSERT OR IGNORE INTO suspensions (contract_id, job_id, suspended_at, end_at, how) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (contract_id, job_id, at, end_at, how),
+            )
+
+    def open_suspensions(self) -> list[tuple[str, str, float, float | None]]:
+        """(contract, job, suspended_at, end_at) of jobs suspended and not yet resumed."""
+        with self._lock:
+            return list(
+                self.db.execute(
+                    "SELECT contract_id, job_id, suspended_at, end_at FROM suspensions WHERE resumed_at IS NULL"
+                ).fetchall()
             )
 
     def mark_resumed(self, contract_id: str, job_id: str, at: float) -> None:

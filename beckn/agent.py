@@ -27,6 +27,7 @@ from slurm_flex.beckn import contract as shapes
 from slurm_flex.beckn.errors import BecknError
 from slurm_flex.beckn.signing import Signer, body_digest, parse_header, verify
 from slurm_flex.beckn.trust import Trust
+from slurm_flex.grid.series import iso_utc
 
 
 @dataclass
@@ -183,7 +184,7 @@ def delivered_rows(contract: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "interval": iv["id"],
-                "start": shapes.iso_utc(start + iv["id"] * step),
+                "start": iso_utc(start + iv["id"] * step),
                 "committed_kw": committed[iv["id"]] if iv["id"] < len(committed) else None,
                 "baseline_kw": b,
                 "usage_kw": u,
@@ -270,7 +271,7 @@ def run_activation(
         if code == 200:
             with contextlib.suppress(TimeoutError):
                 st = agent.answer(mid, 30)["message"]["contract"]
-                out({"step": "on_status", "now": shapes.iso_utc(int(time.time())), "rows": delivered_rows(st)})
+                out({"step": "on_status", "now": iso_utc(int(time.time())), "rows": delivered_rows(st)})
         time.sleep(poll_s if time.time() < end + 120 else poll_s * 4)
 
 

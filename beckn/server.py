@@ -42,7 +42,7 @@ from slurm_flex.beckn.schemas import known_actions, validate
 from slurm_flex.beckn.signing import SignatureHeader, Signer, body_digest, parse_header, verify
 from slurm_flex.beckn.store import BecknStore, Contract
 from slurm_flex.beckn.trust import Trust, TrustEntry
-from slurm_flex.grid.series import SLOT_SECONDS, floor_slot
+from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc
 from slurm_flex.ledger import events
 from slurm_flex.planner.policy import Policy
 
@@ -383,7 +383,7 @@ def _discover(ep: Endpoint, ctx: dict[str, Any], msg: dict[str, Any], entry: Tru
     series = {
         "@context": shapes.TIME_SERIES_CTX,
         "@type": "TimeSeries",
-        "intervalPeriod": {"start": shapes.iso_utc(slots[0].start), "duration": "PT30M"},
+        "intervalPeriod": {"start": iso_utc(slots[0].start), "duration": "PT30M"},
         "payloadDescriptors": [
             {"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": t, "units": u, "insertedBy": "seller"}
             for t, u in (("CAPACITY_SHED", "KW"), ("CAPACITY_ABSORB", "KW"), ("PRICE", f"{ep.currency}_PER_KWH"))
@@ -564,7 +564,7 @@ def _status(ep: Endpoint, ctx: dict[str, Any], msg: dict[str, Any], entry: Trust
 
 
 def with_performance(ep: Endpoint, c: Contract) -> dict[str, Any]:
-    out = json.loads(json.dumps(c.doc))
+    out: dict[str, Any] = json.loads(json.dumps(c.doc))
     report = delivery_report(ep.store, c, ep.clock(), ep.signer.subscriber_id)
     out["performance"] = [report.performance]
     out["status"] = {"code": c.status}

@@ -55,8 +55,8 @@ def _retrieve(uri: str) -> Resource[Any]:
     never touch the network."""
     standins = _load("standins.json")
     if uri in standins:
-        return Resource(standins[uri], _SPEC)
-    raise NoSuchResource(ref=uri)
+        return _SPEC.create_resource(standins[uri])
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]  # attrs class
 
 
 _SPEC = DRAFT202012
@@ -64,12 +64,12 @@ _SPEC = DRAFT202012
 
 @cache
 def _registry() -> Registry[Any]:
-    pairs: list[tuple[str, Resource[Any]]] = [(CORE_URI, Resource(_load("core-v2.json"), _SPEC))]
+    pairs: list[tuple[str, Resource[Any]]] = [(CORE_URI, _SPEC.create_resource(_load("core-v2.json")))]
     for stem in _deg_stems():
         name, _, version = stem.rpartition("-")
         doc = _load(f"deg/{stem}.json")
-        pairs.append((f"{NFH}{name}/{version}", Resource(doc, _SPEC)))
-    return Registry(retrieve=_retrieve).with_resources(pairs)
+        pairs.append((f"{NFH}{name}/{version}", _SPEC.create_resource(doc)))
+    return Registry(retrieve=_retrieve).with_resources(pairs)  # type: ignore[call-arg]  # attrs class
 
 
 def _pointer_escape(text: str) -> str:

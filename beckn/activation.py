@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from slurm_flex.beckn.flexibility import RunningLoad
+from slurm_flex.beckn.flexibility import RunningLoad, running_kw
 from slurm_flex.beckn.inputs import write_flex_input
 from slurm_flex.beckn.store import BecknStore, Contract
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot
@@ -36,19 +36,33 @@ Runner = Callable[[Sequence[str]], str]
 RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")
 
 
-def power_cap(contracts: Sequence[Contract], now: int, n_slots: int) -> FloatArray | None:
-    """Per slot from floor_slot(now): the least of the ceilings of the ACTIVE contracts whose
-    windows overlap it (None: no contract in the horizon)."""
+def power_cap(
+    contracts: Sequence[Contract], now: int, n_slots: int, running: Sequence[RunningLoad] = ()
+) -> FloatArray | None:
+    """Per slot from floor_slot(now): the most planned flexible work may draw (None: no contract
+    in the horizon). A contract fixes the site's ceiling in each half-hour of its window (its
+    baseline less the most it committed there); the running work that stays on (not suspended
+    for a contract) is taken off it, so work that starts during the window counts too."""
     slot0 = floor_slot(now)
-    cap = np.full(n_slots, np.inf)
+    ceiling = np.full(n_slots, np.inf)
+    paused: set[str] = set()
     for c in contracts:
         if c.status != "ACTIVE" or c.window_end <= now:
             continue
+        paused.update(c.suspend)
         first = (floor_slot(c.window_start) - slot0) // SLOT_SECONDS
-        for k, value in enumerate(c.pending_cap):
+        committed = [0.0] * len(c.baseline)
+        for i, kw in enumerate(c.offered):
+            k = (c.window_start + i * c.interval_s - floor_slot(c.window_start)) // SLOT_SECONDS
+            if 0 <= k < len(committed):
+                committed[k] = max(committed[k], kw)
+        for k, base in enumerate(c.baseline):
             if 0 <= first + k < n_slots:
-                cap[first + k] = min(cap[first + k], value)
-    return cap if np.isfinite(cap).any() else None
+                ceiling[first + k] = min(ceiling[first + k], max(0.0, base - committed[k]))
+    if not np.isfinite(ceiling).any():
+        return None
+    staying = running_kw([r for r in running if r.job_id not in paused], slot0, n_slots)
+    return np.where(np.isfinite(ceiling), np.maximum(0.0, ceiling - staying), np.inf)
 
 
 def running_loads(
@@ -87,8 +101,10 @@ class Activation:
             self._store = None
             return []
 
-    def cap(self, now: int, n_slots: int) -> FloatArray | None:
-        return power_cap(self.contracts(now), now, n_slots)
+    def cap(
+        self, now: int, n_slots: int, jobs: Sequence[SlurmJob], estimate: Callable[[SlurmJob], float]
+    ) -> FloatArray | None:
+        return power_cap(self.contracts(now), now, n_slots, running_loads(jobs, estimate, self.suspendable))
 
     def step(
         self,

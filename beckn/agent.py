@@ -264,6 +264,8 @@ def run_activation(
                     "step": "final on_update",
                     "status": final[-1]["message"]["contract"]["status"]["code"],
                     "rows": delivered_rows(final[-1]["message"]["contract"]),
+                    "callbacks_verified": len(agent.inbox.items),
+                    "callbacks_refused": agent.inbox.refused,
                 }
             )
             return 0

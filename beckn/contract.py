@@ -130,7 +130,7 @@ def offered_series(window_start: int, offered: Sequence[float], interval_s: int 
     return {
         "@context": TIME_SERIES_CTX,
         "@type": "TimeSeries",
-        "intervalPeriod": {"start": iso_utc(window_start), "duration": "PT30M"},
+        "intervalPeriod": {"start": iso_utc(window_start), "duration": _iso_duration(interval_s)},
         "payloadDescriptors": [
             {
                 "objectType": "EVENT_PAYLOAD_DESCRIPTOR",
@@ -295,7 +295,7 @@ def need_contract(
                         "resourceAttributes": {
                             "@context": NEED_CTX,
                             "@type": "DemandFlexNeed",
-                            "intervalPeriod": {"start": iso_utc(window_start), "duration": "PT30M"},
+                            "intervalPeriod": {"start": iso_utc(window_start), "duration": _iso_duration(interval_s)},
                             "payloadDescriptors": [
                                 {
                                     "objectType": "EVENT_PAYLOAD_DESCRIPTOR",

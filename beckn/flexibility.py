@@ -75,7 +75,7 @@ class Baseline:
         return self.planned_kw + self.running_kw
 
 
-def _running_kw(running: Sequence[RunningLoad], slot0: int, n_slots: int) -> FloatArray:
+def running_kw(running: Sequence[RunningLoad], slot0: int, n_slots: int) -> FloatArray:
     out = np.zeros(n_slots)
     for r in running:
         end = n_slots if r.end is None else max(0, min(n_slots, math.ceil((r.end - slot0) / SLOT_SECONDS)))
@@ -103,7 +103,7 @@ def baseline(
 ) -> Baseline:
     plan_, _ = plan_step(replace(snapshot, power_cap_kw=None), forecast, policy)
     slot0 = floor_slot(snapshot.now)
-    return Baseline(plan_, _planned_kw(plan_, n_slots), _running_kw(running, slot0, n_slots))
+    return Baseline(plan_, _planned_kw(plan_, n_slots), running_kw(running, slot0, n_slots))
 
 
 def flex_slots(
@@ -206,7 +206,7 @@ def deliverable(
     window_s = n * SLOT_SECONDS + max(0, window_start - (slot0 + first * SLOT_SECONDS))
     paused = [r for r in running if r.can_pause(window_s, margin_s) and (r.end is None or r.end > window_start)]
     # A paused job sheds, in each slot, what it would have drawn there without the order.
-    pause_kw = _running_kw(paused, slot0, horizon)[first : first + n]
+    pause_kw = running_kw(paused, slot0, horizon)[first : first + n]
     planned = base.planned_kw[first : first + n]
     # Suspension covers what it can; the rest comes out of the planned flexible work. Less than
     # the planned power of the slot can never be asked of the planner.

@@ -401,7 +401,11 @@ class Cycle:
         priority_changes: list[PriorityChange] = []
         # A contract's ceiling is the site's; with several sites it bounds the first one.
         n_slots = int(self.policy.max_horizon_hours * 3600) // 1800 + 1
-        cap = self.activation.cap(now, n_slots) if self.activation is not None else None
+        cap = (
+            self.activation.cap(now, n_slots, jobs, lambda j: _estimate(j, self.power) * self._power_factor(j))
+            if self.activation is not None
+            else None
+        )
         for site in [*forecasts, *(s for s in sites if s not in forecasts)]:
             site_jobs = tuple(j for j in jobs if self._site_of(j.partition) == site)
             site_nodes = self._nodes_of(site, nodes)

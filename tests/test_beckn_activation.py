@@ -24,7 +24,7 @@ def contract(
         interval_s=interval_s,
         requested=(1.0,) * slots,
         offered=(1.0,) * slots,
-        baseline=(2.0,) * len(cap),
+        baseline=(1.0,) * len(cap),  # ceiling: baseline less the 1 kW committed = 0
         pending_cap=cap,
         suspend=suspend,
         price=0.3,

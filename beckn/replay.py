@@ -42,6 +42,9 @@ class ReplayCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # WAL with synchronous=NORMAL survives a crash of the process (what a replay cache must
+        # survive); only a power cut can lose the last entries, whose signatures expire anyway.
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self.retain_seconds = retain_seconds
         self._lock = threading.Lock()

@@ -566,7 +566,9 @@ def _status(ep: Endpoint, ctx: dict[str, Any], msg: dict[str, Any], entry: Trust
 def with_performance(ep: Endpoint, c: Contract) -> dict[str, Any]:
     out: dict[str, Any] = json.loads(json.dumps(c.doc))
     report = delivery_report(ep.store, c, ep.clock(), ep.signer.subscriber_id)
-    out["performance"] = [report.performance]
+    # The plan's counterfactual first; the buyer's named method (e.g. 5of10) beside it when
+    # the site's power records reach back far enough.
+    out["performance"] = [report.performance] + ([report.named_performance] if report.named_performance else [])
     out["status"] = {"code": c.status}
     return out
 

@@ -4,6 +4,8 @@ planner with a power ceiling (never more than the queue can deliver with every d
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -72,3 +74,48 @@ def test_deliverable_says_when_a_deadline_forbids_it() -> None:
     assert not d.full
     assert max(d.offered) < 2.0
     assert "deadline" in d.reason or "at most" in d.reason
+
+
+def test_named_baseline_best_5_of_10_like_days(tmp_path: Path) -> None:
+    from slurm_flex.beckn.report import delivery_report
+    from slurm_flex.beckn.store import BecknStore, Contract
+
+    store = BecknStore(tmp_path)
+    start = 1_800_000_000 - 1_800_000_000 % SLOT_SECONDS  # a weekday
+    c = Contract(
+        id="c",
+        transaction_id="t",
+        counterparty="g",
+        callback_uri="",
+        status="ACTIVE",
+        window_start=start,
+        interval_s=SLOT_SECONDS,
+        requested=(1.0,),
+        offered=(1.0,),
+        baseline=(3.0,),
+        pending_cap=(2.0,),
+        suspend=(),
+        price=0.3,
+        penalty=0.1,
+        currency="GBP",
+        baseline_method={"bestOf": 5, "outOf": 10},
+        quote_expires=0.0,
+        reason="",
+        doc={},
+    )
+    report = delivery_report(store, c, start + 3600, "hpc")
+    assert report.named_baseline_kw is None and "0 of 10" in report.named_note
+    # 14 days back: the weekdays among them carry 1..N kW at the same clock time
+    kw = 0.0
+    for d in range(1, 15):
+        t = start - d * 86400
+        if time.gmtime(t).tm_wday < 5:
+            kw += 1.0
+            store.record_usage(t + 60, kw, "modelled")
+    store.record_usage(start + 60, 1.5, "modelled")
+    report = delivery_report(store, c, start + 3600, "hpc")
+    # the 10 most recent weekdays have 1..10 kW; the best 5 of them average 8 kW
+    assert report.named_baseline_kw == (8.0,)
+    assert report.named_performance is not None
+    assert report.named_performance["performanceAttributes"]["methodology"] == "5of10"
+    assert report.usage_kw == (1.5,) and report.delivered_kw == (1.5,)

@@ -7,6 +7,7 @@ status against the cluster's endpoint, printing delivered vs committed kW per in
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import sys
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import uvicorn
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -100,6 +102,70 @@ def receiver_app(signer: Signer, trust: Trust, inbox: Inbox, skew_s: int = 60) -
         return Response(
             body, status_code=200 if status == "ACK" else 401, media_type="application/json", headers={"Signature": sig}
         )
+
+    return Starlette(routes=[Route("/{action:path}", post, methods=["POST"])])
+
+
+def utility_app(signer: Signer, trust: Trust, need: dict[str, Any], inbox: Inbox, my_url: str) -> Starlette:
+    """The utility as BPP (the devkit's roles): publishes ``need`` (a buyer contract from
+    :func:`contract.need_contract`) in ``on_discover``, answers select/init/confirm/update with
+    their callbacks (4-line signatures naming the request's), and records every request it gets,
+    including the aggregator's performance report."""
+    commitment = need["commitments"][0]
+    offer = copy.deepcopy(commitment["offer"])
+    offer["offerAttributes"]["contractAttributes"] = need["contractAttributes"]
+    catalog = {
+        "id": f"{signer.subscriber_id}-needs",
+        "descriptor": {"name": "Demand flexibility needed"},
+        "provider": {"id": signer.subscriber_id, "descriptor": {"name": signer.subscriber_id}},
+        "bppId": signer.subscriber_id,
+        "bppUri": my_url,
+        "resources": [commitment["resources"][0]],
+        "offers": [offer],
+    }
+    client = httpx.Client(timeout=10)
+
+    def callback(doc: dict[str, Any], request_sig: str) -> None:
+        ctx = doc["context"]
+        action = ctx["action"]
+        msg: dict[str, Any]
+        if action == "discover":
+            msg = {"catalogs": [catalog]}
+        else:
+            contract = copy.deepcopy(doc["message"].get("contract", {}))
+            if action == "confirm":
+                contract["id"] = contract.get("id") or str(uuid.uuid4())
+                contract["status"] = {"code": "ACTIVE"}
+                contract["commitments"][0]["status"] = {"descriptor": {"code": "ACTIVE"}}
+            msg = {"contract": contract}
+        out_ctx = {**ctx, "action": f"on_{action}", "bppId": signer.subscriber_id, "bppUri": my_url}
+        body = json.dumps({"context": out_ctx, "message": msg}, separators=(",", ":")).encode()
+        now = int(time.time())
+        header = signer.sign(body, now, now + 300, request_sig)
+        client.post(f"{ctx['bapUri'].rstrip('/')}/on_{action}", content=body, headers={"Authorization": header.value()})
+
+    async def post(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            header = parse_header(request.headers.get("authorization"))
+            entry = await trust.lookup(header.subscriber_id, header.unique_key_id)
+            verify(header, entry.public_key, raw, time.time())
+            doc = json.loads(raw)
+        except (BecknError, ValueError) as exc:
+            inbox.refused.append(str(exc))
+            return Response(b'{"message":{"status":"NACK"}}', status_code=401, media_type="application/json")
+        with inbox.cond:
+            inbox.items.append({**doc, "_signature_lines": 4 if header.four_lines else 3})
+            inbox.cond.notify_all()
+        body = json.dumps(
+            {"message": {"status": "ACK", "messageId": doc["context"]["messageId"]}}, separators=(",", ":")
+        ).encode()
+        now = int(time.time())
+        sig = signer.sign(body, now, now + 300, header.signature).value()
+        task = None
+        if doc["context"]["action"] in ("discover", "select", "init", "confirm", "update", "status"):
+            task = BackgroundTask(callback, doc, header.signature)
+        return Response(body, media_type="application/json", headers={"Signature": sig}, background=task)
 
     return Starlette(routes=[Route("/{action:path}", post, methods=["POST"])])
 
@@ -299,6 +365,7 @@ def agent_main(
     follow: bool,
     poll_s: float,
     receive_only: str | None,
+    publish_need: str | None = None,
 ) -> int:
     from pathlib import Path
 
@@ -309,6 +376,41 @@ def agent_main(
     trust = StaticTrust.from_file(Path(trust_file))
     inbox = Inbox()
     host, _, port = listen.rpartition(":")
+    if publish_need is not None:
+        # Play the utility: publish a need and record what the aggregator sends (JSON lines).
+        if start.startswith("+"):
+            t = int(time.time()) + int(start[1:])
+            begin_need = t - t % interval_s + (interval_s if t % interval_s else 0)
+        else:
+            begin_need = shapes.parse_time(start)
+        need = shapes.need_contract(
+            buyer_id=subscriber_id,
+            resource_id="published-need",
+            window_start=begin_need,
+            requested=kw,
+            price=price,
+            penalty=penalty,
+            currency=currency,
+            seller_id=None,
+            interval_s=interval_s,
+        )
+        sink_need = Path(publish_need)
+
+        def record_requests() -> None:
+            seen = 0
+            while True:
+                with inbox.cond:
+                    inbox.cond.wait(0.5)
+                    new = inbox.items[seen:]
+                    seen = len(inbox.items)
+                with sink_need.open("a") as fh:
+                    for item in new:
+                        fh.write(json.dumps(item) + "\n")
+
+        threading.Thread(target=record_requests, daemon=True).start()
+        app = utility_app(signer, trust, need, inbox, f"http://{listen}")
+        uvicorn.run(app, host=host, port=int(port), log_level="warning", access_log=False)
+        return 0
     if receive_only is not None:
         # Record every callback (one JSON line each) until killed: a peer for the endpoint tests.
         sink = Path(receive_only)

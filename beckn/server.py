@@ -659,25 +659,31 @@ async def _background(ep: Endpoint, outbox: Outbox) -> None:
 def _final_reports(ep: Endpoint, outbox: Outbox) -> None:
     now = ep.clock()
     for c in ep.store.active(now):
-        over = c.status in ("CANCELLED", "COMPLETE") or now >= c.window_end + 60
+        # A short grace after the window for the last power samples (at most one interval).
+        over = c.status in ("CANCELLED", "COMPLETE") or now >= c.window_end + min(60, c.interval_s)
         if not over or c.final_report_sent:
             continue
         status = "COMPLETE" if c.status == "ACTIVE" else c.status
         final = replace(c, status=status)
         doc = with_performance(ep, final)
+        # As the seller we push the report to the buyer: an unsolicited on_update when we are the
+        # BPP, an update request to the utility when we answered its need as the BAP.
+        me, my_url = ep.signer.subscriber_id, ep.public_url
+        bap = c.role == "bap"
+        action = "update" if bap else "on_update"
         ctx = shapes.context(
-            "on_update",
+            action,
             request=None,
-            bap_id=c.counterparty,
-            bap_uri=c.callback_uri,
-            bpp_id=ep.signer.subscriber_id,
-            bpp_uri=ep.public_url,
+            bap_id=me if bap else c.counterparty,
+            bap_uri=my_url if bap else c.callback_uri,
+            bpp_id=c.counterparty if bap else me,
+            bpp_uri=c.callback_uri if bap else my_url,
             transaction_id=c.transaction_id,
             network_id=ep.network_id,
             schema_context=(*shapes.SCHEMA_CONTEXT, shapes.PERFORMANCE_CTX),
         )
         body = json.dumps({"context": ctx, "message": {"contract": doc}}, separators=(",", ":")).encode()
-        outbox.enqueue(c.callback_uri, "on_update", ctx["messageId"], body, None, now + ep.callback_max_s)
+        outbox.enqueue(c.callback_uri, action, ctx["messageId"], body, None, now + ep.callback_max_s)
         ep.store.put_contract(replace(final, final_report_sent=True, doc=doc))
         for row in doc["performance"][0]["performanceAttributes"]["meters"][0]["telemetry"]["intervals"]:
             vals = {p["type"]: p["values"][0] for p in row["payloads"]}

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS contracts (
     reason TEXT NOT NULL,             -- why less than requested, or ''
     doc TEXT NOT NULL,                -- the contract as last sent
     final_report_sent INTEGER NOT NULL DEFAULT 0,
+    role TEXT NOT NULL DEFAULT 'bpp', -- bpp: we answered the buyer; bap: we answered a utility's need
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -106,6 +107,7 @@ class Contract:
     reason: str
     doc: dict[str, Any]
     final_report_sent: bool = False
+    role: str = "bpp"
 
     @property
     def window_end(self) -> int:
@@ -290,6 +292,26 @@ class BecknStore:
             return list(
                 self.db.execute("SELECT ts, kw, basis FROM usage WHERE ts >= ? AND ts < ? ORDER BY ts", (start, end))
             )
+
+    def record_request(self, url: str, action: str, message_id: str, body: bytes, signature: str) -> None:
+        """A request we sent directly (the aggregator's): kept so the 4-line signature of its
+        callback can be checked against it."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO outbox (url, action, message_id, body, request_signature, sent_signature, attempts, "
+                "next_at, give_up_at, status) VALUES (?, ?, ?, ?, NULL, ?, 1, 0, 0, 'sent')",
+                (url, action, message_id, body, signature),
+            )
+
+    def inbox_find(self, action: str, message_id: str) -> dict[str, Any] | None:
+        """The callback ``action`` answering our request ``message_id``, once it has arrived."""
+        with self._lock:
+            rows = self.db.execute("SELECT body FROM inbox WHERE action = ? ORDER BY received", (action,)).fetchall()
+        for (body,) in rows:
+            doc: dict[str, Any] = json.loads(body)
+            if doc.get("context", {}).get("messageId") == message_id:
+                return doc
+        return None
 
     def record_inbox(self, sender: str, action: str, transaction_id: str, body: str) -> None:
         with self._tx() as db:

@@ -990,6 +990,7 @@ def beckn_serve(obj: _Ctx) -> None:
 @click.option("--follow/--no-follow", default=True, help="Poll on_status until the final on_update.")
 @click.option("--poll-seconds", default=10.0, show_default=True, type=float)
 @click.option("--receive-only", default=None, help="Only receive callbacks, one JSON line each, into FILE.")
+@click.option("--publish-need", default=None, help="Play the utility (BPP): publish the need, log requests into FILE.")
 @_fail_cleanly
 def beckn_grid_agent(
     subscriber_id: str,
@@ -1007,8 +1008,10 @@ def beckn_grid_agent(
     follow: bool,
     poll_seconds: float,
     receive_only: str | None,
+    publish_need: str | None,
 ) -> None:
-    """Play the grid operator: confirm an activation and follow its delivery (JSON lines)."""
+    """Play the grid operator: confirm an activation and follow its delivery (JSON lines), or
+    (--publish-need) publish a need for the cluster's aggregator role to answer."""
     from slurm_flex.beckn.agent import agent_main
 
     sys.exit(
@@ -1028,8 +1031,42 @@ def beckn_grid_agent(
             follow=follow,
             poll_s=poll_seconds,
             receive_only=receive_only,
+            publish_need=publish_need,
         )
     )
+
+
+@beckn_group.command("aggregate")
+@click.option("--bpp-url", required=True, help="The utility's Beckn endpoint.")
+@click.option("--bpp-id", required=True, help="The utility's subscriber id.")
+@click.option("--timeout", default=60.0, show_default=True, type=float, help="Seconds to wait for each callback.")
+@click.pass_obj
+@_fail_cleanly
+def beckn_aggregate(obj: _Ctx, bpp_url: str, bpp_id: str, timeout: float) -> None:
+    """As aggregator (BAP): answer a utility's published need with what the queue can deliver.
+
+    Needs `slurmflex beckn serve` running (the callbacks arrive there)."""
+    from slurm_flex.beckn.aggregator import Aggregator
+    from slurm_flex.beckn.keys import read_private_key
+    from slurm_flex.beckn.signing import Signer
+    from slurm_flex.beckn.store import BecknStore
+    from slurm_flex.daemon.cycle import policy_from
+
+    cfg = obj.config()
+    b = cfg.beckn
+    if b.private_key_file is None or not b.subscriber_id:
+        raise ConfigError("[beckn]", "private_key_file", "needed to sign as aggregator")
+    agg = Aggregator(
+        Signer(b.subscriber_id, b.key_id, read_private_key(b.private_key_file)),
+        BecknStore(cfg.daemon.state_dir),
+        cfg.daemon.state_dir,
+        policy_from(cfg),
+        b.public_url or f"http://{b.listen}",
+        b.network_id,
+        b.resume_margin_seconds,
+        b.signature_validity_seconds,
+    )
+    agg.answer_need(bpp_url, bpp_id, timeout, lambda doc: click.echo(json.dumps(doc)))
 
 
 @main.group("config")

@@ -116,8 +116,11 @@ solver = "fast"
         contract = store.contract(steps[-1]["contract"])
         assert contract is not None and contract.role == "bap" and contract.status == "ACTIVE"
         assert contract.counterparty == "utility.local" and contract.offered == (2.0, 1.0)
-        time.sleep(1.0)
-        got = {r["context"]["action"]: r for r in _requests(log)}  # type: ignore[index]
+        deadline = time.monotonic() + 10
+        got: dict[str, dict[str, object]] = {}
+        while time.monotonic() < deadline and "confirm" not in got:  # the utility logs every half-second
+            got = {r["context"]["action"]: r for r in _requests(log)}  # type: ignore[misc]
+            time.sleep(0.1)
         assert set(got) >= {"discover", "select", "init", "confirm"}
         confirm = got["confirm"]["message"]["contract"]  # type: ignore[index]
         series = confirm["commitments"][0]["commitmentAttributes"]

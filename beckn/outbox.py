@@ -59,6 +59,12 @@ class Outbox:
 
     async def send_due(self) -> None:
         for item in self.store.due(self.clock()):
+            if self.clock() > item.give_up_at:
+                # Its ttl ran out while we could not send (e.g. the endpoint was down): an answer
+                # the counterparty no longer waits for is not sent at all.
+                self.store.retry(item.id, self.clock(), "ttl over before it could be sent", give_up=True)
+                self._log(item, "", False, "given up: ttl over before it could be sent")
+                continue
             await self._send(item)
 
     async def _send(self, item: OutboxItem) -> None:

@@ -66,23 +66,30 @@ def power_cap(
 
 
 def running_loads(
-    jobs: Sequence[SlurmJob], estimate: Callable[[SlurmJob], float], suspendable: str
+    jobs: Sequence[SlurmJob], estimate: Callable[[SlurmJob], float], suspendable: str, requeue: str = "flex=requeue"
 ) -> list[RunningLoad]:
+    """Running jobs as flexibility sees them; the owner's opt-in is a token of --comment
+    (``flex=suspendable``, or ``flex=requeue`` for a checkpointing job)."""
     out = []
     for j in jobs:
         if j.state not in RUNNING_STATES:
             continue
         tag = j.tag
         deadline = j.deadline or (tag.deadline if tag is not None else None)
-        opted = suspendable in (j.comment or "").replace(";", ",").replace(" ", ",").split(",")
-        out.append(RunningLoad(j.update_id, estimate(j) / 1000.0, j.end_time, deadline, opted))
+        tokens = (j.comment or "").replace(";", ",").replace(" ", ",").split(",")
+        how = "requeue" if requeue in tokens else "suspend"
+        opted = suspendable in tokens or requeue in tokens
+        out.append(RunningLoad(j.update_id, estimate(j) / 1000.0, j.end_time, deadline, opted, how, j.time_limit_s))
     return out
 
 
 class Activation:
-    def __init__(self, state_dir: Path, suspendable: str, margin_s: int, run: Runner) -> None:
+    def __init__(
+        self, state_dir: Path, suspendable: str, margin_s: int, run: Runner, requeue: str = "flex=requeue"
+    ) -> None:
         self.state_dir = state_dir
         self.suspendable = suspendable
+        self.requeue = requeue
         self.margin_s = margin_s
         self.run = run
         self._store: BecknStore | None = None
@@ -104,7 +111,8 @@ class Activation:
     def cap(
         self, now: int, n_slots: int, jobs: Sequence[SlurmJob], estimate: Callable[[SlurmJob], float]
     ) -> FloatArray | None:
-        return power_cap(self.contracts(now), now, n_slots, running_loads(jobs, estimate, self.suspendable))
+        loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
+        return power_cap(self.contracts(now), now, n_slots, loads)
 
     def step(
         self,
@@ -120,7 +128,7 @@ class Activation:
         Returns ledger entries for what was done in Slurm."""
         entries: list[tuple[str, dict[str, object]]] = []
         try:
-            loads = running_loads(jobs, estimate, self.suspendable)
+            loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
             if snapshot is not None:
                 write_flex_input(self.state_dir, snapshot, forecast, loads, now)
             by_id = {j.update_id: j for j in jobs}
@@ -150,18 +158,21 @@ class Activation:
                 job = jobs.get(job_id)
                 if job is None or job.state != "RUNNING" or (c.id, job_id) in done:
                     continue
-                load = running_loads([job], lambda _j: 0.0, self.suspendable)
+                load = running_loads([job], lambda _j: 0.0, self.suspendable, self.requeue)
                 if not load or not load[0].can_pause(int(c.window_end - now), self.margin_s):
                     continue
-                if self._scontrol("suspend", job_id):
-                    self.store.mark_suspended(c.id, job_id, now, job.end_time, "suspend")
-                    out.append(("beckn.suspend", {"contract": c.id, "job": job_id, "until": c.window_end}))
+                how = load[0].how
+                # A checkpointing job goes back to the queue held, and is released after the window.
+                if self._scontrol("requeuehold" if how == "requeue" else "suspend", job_id):
+                    self.store.mark_suspended(c.id, job_id, now, job.end_time, how)
+                    out.append((f"beckn.{how}", {"contract": c.id, "job": job_id, "until": c.window_end}))
         return out
 
     def _resume(
         self, contracts: dict[str, Contract], jobs: dict[str, SlurmJob], now: float
     ) -> list[tuple[str, dict[str, object]]]:
         out: list[tuple[str, dict[str, object]]] = []
+        hows = {(cid, job): how for cid, job, _a, _r, how in self.store.suspended()}
         for cid, job_id, at, end_at in self.store.open_suspensions():
             c = contracts.get(cid)
             job = jobs.get(job_id)
@@ -177,7 +188,12 @@ class Activation:
                     why = "deadline guard"
             if not why:
                 continue
-            if job is None or job.state != "SUSPENDED" or self._scontrol("resume", job_id):
+            requeued = hows.get((cid, job_id)) == "requeue"
+            if requeued:
+                done = job is None or not job.pending or self._scontrol("release", job_id)
+            else:
+                done = job is None or job.state != "SUSPENDED" or self._scontrol("resume", job_id)
+            if done:
                 self.store.mark_resumed(cid, job_id, now)
                 out.append(("beckn.resume", {"contract": cid, "job": job_id, "why": why}))
         return out

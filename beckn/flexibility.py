@@ -39,15 +39,26 @@ class RunningLoad:
     power_kw: float
     end: int | None  # expected end (time limit); None: unknown
     deadline: int | None  # latest finish allowed; None: none beyond its time limit
-    suspendable: bool  # the owner opted in (--comment=flex=suspendable)
+    suspendable: bool  # the owner opted in (--comment=flex=suspendable, or flex=requeue)
+    # "suspend" (scontrol suspend/resume) or "requeue" (a checkpointing job: scontrol
+    # requeuehold, released after the window, restarting from its checkpoint)
+    how: str = "suspend"
+    time_limit_s: int | None = None
 
     def can_pause(self, seconds: int, margin_s: int) -> bool:
-        """Suspended for ``seconds``, the job's end moves that much later: it must still end
+        """Paused for ``seconds``, the job's end moves that much later (suspended), or it runs
+        again whole after them (requeued: the worst case, no checkpoint): it must still end
         ``margin_s`` before its deadline."""
         if not self.suspendable:
             return False
         if self.deadline is None or self.end is None:
             return self.deadline is None
+        if self.how == "requeue":
+            if self.time_limit_s is None:
+                return False
+            # Paused only while it would run, the window ends before end + seconds; from there a
+            # full rerun (the worst case: no checkpoint written) must still meet the deadline.
+            return self.end + seconds + self.time_limit_s + margin_s <= self.deadline
         return self.end + seconds + margin_s <= self.deadline
 
 

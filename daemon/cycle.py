@@ -150,6 +150,7 @@ class Cycle:
                 config.beckn.suspendable_comment,
                 config.beckn.resume_margin_seconds,
                 backend.read_output,
+                config.beckn.requeue_comment,
             )
 
     def mode(self) -> str:

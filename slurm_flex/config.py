@@ -380,6 +380,8 @@ class BecknConfig(_Section):
     callback_max_seconds: int = Field(3600, ge=1, le=7 * 86400)
     # Running jobs whose owners opted in with this in --comment may be suspended for an activation.
     suspendable_comment: str = "flex=suspendable"
+    # Checkpointing jobs opt in with this instead: requeued held for the window, released after.
+    requeue_comment: str = "flex=requeue"
     # Suspended work is resumed at least this long before its latest safe finish (deadline guard).
     resume_margin_seconds: int = Field(600, ge=0, le=86400)
     # How many half-hours ahead flexibility is offered.

@@ -87,3 +87,23 @@ def test_opted_in_running_job_is_suspended_then_resumed(fake_env: FakeEnv) -> No
     env.slurmflex("daemon", "--once")
     assert env.slurm.job(runner).state == "RUNNING"
     assert store.open_suspensions() == []
+
+
+def test_checkpointing_job_is_requeued_held_and_released_after(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(beckn={"subscriber_id": "hpc.test"})
+    ckpt = env.submit(time_limit_s=3600, deadline=int(time.time()) + 8 * 3600, comment="flex=no,flex=requeue")
+    env.slurm.start(ckpt)
+    now = int(time.time())
+    store = BecknStore(env.load().daemon.state_dir)
+    store.put_contract(contract("c3", now - now % 60, 5, 60, (0.0,), (ckpt,)))
+    env.slurmflex("daemon", "--once")
+    job = env.slurm.job(ckpt)
+    assert job.pending and job.held  # back in the queue, held for the window
+    assert [(row[1], row[4]) for row in store.suspended()] == [(ckpt, "requeue")]
+    c = store.contract("c3")
+    assert c is not None
+    store.put_contract(Contract(**{**c.__dict__, "status": "CANCELLED"}))
+    env.slurmflex("daemon", "--once")
+    assert not env.slurm.job(ckpt).held
+    assert store.open_suspensions() == []

@@ -190,7 +190,8 @@ def build_app(ep: Endpoint, outbox: Outbox) -> Starlette:
             if not action.startswith("on_"):
                 registered = await ep.trust.uri_of(entry.subscriber_id)
                 given = str(doc["context"].get("bapUri", ""))
-                if registered and given.rstrip("/") != registered.rstrip("/"):
+                # Callbacks go only to the URI the counterparty registered: none registered, none sent.
+                if not registered or given.rstrip("/") != registered.rstrip("/"):
                     raise BecknError(
                         f"bapUri {given!r} is not {entry.subscriber_id}'s registered URI",
                         code="CTX_INVALID_FIELD",

@@ -296,6 +296,19 @@ def test_provider_flow(peer: Peer) -> None:
         time.sleep(0.2)
     assert finals and finals[0]["_signature_lines"] == 3
     assert finals[0]["message"]["contract"]["status"] == {"code": "CANCELLED"}
+    # every message in and out, and the contract's changes, are in the site ledger
+    time.sleep(0.5)
+    records = [
+        json.loads(line)
+        for path in sorted((peer.state / "ledger").glob("records-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    messages = [r["data"] for r in records if r["kind"] == "beckn.message"]
+    assert {("in", "confirm"), ("out", "on_confirm"), ("in", "cancel"), ("out", "on_update")} <= {
+        (m["direction"], m["action"]) for m in messages
+    }
+    assert all(m["signature"] for m in messages if m["ack"])
+    assert {"ACTIVE", "CANCELLED"} <= {r["data"]["status"] for r in records if r["kind"] == "beckn.contract"}
     assert finals[0]["message"]["contract"]["performance"][0]["performanceAttributes"]["meters"][0]["telemetry"]
     assert finals[0]["message"]["contract"]["status"] == {"code": "CANCELLED"}
     assert finals[0]["message"]["contract"]["performance"][0]["performanceAttributes"]["meters"][0]["telemetry"]

@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 # chroot, see scripts/devcluster) or both (tests only; the demo then uses 22.05).
 export SLURMFLEX_SLURM ?= both
 
-.PHONY: demo test unit venv lint typecheck bench cluster-up cluster-down fed-up fed-down clean
+.PHONY: demo demo-beckn test unit venv lint typecheck bench cluster-up cluster-down fed-up fed-down clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ venv: $(VENV)/.installed
 
 demo: venv
 	scripts/demo
+
+# A grid operator buys "reduce 2 kW" over Beckn v2 (DEG demand flex) and watches it delivered.
+demo-beckn: venv
+	scripts/demo-beckn
 
 # `devcluster up` first installs the host's Slurm, munge and lua5.1 (the Lua tests check for
 # lua5.1 when they are collected); the cluster tests then bring up their own clusters

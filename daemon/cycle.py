@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from slurm_flex.beckn.activation import Activation
 from slurm_flex.config import Config, NodeType, PowerConfig
 from slurm_flex.daemon import runs
 from slurm_flex.daemon.actions import Actions
@@ -157,6 +158,17 @@ class Cycle:
         # how many).
         self._unlogged: list[events.Entry] = []
         self._unlogged_dropped = 0
+        # Flexibility contracts sold over Beckn ([beckn] subscriber_id set): their power ceilings,
+        # suspensions and delivery records, and the planning input the endpoint quotes from.
+        self.activation: Activation | None = None
+        if config.beckn.subscriber_id:
+            self.activation = Activation(
+                config.daemon.state_dir,
+                config.beckn.suspendable_comment,
+                config.beckn.resume_margin_seconds,
+                backend.read_output,
+                config.beckn.requeue_comment,
+            )
 
     def mode(self) -> str:
         """The mode in force: an admin's runtime choice (``slurmflex mode``) over the config."""
@@ -234,6 +246,19 @@ class Cycle:
                 self.actions.made.clear()
             errors += failed_errors
             updates = applied
+            if self.activation is not None:
+                first = next(iter(self._snapshots.values()), (None, None))
+                entries.extend(
+                    self.activation.step(
+                        jobs,
+                        started,
+                        lambda j: _estimate(j, self.power) * self._power_factor(j),
+                        measured_kw,
+                        first[0],
+                        first[1],
+                        mode,
+                    )
+                )
             deferred = sum(1 for r in records.values() if r.status == "deferred")
             expedited = sum(
                 1 for r in records.values() if r.priority_before is not None and r.status in PENDING_STATUSES
@@ -437,13 +462,21 @@ class Cycle:
         plans: dict[str, Plan] = {}
         planned_assessments: list[Assessment] = []
         priority_changes: list[PriorityChange] = []
+        # A contract's ceiling is the site's; with several sites it bounds the first one.
+        n_slots = int(self.policy.max_horizon_hours * 3600) // 1800 + 1
+        cap = (
+            self.activation.cap(now, n_slots, jobs, lambda j: _estimate(j, self.power) * self._power_factor(j))
+            if self.activation is not None
+            else None
+        )
         for site in [*forecasts, *(s for s in sites if s not in forecasts)]:
             site_jobs = tuple(j for j in jobs if self._job_site(j) == site)
             site_nodes = self._nodes_of(site, nodes)
             forecast = forecasts.get(site or "")
             planned_site = self.site_planner.plan(
-                site or NO_SITE, sites.get(site, []), site_jobs, site_nodes, forecast, previous, now
+                site or NO_SITE, sites.get(site, []), site_jobs, site_nodes, forecast, previous, now, cap
             )
+            cap = None
             plans[site or NO_SITE] = planned_site.plan
             self._snapshots[site or NO_SITE] = (planned_site.snapshot, forecast)
             planned_assessments.extend(planned_site.assessments)

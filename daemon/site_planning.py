@@ -80,9 +80,11 @@ class SitePlanner:
         forecast: SignalSeries | None,
         previous: dict[str, JobRecord],
         now: int,
+        power_cap: FloatArray | None = None,
     ) -> SitePlan:
         """One site's plan (its jobs, on its nodes, with its signals) and the priority changes
-        that keep its queued deadlines."""
+        that keep its queued deadlines; ``power_cap`` (kW per slot from now) bounds the planned
+        flexible work, where a flexibility contract is in force (slurm_flex.beckn.activation)."""
         usable = len(managed_nodes(nodes, self.rules))
         assessments = self._limit_deferral(assessments, jobs, previous, usable)
         # The store is read only when plans use predicted run times (planner.runtime).
@@ -120,6 +122,7 @@ class SitePlanner:
             usable_nodes=float(usable),
             reserve=self._reserve(site, jobs, nodes, now, free.size),
             margin_slots=margin,
+            power_cap_kw=power_cap,
         )
         plan_, risky = plan_step(snapshot, forecast, self.policy)
         if risky:

@@ -1038,6 +1038,125 @@ def _modelled_usage(cfg: Config, first: date, last: date) -> dict[datetime, Usag
     observed = from_ledger(read_records(directory), model)
     return modelled_usage(periods, observed, idle_watts(st.nodes, model), st.other_watts)
 
+@main.group("beckn")
+def beckn_group() -> None:
+    """Beckn on the Digital Energy Grid: keys, the endpoint, a grid-operator agent."""
+
+
+@beckn_group.command("keygen")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for the key files.")
+@_fail_cleanly
+def beckn_keygen(out_dir: Path) -> None:
+    """Make an Ed25519 key pair (signing.key mode 0600, signing.pub) and print the public key."""
+    from slurm_flex.beckn.keys import write_keypair
+
+    click.echo(write_keypair(out_dir))
+
+
+@beckn_group.command("serve")
+@click.pass_obj
+@_fail_cleanly
+def beckn_serve(obj: _Ctx) -> None:
+    """Run the Beckn endpoint ([beckn] listen): POST /{action}, GET /health."""
+    from slurm_flex.beckn.service import serve
+
+    serve(obj.config())
+
+
+@beckn_group.command("grid-agent")
+@click.option("--subscriber-id", default="grid-operator.local", show_default=True)
+@click.option("--key", "key_file", required=True, help="The agent's own signing.key.")
+@click.option("--trust", "trust_file", required=True, help="Trust file with the cluster's key.")
+@click.option("--listen", default="127.0.0.1:9881", show_default=True, help="Where callbacks arrive.")
+@click.option("--bpp-url", default="http://127.0.0.1:9871", show_default=True)
+@click.option("--bpp-id", default="", help="The cluster's subscriber id.")
+@click.option("--start", default="+60", show_default=True, help="ISO time, or +SECONDS from now (rounded up).")
+@click.option("--interval-seconds", default=1800, show_default=True, type=int)
+@click.option("--kw", default="2", show_default=True, help="kW to shed per interval, comma-separated.")
+@click.option("--price", default=0.3, show_default=True, type=float)
+@click.option("--penalty", default=0.1, show_default=True, type=float)
+@click.option("--currency", default="GBP", show_default=True)
+@click.option("--follow/--no-follow", default=True, help="Poll on_status until the final on_update.")
+@click.option("--poll-seconds", default=10.0, show_default=True, type=float)
+@click.option("--receive-only", default=None, help="Only receive callbacks, one JSON line each, into FILE.")
+@click.option("--publish-need", default=None, help="Play the utility (BPP): publish the need, log requests into FILE.")
+@_fail_cleanly
+def beckn_grid_agent(
+    subscriber_id: str,
+    key_file: str,
+    trust_file: str,
+    listen: str,
+    bpp_url: str,
+    bpp_id: str,
+    start: str,
+    interval_seconds: int,
+    kw: str,
+    price: float,
+    penalty: float,
+    currency: str,
+    follow: bool,
+    poll_seconds: float,
+    receive_only: str | None,
+    publish_need: str | None,
+) -> None:
+    """Play the grid operator: confirm an activation and follow its delivery (JSON lines), or
+    (--publish-need) publish a need for the cluster's aggregator role to answer."""
+    from slurm_flex.beckn.agent import agent_main
+
+    sys.exit(
+        agent_main(
+            subscriber_id=subscriber_id,
+            key_file=key_file,
+            trust_file=trust_file,
+            listen=listen,
+            bpp_url=bpp_url,
+            bpp_id=bpp_id,
+            start=start,
+            interval_s=interval_seconds,
+            kw=[float(x) for x in kw.split(",") if x],
+            price=price,
+            penalty=penalty,
+            currency=currency,
+            follow=follow,
+            poll_s=poll_seconds,
+            receive_only=receive_only,
+            publish_need=publish_need,
+        )
+    )
+
+
+@beckn_group.command("aggregate")
+@click.option("--bpp-url", required=True, help="The utility's Beckn endpoint.")
+@click.option("--bpp-id", required=True, help="The utility's subscriber id.")
+@click.option("--timeout", default=60.0, show_default=True, type=float, help="Seconds to wait for each callback.")
+@click.pass_obj
+@_fail_cleanly
+def beckn_aggregate(obj: _Ctx, bpp_url: str, bpp_id: str, timeout: float) -> None:
+    """As aggregator (BAP): answer a utility's published need with what the queue can deliver.
+
+    Needs `slurmflex beckn serve` running (the callbacks arrive there)."""
+    from slurm_flex.beckn.aggregator import Aggregator
+    from slurm_flex.beckn.keys import read_private_key
+    from slurm_flex.beckn.signing import Signer
+    from slurm_flex.beckn.store import BecknStore
+    from slurm_flex.daemon.cycle import policy_from
+
+    cfg = obj.config()
+    b = cfg.beckn
+    if b.private_key_file is None or not b.subscriber_id:
+        raise ConfigError("[beckn]", "private_key_file", "needed to sign as aggregator")
+    agg = Aggregator(
+        Signer(b.subscriber_id, b.key_id, read_private_key(b.private_key_file)),
+        BecknStore(cfg.daemon.state_dir),
+        cfg.daemon.state_dir,
+        policy_from(cfg),
+        b.public_url or f"http://{b.listen}",
+        b.network_id,
+        b.resume_margin_seconds,
+        b.signature_validity_seconds,
+    )
+    agg.answer_need(bpp_url, bpp_id, timeout, lambda doc: click.echo(json.dumps(doc)))
+
 
 @main.group("config")
 def config_group() -> None:

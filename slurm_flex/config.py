@@ -380,6 +380,58 @@ class SettlementConfig(_Section):
     other_watts: float = Field(0.0, ge=0)
 
 
+class BecknConfig(_Section):
+    """The Beckn endpoint (``slurmflex beckn serve``, slurm_flex.beckn) and its counterparties."""
+
+    # Where the endpoint listens, "host:port".
+    listen: str = "127.0.0.1:9871"
+    # Our Beckn identity: subscriber id, the key id registered for it, and the key (base64 of
+    # the 32-byte Ed25519 seed, or seed || public key), made by `slurmflex beckn keygen`.
+    subscriber_id: str = ""
+    key_id: str = "k1"
+    private_key_file: Path | None = None
+    # The URL counterparties reach us at (our bppUri/bapUri); default http://<listen>.
+    public_url: str = ""
+    # Whom we believe: a static trust file (JSON list of {subscriber_id, key_id, public_key, uri})
+    # or a registry's /lookup (answers cached until their valid_until, at most cache seconds).
+    trust_file: Path | None = None
+    registry_url: str = ""
+    registry_cache_seconds: int = Field(300, ge=0, le=86400)
+    max_body_bytes: int = Field(1_000_000, ge=1024, le=64_000_000)
+    clock_skew_seconds: int = Field(60, ge=0, le=600)
+    # Our Authorization signatures are valid this long (expires = created + this).
+    signature_validity_seconds: int = Field(300, ge=10, le=3600)
+    network_id: str = "nfh.global/testnet-deg"
+    # The price asked for flexibility, per kWh shed or absorbed, and its currency.
+    price_per_kwh: float = Field(0.25, ge=0)
+    currency: str = "GBP"
+    # A quote (on_select/on_init) holds this long; a confirm after it is refused.
+    offer_validity_seconds: int = Field(900, ge=10, le=86400)
+    # Callbacks without a ttl are retried for this long before they are given up.
+    callback_max_seconds: int = Field(3600, ge=1, le=7 * 86400)
+    # Running jobs whose owners opted in with this in --comment may be suspended for an activation.
+    suspendable_comment: str = "flex=suspendable"
+    # Checkpointing jobs opt in with this instead: requeued held for the window, released after.
+    requeue_comment: str = "flex=requeue"
+    # Suspended work is resumed at least this long before its latest safe finish (deadline guard).
+    resume_margin_seconds: int = Field(600, ge=0, le=86400)
+    # How many half-hours ahead flexibility is offered.
+    horizon_slots: int = Field(48, ge=1, le=336)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if not value:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9871")
+        return _host_port_or_empty(value)
+
+    @model_validator(mode="after")
+    def _one_trust_source(self) -> BecknConfig:
+        if self.trust_file is not None and self.registry_url:
+            raise ValueError("give trust_file or registry_url, not both")
+        return self
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     slurm: SlurmConfig = SlurmConfig()
@@ -393,6 +445,7 @@ class Config(_Section):
     agent: AgentConfig = AgentConfig()
     ledger: LedgerConfig = LedgerConfig()
     settlement: SettlementConfig = SettlementConfig()
+    beckn: BecknConfig = BecknConfig()
     # Sites and their signal providers; none: one site planned on [forecast] (a file).
     sites: dict[str, SiteConfig] = Field(default_factory=dict)
     federation: FederationConfig = FederationConfig()

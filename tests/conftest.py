@@ -229,9 +229,7 @@ class ClusterPool:
         for cluster in self.up.values():
             cluster.cancel_all()
             if os.environ.get("SLURMFLEX_KEEP_CLUSTER") != "1":
-                subprocess.run(
-                    [str(DEVCLUSTER), "down"], env=cluster.spec.devcluster_env(), check=False, timeout=120
-                )
+                subprocess.run([str(DEVCLUSTER), "down"], env=cluster.spec.devcluster_env(), check=False, timeout=120)
 
 
 @pytest.fixture(scope="session")

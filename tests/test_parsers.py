@@ -210,9 +210,7 @@ def test_data_parser_and_release_come_from_meta(name: str, parser: str, release:
 
 
 def test_every_known_data_parser_has_a_fixture() -> None:
-    seen = {
-        detect_format(json.loads(f.read_text())).data_parser for f in SLURM.glob("*.json") if "squeue" in f.name
-    }
+    seen = {detect_format(json.loads(f.read_text())).data_parser for f in SLURM.glob("*.json") if "squeue" in f.name}
     assert seen == set(KNOWN_DATA_PARSERS)
 
 

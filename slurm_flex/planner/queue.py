@@ -130,9 +130,12 @@ def plan(
     capacity_nodes: FloatArray | None,
     policy: Policy,
     now: int,
+    power_cap_kw: FloatArray | None = None,
 ) -> Plan:
     """Plan ``jobs`` over ``forecast``; ``capacity_nodes[i]`` is free nodes in slot i from
-    floor_slot(now) (None: unlimited). With no usable forecast every job runs as submitted."""
+    floor_slot(now) (None: unlimited) and ``power_cap_kw[i]`` the most the planned jobs may draw
+    in it (None or inf: no cap; a flexibility activation sets it for its window). With no
+    usable forecast every job runs as submitted."""
     slot0 = floor_slot(now)
     if forecast is None or not forecast.covers(now):
         why = "no forecast" if forecast is None else "forecast does not cover now"
@@ -184,7 +187,7 @@ def plan(
         carbon=series.carbon_array(),
         price=series.price_array() if policy.use_price else np.full(n_slots, np.nan),
         capacity_nodes=cap,
-        power_cap_kw=np.full(n_slots, np.inf),
+        power_cap_kw=_per_slot(power_cap_kw, n_slots),
         job_ids=tuple(r[0].job_id for r in rows),
         nodes=occupancy(
             np.asarray([r[0].nodes for r in rows], dtype=np.float64),
@@ -247,6 +250,15 @@ def plan(
             )
         )
     return Plan(now, tuple(planned), inst, solution, series.source)
+
+
+def _per_slot(values: FloatArray | None, n_slots: int) -> FloatArray:
+    """A per-slot array cut or padded (with inf, no limit) to ``n_slots``."""
+    out = np.full(n_slots, np.inf)
+    if values is not None:
+        k = min(n_slots, len(values))
+        out[:k] = np.asarray(values[:k], dtype=np.float64)
+    return out
 
 
 def capacity_profile(
@@ -343,6 +355,9 @@ class PlanningSnapshot:
     usable_nodes: float
     reserve: FloatArray  # nodes per slot kept for work not submitted yet
     margin_slots: int  # deadline-risk margin (policy margin plus the cycle interval)
+    # Most the planned jobs may draw per slot from floor_slot(now), kW (flexibility activations);
+    # None: no cap.
+    power_cap_kw: FloatArray | None = None
 
 
 def plan_step(snapshot: PlanningSnapshot, forecast: SignalSeries | None, policy: Policy) -> tuple[Plan, frozenset[str]]:
@@ -355,7 +370,7 @@ def plan_step(snapshot: PlanningSnapshot, forecast: SignalSeries | None, policy:
     if risky:
         jobs = [replace(j, no_defer=AT_RISK) if j.job_id in risky else j for j in jobs]
     capacity = planning_capacity(snapshot.free_planned, snapshot.usable_nodes, snapshot.reserve, policy)
-    return plan(jobs, forecast, capacity, policy, snapshot.now), risky
+    return plan(jobs, forecast, capacity, policy, snapshot.now, snapshot.power_cap_kw), risky
 
 
 def snapshot_to_json(snapshot: PlanningSnapshot) -> dict[str, Any]:
@@ -367,6 +382,11 @@ def snapshot_to_json(snapshot: PlanningSnapshot) -> dict[str, Any]:
         "usable_nodes": snapshot.usable_nodes,
         "reserve": [float(x) for x in snapshot.reserve],
         "margin_slots": snapshot.margin_slots,
+        **(
+            {"power_cap_kw": [None if not math.isfinite(x) else float(x) for x in snapshot.power_cap_kw]}
+            if snapshot.power_cap_kw is not None
+            else {}
+        ),
     }
 
 
@@ -382,6 +402,11 @@ def snapshot_from_json(doc: Mapping[str, Any]) -> PlanningSnapshot:
         usable_nodes=float(doc["usable_nodes"]),
         reserve=floats("reserve"),
         margin_slots=int(doc["margin_slots"]),
+        power_cap_kw=(
+            None
+            if doc.get("power_cap_kw") is None
+            else np.asarray([math.inf if x is None else x for x in doc["power_cap_kw"]], dtype=np.float64)
+        ),
     )
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slurm_flex.errors import SlurmQueryError, SlurmUnavailableError
+from slurm_flex.errors import SlurmCommandError, SlurmQueryError, SlurmUnavailableError
 from slurm_flex.slurm.backend import (
     SlurmBackend,
     StartTarget,
@@ -358,10 +358,31 @@ class FakeSlurm:
         return dict(self._calls)
 
     def read_output(self, argv: Sequence[str]) -> str:
-        """``scontrol -o show node`` with the energy figures in :attr:`node_watts`."""
+        """``scontrol -o show node`` with the energy figures in :attr:`node_watts`, and
+        ``scontrol suspend|resume JOB`` (a running job's state flips, as Slurm's does) and
+        ``scontrol requeuehold|release JOB`` (back to the queue, held; then released)."""
         self._calls[argv[0]] += 1
         if self.down:
             raise SlurmUnavailableError(argv, 1, DOWN_SHOW)
+        if len(argv) == 3 and argv[0] == "scontrol" and argv[1] in ("requeuehold", "release"):
+            job = self._lookup(argv[2])
+            if job is None:
+                raise SlurmCommandError(argv, 1, "Invalid job id specified")
+            if argv[1] == "requeuehold":
+                if job.state != "RUNNING":
+                    raise SlurmCommandError(argv, 1, "Job is not running")
+                self._release_nodes(job)
+                job.state, job.held = "PENDING", True
+            else:
+                job.held = False
+            return ""
+        if len(argv) == 3 and argv[0] == "scontrol" and argv[1] in ("suspend", "resume"):
+            job = self._lookup(argv[2])
+            want, to = ("RUNNING", "SUSPENDED") if argv[1] == "suspend" else ("SUSPENDED", "RUNNING")
+            if job is None or job.state != want:
+                raise SlurmCommandError(argv, 1, f"scontrol_{argv[1]} error: Job is not {want.lower()}")
+            job.state = to
+            return ""
         return "".join(
             f"NodeName={n.name} CPUTot={n.cpus} CurrentWatts={round(self.node_watts.get(n.name, 0))} "
             f"AveWatts={round(self.node_watts.get(n.name, 0))}\n"

@@ -1,0 +1,208 @@
+"""The daemon's side of a confirmed contract: each cycle it
+
+- turns every ACTIVE contract into a ceiling on the planned flexible work in its window's
+  half-hours (the planner then keeps pending work out of the window where deadlines allow,
+  and catches up after it);
+- suspends the opted-in running jobs the quote counted on when the window opens
+  (``scontrol suspend``), and resumes them when it closes, when the contract is cancelled, or
+  earlier if a job's deadline would otherwise be at risk (``scontrol resume``);
+- records the site's power each cycle (measured where [measure] has readings, else the power
+  model's estimate of the running jobs, labelled ``modelled``) for the delivery report;
+- writes the planning input the Beckn endpoint quotes from (beckn.inputs).
+
+It reads contracts from the store the endpoint writes; with the endpoint down, confirmed
+contracts are still carried out. Every failure here is soft: the cycle goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from slurm_flex.beckn.flexibility import RunningLoad, running_kw
+from slurm_flex.beckn.inputs import write_flex_input
+from slurm_flex.beckn.store import BecknStore, Contract
+from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot
+from slurm_flex.planner.instance import FloatArray
+from slurm_flex.planner.queue import PlanningSnapshot
+from slurm_flex.slurm.parsers import SlurmJob
+
+log = structlog.get_logger(__name__)
+
+Runner = Callable[[Sequence[str]], str]
+RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")
+
+
+def power_cap(
+    contracts: Sequence[Contract], now: int, n_slots: int, running: Sequence[RunningLoad] = ()
+) -> FloatArray | None:
+    """Per slot from floor_slot(now): the most planned flexible work may draw (None: no contract
+    in the horizon). A contract fixes the site's ceiling in each half-hour of its window (its
+    baseline less the most it committed there); the running work that stays on (not suspended
+    for a contract) is taken off it, so work that starts during the window counts too."""
+    slot0 = floor_slot(now)
+    ceiling = np.full(n_slots, np.inf)
+    paused: set[str] = set()
+    for c in contracts:
+        if c.status != "ACTIVE" or c.window_end <= now:
+            continue
+        paused.update(c.suspend)
+        first = (floor_slot(c.window_start) - slot0) // SLOT_SECONDS
+        committed = [0.0] * len(c.baseline)
+        for i, kw in enumerate(c.offered):
+            k = (c.window_start + i * c.interval_s - floor_slot(c.window_start)) // SLOT_SECONDS
+            if 0 <= k < len(committed):
+                committed[k] = max(committed[k], kw)
+        for k, base in enumerate(c.baseline):
+            if 0 <= first + k < n_slots:
+                ceiling[first + k] = min(ceiling[first + k], max(0.0, base - committed[k]))
+    if not np.isfinite(ceiling).any():
+        return None
+    staying = running_kw([r for r in running if r.job_id not in paused], slot0, n_slots)
+    return np.where(np.isfinite(ceiling), np.maximum(0.0, ceiling - staying), np.inf)
+
+
+def running_loads(
+    jobs: Sequence[SlurmJob], estimate: Callable[[SlurmJob], float], suspendable: str, requeue: str = "flex=requeue"
+) -> list[RunningLoad]:
+    """Running jobs as flexibility sees them; the owner's opt-in is a token of --comment
+    (``flex=suspendable``, or ``flex=requeue`` for a checkpointing job)."""
+    out = []
+    for j in jobs:
+        if j.state not in RUNNING_STATES:
+            continue
+        tag = j.tag
+        deadline = j.deadline or (tag.deadline if tag is not None else None)
+        tokens = (j.comment or "").replace(";", ",").replace(" ", ",").split(",")
+        how = "requeue" if requeue in tokens else "suspend"
+        opted = suspendable in tokens or requeue in tokens
+        out.append(RunningLoad(j.update_id, estimate(j) / 1000.0, j.end_time, deadline, opted, how, j.time_limit_s))
+    return out
+
+
+class Activation:
+    def __init__(
+        self, state_dir: Path, suspendable: str, margin_s: int, run: Runner, requeue: str = "flex=requeue"
+    ) -> None:
+        self.state_dir = state_dir
+        self.suspendable = suspendable
+        self.requeue = requeue
+        self.margin_s = margin_s
+        self.run = run
+        self._store: BecknStore | None = None
+
+    @property
+    def store(self) -> BecknStore:
+        if self._store is None:
+            self._store = BecknStore(self.state_dir)
+        return self._store
+
+    def contracts(self, now: float) -> list[Contract]:
+        try:
+            return self.store.active(now)
+        except Exception as exc:  # a broken store must not stop planning
+            log.error("beckn_store_failed", error=str(exc))
+            self._store = None
+            return []
+
+    def cap(
+        self, now: int, n_slots: int, jobs: Sequence[SlurmJob], estimate: Callable[[SlurmJob], float]
+    ) -> FloatArray | None:
+        loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
+        return power_cap(self.contracts(now), now, n_slots, loads)
+
+    def step(
+        self,
+        jobs: Sequence[SlurmJob],
+        now: float,
+        estimate: Callable[[SlurmJob], float],
+        measured_kw: float | None,
+        snapshot: PlanningSnapshot | None,
+        forecast: SignalSeries | None,
+        mode: str,
+    ) -> list[tuple[str, dict[str, object]]]:
+        """Suspend/resume for the contracts in force, record power, write the endpoint's input.
+        Returns ledger entries for what was done in Slurm."""
+        entries: list[tuple[str, dict[str, object]]] = []
+        try:
+            loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
+            if snapshot is not None:
+                write_flex_input(self.state_dir, snapshot, forecast, loads, now)
+            by_id = {j.update_id: j for j in jobs}
+            contracts = {c.id: c for c in self.contracts(now)}
+            if mode == "enforce":
+                entries += self._resume(contracts, by_id, now)
+                entries += self._suspend(contracts, by_id, now)
+            suspended = {job for _, job, _, _ in self.store.open_suspensions()}
+            modelled = sum(ld.power_kw for ld in loads if ld.job_id not in suspended)
+            if measured_kw is not None:
+                self.store.record_usage(now, measured_kw, "measured")
+            else:
+                self.store.record_usage(now, modelled, "modelled")
+        except Exception as exc:  # soft: Slurm keeps being managed
+            log.error("beckn_activation_failed", error=str(exc))
+        return entries
+
+    def _suspend(
+        self, contracts: dict[str, Contract], jobs: dict[str, SlurmJob], now: float
+    ) -> list[tuple[str, dict[str, object]]]:
+        out: list[tuple[str, dict[str, object]]] = []
+        done = {(c, j) for c, j, *_ in self.store.suspended()}
+        for c in contracts.values():
+            if c.status != "ACTIVE" or not (c.window_start <= now < c.window_end):
+                continue
+            for job_id in c.suspend:
+                job = jobs.get(job_id)
+                if job is None or job.state != "RUNNING" or (c.id, job_id) in done:
+                    continue
+                load = running_loads([job], lambda _j: 0.0, self.suspendable, self.requeue)
+                if not load or not load[0].can_pause(int(c.window_end - now), self.margin_s):
+                    continue
+                how = load[0].how
+                # A checkpointing job goes back to the queue held, and is released after the window.
+                if self._scontrol("requeuehold" if how == "requeue" else "suspend", job_id):
+                    self.store.mark_suspended(c.id, job_id, now, job.end_time, how)
+                    out.append((f"beckn.{how}", {"contract": c.id, "job": job_id, "until": c.window_end}))
+        return out
+
+    def _resume(
+        self, contracts: dict[str, Contract], jobs: dict[str, SlurmJob], now: float
+    ) -> list[tuple[str, dict[str, object]]]:
+        out: list[tuple[str, dict[str, object]]] = []
+        hows = {(cid, job): how for cid, job, _a, _r, how in self.store.suspended()}
+        for cid, job_id, at, end_at in self.store.open_suspensions():
+            c = contracts.get(cid)
+            job = jobs.get(job_id)
+            why = ""
+            if c is None or c.status != "ACTIVE":
+                why = "contract ended"
+            elif now >= c.window_end:
+                why = "window over"
+            elif job is not None and end_at is not None:
+                deadline = job.deadline or (job.tag.deadline if job.tag is not None else None)
+                # Its end moves by the time suspended; resume while the deadline still holds.
+                if deadline is not None and end_at + (now - at) + SLOT_SECONDS / 6 + self.margin_s >= deadline:
+                    why = "deadline guard"
+            if not why:
+                continue
+            requeued = hows.get((cid, job_id)) == "requeue"
+            if requeued:
+                done = job is None or not job.pending or self._scontrol("release", job_id)
+            else:
+                done = job is None or job.state != "SUSPENDED" or self._scontrol("resume", job_id)
+            if done:
+                self.store.mark_resumed(cid, job_id, now)
+                out.append(("beckn.resume", {"contract": cid, "job": job_id, "why": why}))
+        return out
+
+    def _scontrol(self, verb: str, job_id: str) -> bool:
+        try:
+            self.run(["scontrol", verb, job_id])
+            log.info(f"beckn_{verb}", job=job_id)
+            return True
+        except Exception as exc:
+            log.warning(f"beckn_{verb}_failed", job=job_id, error=str(exc))
+            return False

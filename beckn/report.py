@@ -1,0 +1,124 @@
+"""Delivery proof per interval of an event: the baseline (what the plan would have drawn
+without the order, fixed when it was confirmed) against the power drawn, from the samples the
+daemon records each cycle (measured where [measure] has readings, otherwise the power model's
+estimate of the running jobs, labelled ``modelled``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slurm_flex.beckn import contract as shapes
+from slurm_flex.beckn.store import BecknStore, Contract
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    baseline_kw: tuple[float, ...]
+    usage_kw: tuple[float | None, ...]  # None: no sample in the interval (yet)
+    delivered_kw: tuple[float | None, ...]
+    basis: str  # measured, modelled, or none
+    performance: dict[str, Any]
+    # The buyer's named method (e.g. bestOf 5 outOf 10 like days), when history allows it.
+    named_baseline_kw: tuple[float, ...] | None = None
+    named_performance: dict[str, Any] | None = None
+    named_note: str = ""
+
+
+DAY = 86400
+# How far back like days are looked for (several times outOf: weekends and gaps are skipped).
+SEARCH_FACTOR = 3
+
+
+def _is_weekend(t: float) -> bool:
+    return time.gmtime(t).tm_wday >= 5
+
+
+def named_baseline(store: BecknStore, c: Contract) -> tuple[tuple[float, ...] | None, str]:
+    """Per interval: the mean of the ``bestOf`` highest of the last ``outOf`` like days' mean
+    power at the same clock time (like: weekday or weekend, as the event day). None and why, when
+    the method is not given or the history is too short."""
+    method = c.baseline_method or {}
+    best, of = int(method.get("bestOf", 0) or 0), int(method.get("outOf", 0) or 0)
+    if best <= 0 or of <= 0 or best > of:
+        return None, "no named baseline method in the order"
+    weekend = _is_weekend(c.window_start)
+    out: list[float] = []
+    fewest = of
+    for i in range(len(c.offered)):
+        start = c.window_start + i * c.interval_s
+        values: list[float] = []
+        for d in range(1, of * SEARCH_FACTOR + 1):
+            t = start - d * DAY
+            if _is_weekend(t) != weekend:
+                continue
+            samples = [kw for _, kw, _b in store.usage(t, t + c.interval_s)]
+            if samples:
+                values.append(sum(samples) / len(samples))
+            if len(values) == of:
+                break
+        fewest = min(fewest, len(values))
+        if len(values) < of:
+            continue
+        top = sorted(values, reverse=True)[:best]
+        out.append(sum(top) / len(top))
+    name = f"bestOf {best} outOf {of}"
+    if len(out) < len(c.offered):
+        return None, f"{name}: only {fewest} of {of} like days have power records; not computed"
+    return tuple(out), f"{name} like days from the site's power records"
+
+
+def _baseline_per_interval(c: Contract) -> list[float]:
+    """The plan's per-half-hour baseline spread over the contract's intervals."""
+    out = []
+    slot0 = c.window_start - c.window_start % 1800
+    for i in range(len(c.offered)):
+        t = c.window_start + i * c.interval_s
+        k = (t - slot0) // 1800
+        out.append(c.baseline[k] if k < len(c.baseline) else (c.baseline[-1] if c.baseline else 0.0))
+    return out
+
+
+def delivery_report(store: BecknStore, c: Contract, now: float, seller_id: str) -> DeliveryReport:
+    baseline = _baseline_per_interval(c)
+    usage: list[float | None] = []
+    bases: set[str] = set()
+    for i in range(len(c.offered)):
+        start = c.window_start + i * c.interval_s
+        samples = store.usage(start, min(start + c.interval_s, now))
+        measured = [kw for _, kw, basis in samples if basis == "measured"]
+        chosen = measured or [kw for _, kw, _b in samples]
+        bases.update({"measured"} if measured else {b for _, _k, b in samples})
+        usage.append(sum(chosen) / len(chosen) if chosen else None)
+    basis = "measured" if bases == {"measured"} else "modelled" if bases else "none"
+    delivered = tuple(None if u is None else max(0.0, b - u) for b, u in zip(baseline, usage, strict=True))
+    over = now >= c.window_end
+    status = (
+        ("DELIVERY_COMPLETE" if _met(delivered, c.offered) else "DELIVERY_COMPLETE_PARTIAL") if over else "IN_PROGRESS"
+    )
+    perf = shapes.performance(
+        c.id, f"{seller_id}:site:{basis}", c.window_start, baseline, usage, status, "PLAN_COUNTERFACTUAL", c.interval_s
+    )
+    named, note = named_baseline(store, c)
+    perf["status"]["longDesc"] = f"BASELINE: what the plan would have drawn without the order ({basis}); {note}"
+    named_perf = None
+    if named is not None:
+        method = c.baseline_method
+        named_perf = shapes.performance(
+            c.id,
+            f"{seller_id}:site:{basis}",
+            c.window_start,
+            named,
+            usage,
+            status,
+            f"{method.get('bestOf')}of{method.get('outOf')}",
+            c.interval_s,
+        )
+        named_perf["id"] += "-named"
+    return DeliveryReport(tuple(baseline), tuple(usage), delivered, basis, perf, named, named_perf, note)
+
+
+def _met(delivered: Sequence[float | None], offered: Sequence[float]) -> bool:
+    return all(d is not None and d + 1e-6 >= o for d, o in zip(delivered, offered, strict=True))

@@ -7,6 +7,7 @@ the dev cluster has no meter) meets the commitment, and every message was signed
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,6 +29,11 @@ HOG = "#!/bin/bash\n#SBATCH -c 2\n#SBATCH -t {minutes}\n{deadline}sleep {sleep}\
 
 def test_grid_agent_activation_on_real_slurm(env: Env, tmp_path: Path) -> None:
     cluster = env.cluster
+    if cluster.slurm == "24.11" and os.environ.get("SLURMFLEX_SLURM", "both") == "both":
+        # Five and a half minutes of real time per run (an event of three one-minute intervals
+        # and the catch-up): once per suite keeps CI well within its time. It passes on 24.11
+        # too (346 s): SLURMFLEX_SLURM=24.11 runs it there.
+        pytest.skip("the activation runs on 22.05 when both versions are tested; SLURMFLEX_SLURM=24.11 runs it here")
     now = int(time.time())
     write_forecast(env.forecast, floor_slot(now), [200.0] * 96)  # flat: without an order, work runs now
     cluster_pub = write_keypair(tmp_path / "cluster")

@@ -61,6 +61,9 @@ LEDGER_MODE_SETTING = "ledger.mode"
 LEDGER_CONFIG_SETTING = "ledger.config"
 # Records kept in memory while the ledger cannot be written (about a day of busy cycles).
 UNLOGGED_MAX = 50_000
+# Record kinds a cycle derives from what the ledger last logged (state settings written only
+# after a successful write): after a failed write the next cycle makes them again.
+REMADE_AFTER_A_FAILED_WRITE = frozenset({"config", "mode", "job-started", "job-ended"})
 
 DEFAULT_SITE = "default"
 NO_SITE = "(no site)"
@@ -385,8 +388,11 @@ class Cycle:
             log.error("ledger_failed", error=str(exc), unlogged=0 if appended else len(batch))
             if not appended:
                 # Kept for the next cycle: a decision made while the ledger was down is still
-                # logged once it is back (first, in the order made).
-                self._unlogged = [*self._unlogged, *first, *entries]
+                # logged once it is back (first, in the order made). Not the records the next
+                # cycle makes again from settings saved only after a write (config, mode, job
+                # starts and ends): kept too, they would be logged twice.
+                kept = [e for e in entries if e[0] not in REMADE_AFTER_A_FAILED_WRITE]
+                self._unlogged = [*self._unlogged, *kept]
                 if len(self._unlogged) > UNLOGGED_MAX:
                     self._unlogged_dropped += len(self._unlogged) - UNLOGGED_MAX
                     self._unlogged = self._unlogged[-UNLOGGED_MAX:]

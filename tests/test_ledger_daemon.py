@@ -249,6 +249,8 @@ def test_decisions_made_while_the_ledger_is_down_are_logged_when_it_is_back(fake
 
     env = fake_env
     job_id = env.submit_flexible(hours=10, minutes=60)
+    running = env.submit(time_limit_s=3600)
+    env.slurm.start(running)
     config = load_config(env.config, environ={})
     ledger_dir = env.tmp / "state" / "ledger"
     ledger_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -262,5 +264,8 @@ def test_decisions_made_while_the_ledger_is_down_are_logged_when_it_is_back(fake
     actions = [r for r in records(env) if r["kind"] == "action"]
     assert [a["data"]["job"] for a in actions] == [job_id]  # the deferral, made while it was down
     assert kinds.count("cycle") == 2  # both cycles' outcomes, the first one first
+    # Records the second cycle makes again (job starts, config, mode) are logged once only.
+    assert [r["data"]["job"] for r in records(env) if r["kind"] == "job-started"] == [running]
+    assert kinds.count("config") == 1 and kinds.count("mode") == 1
     assert kinds.index("action") < [i for i, k in enumerate(kinds) if k == "cycle"][1]
     assert env.slurmflex("audit", "verify").returncode == 0

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -64,6 +65,20 @@ class Inbox:
                 if left <= 0:
                     raise TimeoutError("no matching callback")
                 self.cond.wait(left)
+
+
+def _record_inbox(inbox: Inbox, sink: Path) -> None:
+    """Append each message the inbox receives to ``sink`` as a JSON line, forever (a thread of
+    the agent's peer modes: the tests read the file)."""
+    seen = 0
+    while True:
+        with inbox.cond:
+            inbox.cond.wait(0.5)
+            new = inbox.items[seen:]
+            seen = len(inbox.items)
+        with sink.open("a") as fh:
+            for item in new:
+                fh.write(json.dumps(item) + "\n")
 
 
 def receiver_app(signer: Signer, trust: Trust, inbox: Inbox, skew_s: int = 60) -> Starlette:
@@ -367,7 +382,6 @@ def agent_main(
     receive_only: str | None,
     publish_need: str | None = None,
 ) -> int:
-    from pathlib import Path
 
     from slurm_flex.beckn.keys import read_private_key
     from slurm_flex.beckn.trust import StaticTrust
@@ -394,40 +408,14 @@ def agent_main(
             seller_id=None,
             interval_s=interval_s,
         )
-        sink_need = Path(publish_need)
-
-        def record_requests() -> None:
-            seen = 0
-            while True:
-                with inbox.cond:
-                    inbox.cond.wait(0.5)
-                    new = inbox.items[seen:]
-                    seen = len(inbox.items)
-                with sink_need.open("a") as fh:
-                    for item in new:
-                        fh.write(json.dumps(item) + "\n")
-
-        threading.Thread(target=record_requests, daemon=True).start()
+        threading.Thread(target=_record_inbox, args=(inbox, Path(publish_need)), daemon=True).start()
         app = utility_app(signer, trust, need, inbox, f"http://{listen}")
         uvicorn.run(app, host=host, port=int(port), log_level="warning", access_log=False)
         return 0
     if receive_only is not None:
         # Record every callback (one JSON line each) until killed: a peer for the endpoint tests.
-        sink = Path(receive_only)
         inbox.sent_log = Path(receive_only + ".sent")
-
-        def record() -> None:
-            seen = 0
-            while True:
-                with inbox.cond:
-                    inbox.cond.wait(0.5)
-                    new = inbox.items[seen:]
-                    seen = len(inbox.items)
-                with sink.open("a") as fh:
-                    for item in new:
-                        fh.write(json.dumps(item) + "\n")
-
-        threading.Thread(target=record, daemon=True).start()
+        threading.Thread(target=_record_inbox, args=(inbox, Path(receive_only)), daemon=True).start()
         uvicorn.run(
             receiver_app(signer, trust, inbox), host=host, port=int(port), log_level="warning", access_log=False
         )

@@ -138,6 +138,13 @@ def test_signal_files(tmp_path: Path) -> None:
     assert s.start == MONDAY and not s.perfect_foresight
     assert list(s.forecast) == [100.0, 120.0, 130.0, 140.0]  # the missing slot interpolated
     assert list(s.actual) == [110.0, 120.0, 135.0, 150.0]  # a missing actual falls back to the forecast
+    glitch = tmp_path / "glitch.csv"  # NESO's 2023 export reports some outturns as 0.0 "very low"
+    glitch.write_text(
+        "from,to,forecast,actual,index\n"
+        "2023-01-02 00:00:00+00:00,2023-01-02 00:30:00+00:00,100,110.0,low\n"
+        "2023-01-02 00:30:00+00:00,2023-01-02 01:00:00+00:00,89,0.0,very low\n"
+    )
+    assert list(load_signals(glitch).actual) == [110.0, 89.0]  # not a free half-hour
     lwa = tmp_path / "lwa.csv"
     lwa.write_text("Time,Carbon Intensity\n2023-01-02 00:00:00,100\n2023-01-02 00:15:00,200\n2023-01-02 00:30:00,50\n")
     s2 = load_signals(lwa)

@@ -76,6 +76,12 @@ def load_signals(carbon_path: Path, price_path: Path | None = None) -> SimSignal
     perfect = columns.actual is None
     actual_values = forecast_values if perfect else [r.actual for r in rows]
     frame = _half_hourly(rows, {"forecast": forecast_values, "actual": actual_values}, columns, carbon_path)
+    if not perfect:
+        # An outturn of 0 g/kWh next to a positive forecast is a recording error, not a clean
+        # half-hour (the NESO 2023 export has four, "very low", beside forecasts of 89-185):
+        # charged as 0, it would hand the bound and the plan free energy. Missing instead.
+        glitch = (frame["actual"] <= 0) & (frame["forecast"] > 0)
+        frame.loc[glitch, "actual"] = np.nan
     # Short gaps are interpolated (the planner needs a value); actuals missing where a forecast
     # exists fall back to the forecast, and the other way round.
     frame["actual"] = frame["actual"].fillna(frame["forecast"])

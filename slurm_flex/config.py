@@ -220,6 +220,18 @@ class PolicyConfig(_Section):
     # "auto" picks the method per instance and certifies each plan with a lower bound; "fast"
     # (what `slurmflex simulate` uses by default) skips the bound.
     solver: Literal["auto", "fast"] = "auto"
+    # Load shaping: each cycle, let only as much of the queued flexible work start as the
+    # cleanest hours before its deadlines leave for now (a fluid plan of the whole queue and the
+    # work expected to arrive, planner.shaping); the rest waits until the next cycle, keeping its
+    # place. Never past a latest safe start: the queue is projected by time limits first.
+    shape_load: bool = True
+    # Shape on this share of the free nodes (the scheduler cannot pack every node).
+    shape_headroom: float = Field(0.95, gt=0.0, le=1.0)
+    # A job started now runs on: weigh each half-hour by the mean forecast over the queue's
+    # typical run from it, at most this many half-hours.
+    shape_span_slots: int = Field(12, ge=1, le=96)
+    # Also plan single flexible jobs into their cleanest windows (a begin time until then).
+    defer_to_windows: bool = True
 
 
 class SlackPolicy(_Section):

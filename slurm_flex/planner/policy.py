@@ -56,6 +56,16 @@ class Policy:
     # "fast": cheapest windows, else a short Lagrangian (the simulator's, which plans 17,000+
     # times a year; see planner.solve).
     solver: Literal["auto", "fast"] = "auto"
+    # Load shaping (planner.shaping): each cycle, let only as much queued flexible work start as
+    # the cleanest hours before its deadlines leave for now; the queue keeps its order.
+    shape_load: bool = True
+    # Plan the shaping on this share of the free processors (packing is never perfect).
+    shape_headroom: float = 0.95
+    # Weigh each slot by the mean forecast over the queue's typical run, at most this many slots.
+    shape_span_slots: int = 12
+    # Also plan single flexible jobs into their cleanest windows (held with a begin time until
+    # then), as before load shaping.
+    defer_to_windows: bool = True
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Policy:

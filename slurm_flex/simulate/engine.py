@@ -41,6 +41,7 @@ from slurm_flex.planner.policy import (
     plan_latest,
     risk_margin_slots,
 )
+from slurm_flex.planner import shaping
 from slurm_flex.planner.queue import FlexJob, PlanningSnapshot, plan_step
 from slurm_flex.planner.risk import IN_PLACE, expedite, place_in_order
 from slurm_flex.planner.runtime import RuntimeHistory
@@ -96,6 +97,7 @@ def slack_deadlines(
 
 
 TICK_SECONDS = 300
+SHAPE_HORIZON_SLOTS = 96
 TICKS_PER_SLOT = SLOT_SECONDS // TICK_SECONDS
 
 
@@ -341,8 +343,11 @@ def _easy(
     expected: FloatArray,
     start: IntArray,
     max_reservations: int = 1,
-) -> list[int]:
-    """Start what backfilling starts at ``tick``; returns the jobs still waiting.
+    budget: float = math.inf,
+) -> tuple[list[int], float]:
+    """Start what backfilling starts at ``tick``; returns the jobs still waiting and what is
+    left of ``budget``, the processors of jobs with deadlines load shaping lets start (jobs
+    without one are not shaped).
 
     Jobs start in queue order while they fit. The first ``max_reservations`` jobs that do not
     fit each get a reservation at the earliest tick their processors are free for their whole
@@ -358,12 +363,15 @@ def _easy(
     for j in queue:
         p = float(jobs.procs[j])
         req = int(jobs.req_ticks[j])
-        if p <= free + 1e-9:
+        shaped = budget < math.inf and math.isfinite(jobs.deadline_s[j])
+        if p <= free + 1e-9 and (not shaped or p <= budget + 1e-9):
             # Would starting now eat into a reservation?
             end = min(req, span)
             if not reservations or (capacity - expected[tick : tick + end] - reserved[:end]).min() >= p - 1e-9:
                 _start(j, tick, jobs, busy, expected, start)
                 free -= p
+                if shaped:
+                    budget -= p
                 continue
         if reservations < max_reservations:
             spare = capacity - expected[tick : tick + span] - reserved
@@ -374,7 +382,7 @@ def _easy(
                     reserved[k : k + req] += p
             reservations += 1
         waiting.append(j)
-    return waiting
+    return waiting, budget
 
 
 def _start(j: int, tick: int, jobs: _Jobs, busy: FloatArray, expected: FloatArray, start: IntArray) -> None:
@@ -419,6 +427,9 @@ def _project_predicted(
 
 
 PlanHook = Callable[[int, list[int], FloatArray, FloatArray, float, int], list[int]]
+# (tick, queue in priority order, running jobs, start ticks, recent load, its median time limit)
+# -> processors to hold back until the next half-hour (planner.shaping).
+ShapeHook = Callable[[int, list[int], set[int], IntArray, FloatArray, float, int], float]
 
 
 def _recent_arrivals(
@@ -445,6 +456,7 @@ def _run(
     plan: PlanHook | None,
     cfg: SimConfig,
     progress: Callable[[int], None] | None,
+    shape: ShapeHook | None = None,
 ) -> tuple[IntArray, FloatArray, IntArray, npt.NDArray[np.bool_]]:
     """The tick loop shared by both runs. ``plan(slot, pending, limits_view, planned_view, load,
     ramp)`` (called at every half-hour) returns the deferred jobs to release now; without it every
@@ -469,6 +481,8 @@ def _run(
     history = RuntimeHistory()
     predicting = plan is not None and policy.plan_runtime == "predicted"
 
+    # Processors of queued work that may still start this half-hour (load shaping; inf: any).
+    budget = math.inf
     tier = np.zeros(n, dtype=np.int64)  # planner.risk.IN_PLACE, HEAD or NEXT
     ever_expedited = np.zeros(n, dtype=bool)
     check_ticks = TICKS_PER_SLOT * (policy.at_risk_margin_slots + 1)
@@ -501,6 +515,7 @@ def _run(
             # The policy's rules for new work (planner.policy.no_defer_reason), as the daemon's.
             deferrable = (
                 plan is not None
+                and policy.defer_to_windows
                 and jobs.flexible[j]
                 and not no_defer_reason(float(jobs.procs[j]), capacity, bool(eligible), False, policy)
             )
@@ -553,9 +568,24 @@ def _run(
                 tier[queued] = chosen
                 ever_expedited[queued] |= chosen != IN_PLACE
                 changed = True
+        if shape is not None and tick % TICKS_PER_SLOT == 0:
+            eligible.sort(key=priority)
+            load, ramp = _recent_arrivals(tick, jobs, order, arrivals_cum, start)
+            budget = shape(tick, eligible, running, start, expected, load, ramp)
+            changed = True
+        if budget < math.inf and eligible and (urgent_arrival or tick % TICKS_PER_SLOT != 0):
+            # A job about to pass its latest safe start may start, whatever the plan holds back.
+            q = np.asarray(eligible, dtype=np.int64)
+            urgent = has_deadline[q] & (jobs.latest_tick[q] - tick <= check_ticks)
+            if urgent.any():
+                budget = math.inf
+                changed = True
         if eligible and (changed or tick % TICKS_PER_SLOT == 0):
             eligible.sort(key=priority)
-            waiting = set(_easy(tick, eligible, jobs, capacity, busy, expected, start, cfg.backfill_reservations))
+            still, budget = _easy(
+                tick, eligible, jobs, capacity, busy, expected, start, cfg.backfill_reservations, budget
+            )
+            waiting = set(still)
             for j in eligible:
                 if j not in waiting:
                     ending.setdefault(tick + int(jobs.run_ticks[j]), []).append(j)
@@ -699,7 +729,47 @@ def simulate(
         )
         return snapshot, series
 
-    f_start, f_busy, f_elig, f_expedited = _run(jobs, capacity, n_ticks, plan, cfg, tick_progress(n_ticks))
+    weight = fc if not policy.use_price else price * 1.0 + fc * (policy.carbon_price_gbp_per_tonne / 1000.0)
+    if policy.use_price and policy.carbon_price_gbp_per_tonne == 0:
+        weight = price
+
+    def hold_back(
+        tick: int, queue: list[int], running: set[int], started: IntArray, expected: FloatArray, load: float, ramp: int
+    ) -> float:
+        """Processors to keep from the queue this half-hour (planner.shaping.planned_hold, as the
+        daemon computes it)."""
+        slot = tick // TICKS_PER_SLOT
+        h = max(1, min(SHAPE_HORIZON_SLOTS, fc.size - slot))
+        q = np.asarray(queue, dtype=np.int64)
+        hold = shaping.planned_hold(
+            weight[slot : slot + h],
+            _project_predicted(tick, [], running, jobs, capacity, started),
+            expected[tick:],
+            capacity,
+            shaping.QueuedWork(
+                jobs.procs[q],
+                jobs.plan_ticks[q],
+                jobs.req_ticks[q],
+                jobs.latest_tick[q] - tick,
+                has_dl[q],
+            ),
+            load,
+            arrival_slots,
+            max(1, ramp // TICKS_PER_SLOT),
+            TICKS_PER_SLOT,
+            policy.at_risk_margin_slots + 1,
+            policy.shape_headroom,
+            policy.shape_span_slots,
+        )
+        return hold.start_budget
+
+    has_dl = np.isfinite(jobs.deadline_s)
+    recent_slack = np.where(np.isfinite(jobs.deadline_s), jobs.latest_tick - jobs.submit_tick, 0)
+    arrival_slots = int(np.median(recent_slack[recent_slack > 0]) // TICKS_PER_SLOT) if (recent_slack > 0).any() else 0
+
+    f_start, f_busy, f_elig, f_expedited = _run(
+        jobs, capacity, n_ticks, plan, cfg, tick_progress(n_ticks), hold_back if policy.shape_load else None
+    )
 
     def per_slot(busy_ticks: FloatArray) -> FloatArray:
         padded = np.pad(busy_ticks, (0, n_slots * TICKS_PER_SLOT - busy_ticks.size))

@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from slurm_flex.errors import SimulationError
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
+from slurm_flex.planner import shaping
 from slurm_flex.planner.policy import (
     DEFAULT_CARBON_PRICE,
     Policy,
@@ -41,7 +42,6 @@ from slurm_flex.planner.policy import (
     plan_latest,
     risk_margin_slots,
 )
-from slurm_flex.planner import shaping
 from slurm_flex.planner.queue import FlexJob, PlanningSnapshot, plan_step
 from slurm_flex.planner.risk import IN_PLACE, expedite, place_in_order
 from slurm_flex.planner.runtime import RuntimeHistory

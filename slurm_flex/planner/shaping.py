@@ -132,17 +132,15 @@ def planned_hold(
 ) -> Hold:
     """Processors to keep from the queue this slot.
 
-    ``weight`` is the forecast per slot from the current one (carbon, cost or both per kWh);
-    ``running_planned`` and ``running_limits`` the processors running work holds per step, by
-    predicted run times and by time limits. The fluid plan (:func:`shape_load`) runs the queued
-    work, and the work expected to arrive (``arrival_load`` processors, each due
-    ``arrival_due_slots`` after it arrives, typically running ``arrival_run_slots``), in the
-    cleanest slots before it is due; a job started in a slot runs on, so a slot is weighed by
-    the mean forecast over the queue's typical run time from it (at most ``max_span_slots``). What the plan leaves unused of this
-    slot is held back, if the
-    queue in its order, by time limits, with that held back this slot and nothing from the
-    next one, still starts every job by its latest safe start less ``margin_slots``: each step
-    is checked the same way, so the queue stays able to meet every deadline."""
+    ``weight`` is the forecast per slot from the current one (carbon, cost or both per kWh); ``running_planned`` and
+    ``running_limits`` the processors running work holds per step, by predicted run times and by time limits. The
+    fluid plan (:func:`shape_load`) runs the queued work, and the work expected to arrive (``arrival_load``
+    processors, each due ``arrival_due_slots`` after it arrives, typically running ``arrival_run_slots``), in the
+    cleanest slots before it is due; a job started in a slot runs on, so a slot is weighed by the mean forecast over
+    the queue's typical run time from it (at most ``max_span_slots``). What the plan leaves unused of this slot is
+    held back, if the queue in its order, by time limits, with that held back this slot and nothing from the next
+    one, still starts every job by its latest safe start less ``margin_slots``: each step is checked the same way,
+    so the queue stays able to meet every deadline."""
     h = weight.size
     if h == 0:
         return Hold(0.0, "no forecast")

@@ -230,6 +230,9 @@ class PolicyConfig(_Section):
     # A job started now runs on: weigh each half-hour by the mean forecast over the queue's
     # typical run from it, at most this many half-hours.
     shape_span_slots: int = Field(12, ge=1, le=96)
+    # Never hold back a job this close to its latest safe start (a big job needs time to gather
+    # its nodes as they come free).
+    shape_exempt_hours: float = Field(6.0, ge=0.0, le=168.0)
     # Also plan single flexible jobs into their cleanest windows (a begin time until then).
     defer_to_windows: bool = True
 

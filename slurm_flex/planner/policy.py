@@ -63,6 +63,10 @@ class Policy:
     shape_headroom: float = 0.95
     # Weigh each slot by the mean forecast over the queue's typical run, at most this many slots.
     shape_span_slots: int = 12
+    # Never hold back a job this close to its latest safe start: a big job needs time to gather
+    # its nodes as they come free, and others moved up for their own deadlines may take them
+    # first (traced in the simulator: held to the last hours, 80-processor KTH jobs missed).
+    shape_exempt_hours: float = 6.0
     # Also plan single flexible jobs into their cleanest windows (held with a begin time until
     # then), as before load shaping.
     defer_to_windows: bool = True

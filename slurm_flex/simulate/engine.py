@@ -344,10 +344,11 @@ def _easy(
     start: IntArray,
     max_reservations: int = 1,
     budget: float = math.inf,
+    exempt_ticks: int = 0,
 ) -> tuple[list[int], float]:
     """Start what backfilling starts at ``tick``; returns the jobs still waiting and what is
     left of ``budget``, the processors of jobs with deadlines load shaping lets start (jobs
-    without one are not shaped).
+    without one, or within ``exempt_ticks`` of their latest safe start, are not held back).
 
     Jobs start in queue order while they fit. The first ``max_reservations`` jobs that do not
     fit each get a reservation at the earliest tick their processors are free for their whole
@@ -363,7 +364,7 @@ def _easy(
     for j in queue:
         p = float(jobs.procs[j])
         req = int(jobs.req_ticks[j])
-        shaped = budget < math.inf and math.isfinite(jobs.deadline_s[j])
+        shaped = budget < math.inf and math.isfinite(jobs.deadline_s[j]) and jobs.latest_tick[j] - tick > exempt_ticks
         if p <= free + 1e-9 and (not shaped or p <= budget + 1e-9):
             # Would starting now eat into a reservation?
             end = min(req, span)
@@ -433,7 +434,7 @@ ShapeHook = Callable[[int, list[int], set[int], IntArray, FloatArray, float, int
 
 
 def _recent_arrivals(
-    tick: int, jobs: _Jobs, order: IntArray, submit_sorted: IntArray, start: IntArray
+    tick: int, jobs: _Jobs, order: IntArray, submit_sorted: IntArray, start: IntArray, predicted: bool = False
 ) -> tuple[float, int]:
     """(processors the last day's arrivals keep busy on average, their median requested ticks):
     from what was submitted, using actual run times only of jobs that have already ended."""
@@ -444,7 +445,7 @@ def _recent_arrivals(
         return 0.0, 1
     # A job still running (or waiting) counts with its time limit: its run time is not known yet.
     ended = (start[recent] >= 0) & (start[recent] + jobs.run_ticks[recent] <= tick)
-    ticks = np.where(ended, jobs.run_ticks[recent], jobs.req_ticks[recent])
+    ticks = np.where(ended, jobs.run_ticks[recent], (jobs.plan_ticks if predicted else jobs.req_ticks)[recent])
     load = float((jobs.procs[recent] * ticks).sum()) / day
     return load, int(np.median(jobs.req_ticks[recent]))
 
@@ -483,6 +484,7 @@ def _run(
 
     # Processors of queued work that may still start this half-hour (load shaping; inf: any).
     budget = math.inf
+    exempt_ticks = round(policy.shape_exempt_hours * 3600 / TICK_SECONDS)
     tier = np.zeros(n, dtype=np.int64)  # planner.risk.IN_PLACE, HEAD or NEXT
     ever_expedited = np.zeros(n, dtype=bool)
     check_ticks = TICKS_PER_SLOT * (policy.at_risk_margin_slots + 1)
@@ -570,20 +572,12 @@ def _run(
                 changed = True
         if shape is not None and tick % TICKS_PER_SLOT == 0:
             eligible.sort(key=priority)
-            load, ramp = _recent_arrivals(tick, jobs, order, arrivals_cum, start)
+            load, ramp = _recent_arrivals(tick, jobs, order, arrivals_cum, start, predicted=True)
             budget = shape(tick, eligible, running, start, expected, load, ramp)
-            changed = True
-        if budget < math.inf and eligible and (urgent_arrival or tick % TICKS_PER_SLOT != 0):
-            # A job about to pass its latest safe start may start, whatever the plan holds back.
-            q = np.asarray(eligible, dtype=np.int64)
-            urgent = has_deadline[q] & (jobs.latest_tick[q] - tick <= check_ticks)
-            if urgent.any():
-                budget = math.inf
-                changed = True
         if eligible and (changed or tick % TICKS_PER_SLOT == 0):
             eligible.sort(key=priority)
             still, budget = _easy(
-                tick, eligible, jobs, capacity, busy, expected, start, cfg.backfill_reservations, budget
+                tick, eligible, jobs, capacity, busy, expected, start, cfg.backfill_reservations, budget, exempt_ticks
             )
             waiting = set(still)
             for j in eligible:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""What each protective rule of the planning policy costs and buys: the saving and the deadline
-misses with each rule dropped in turn (and all of them), next to the defaults.
+"""What each rule of the planning policy costs and buys: the saving and the deadline misses with
+load shaping off (the per-job loop alone), with each protective rule dropped in turn (and all of
+them), next to the defaults.
 
     .venv/bin/python bench/policy_rules.py [--shared DIR] [--trace KTH] [--days 42] [--jobs 1]
 
@@ -29,6 +30,9 @@ from slurm_flex.simulate import SimConfig, read_trace, simulate  # noqa: E402
 # Each variant: the [policy] values it changes from the defaults.
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "no load shaping": {"shape_load": False},
+    "shaping, no single windows": {"defer_to_windows": False},
+    "shaping, no 6 h exemption": {"shape_exempt_hours": 0.0},
     "no idle-queue rule": {"defer_only_when_queue_idle": False},
     "no minimum saving": {"min_saving_fraction": 0.0},
     "whole slack": {"slack_use_fraction": 1.0},

@@ -428,8 +428,9 @@ def _project_predicted(
 
 
 PlanHook = Callable[[int, list[int], FloatArray, FloatArray, float, int], list[int]]
-# (tick, queue in priority order, running jobs, start ticks, recent load, its median time limit)
-# -> processors to hold back until the next half-hour (planner.shaping).
+# (tick, queue in priority order, running jobs, start ticks, time-limit view, recent load, its
+# median time limit) -> processors of queued work with deadlines that may start until the next
+# half-hour (planner.shaping; inf: no limit).
 ShapeHook = Callable[[int, list[int], set[int], IntArray, FloatArray, float, int], float]
 
 
@@ -758,8 +759,10 @@ def simulate(
         return hold.start_budget
 
     has_dl = np.isfinite(jobs.deadline_s)
-    recent_slack = np.where(np.isfinite(jobs.deadline_s), jobs.latest_tick - jobs.submit_tick, 0)
-    arrival_slots = int(np.median(recent_slack[recent_slack > 0]) // TICKS_PER_SLOT) if (recent_slack > 0).any() else 0
+    # Work still to arrive is due after the room the slack rule typically gives (the rule is the
+    # site's policy, known in advance, as the daemon knows its [flex] slack).
+    room = np.where(has_dl, jobs.latest_tick - jobs.submit_tick, 0)
+    arrival_slots = int(np.median(room[room > 0]) // TICKS_PER_SLOT) if (room > 0).any() else 0
 
     f_start, f_busy, f_elig, f_expedited = _run(
         jobs, capacity, n_ticks, plan, cfg, tick_progress(n_ticks), hold_back if policy.shape_load else None

@@ -281,7 +281,7 @@ class SitePlanner:
         budget in queue order, the others wait until just after the next cycle. Never held: work
         without a deadline, jobs within the risk margin of their latest safe start, those the
         queue projection found at risk and those moved up the queue for their deadlines."""
-        snapshot = self.shaping_snapshot(given, margin, predict, seen)
+        snapshot = self._shaping_snapshot(given, margin, predict, seen)
         hold = hold_from_snapshot(snapshot, self.policy)
         until = given.now + self.interval_seconds + HOLD_OVERLAP_S
         if hold.procs <= 0:
@@ -301,14 +301,14 @@ class SitePlanner:
             candidates.append(f)
         budget = hold.start_budget
         why = (
-            f"{SHAPED} until {iso_utc(until)[11:16]} UTC: {hold.reason} ({hold.procs:.0f} nodes kept idle, "
-            f"{budget:.0f} nodes of queued work with deadlines may start)"
+            f"{SHAPED} until {iso_utc(until)[11:16]} UTC: {hold.reason} ({hold.procs:.1f} nodes kept idle, "
+            f"{budget:.1f} nodes of queued work with deadlines may start)"
         )
         fits = within_budget([float(f.nodes) for f in candidates], budget)
         held = {f.job_id: why for f, ok in zip(candidates, fits, strict=True) if not ok and until <= f.latest_start}
         return SiteShaping(snapshot, hold, held, until)
 
-    def shaping_snapshot(
+    def _shaping_snapshot(
         self,
         given: ShapingInputs,
         margin: int,

@@ -208,9 +208,9 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
     else:
         console.print("No flexible jobs pending.")
     t = doc["totals"]
+    held = f"held back by load shaping: {t['held_back']}, " if t.get("held_back") else ""
     console.print(
-        f"Deferred: {t['deferred']} jobs ({t['energy_kwh_deferred']:.1f} kWh), "
-        f"held back by load shaping: {t.get('held_back', 0)}, to run now: {t['runs_now']} "
+        f"Deferred: {t['deferred']} jobs ({t['energy_kwh_deferred']:.1f} kWh), {held}to run now: {t['runs_now']} "
         f"({t['moved_up']} moved up the queue for their deadlines), "
         f"left alone: {t['left_alone']}, late: {t['late']}, started: {t['started']}. "
         f"Saved vs running at submission: {t['carbon_saved_kg_planned']:.2f} kg CO2 and "

@@ -31,7 +31,7 @@ from slurm_flex.planner.shaping import (
     slot_weight,
     within_budget,
 )
-from tests.conftest import Env, slurm_epoch
+from tests.conftest import Env, slurm_epoch, wait_state
 from tests.fake_cluster import FakeEnv
 from tests.helpers import write_forecast
 
@@ -187,11 +187,20 @@ def test_dirty_now_holds_flexible_jobs_beyond_the_budget_until_the_next_cycle(fa
     text = env.slurmflex("status").stdout
     assert "load shaping, site default: holding" in text and "cleaner hours ahead" in text
 
+    # Still dirty at the next cycle: the held jobs keep their place in the queue (their begin
+    # time is slurm-flex's own) and are held on, to just after the cycle after.
+    env.slurmflex("daemon", "--once")
+    site = _last_plan(env)["sites"]["default"]["shaping"]
+    assert site["snapshot"]["job_ids"] == [*flexible, other] and site["held"] == sorted(held)
+    later = site["snapshot"]["now"] + INTERVAL + HOLD_OVERLAP_S
+    assert all(env.slurm.job(j).start_time == later for j in held)
+
     # The forecast turns clean now: nothing is held back any more, the held jobs go now.
     write_forecast(env.forecast, env.slot0, [40.0] * 96)
     env.slurmflex("daemon", "--once")
     site = _last_plan(env)["sites"]["default"]["shaping"]
     assert site["hold"]["nodes"] == 0 and site["held"] == []
+    assert site["hold"]["reason"] == "now is among the cleanest hours the queue's deadlines allow"
     now = time.time()
     jobs = env.status()["jobs"]
     for job_id in held:
@@ -261,4 +270,6 @@ def test_real_cluster_holds_a_flexible_job_back_then_releases_it(env: Env) -> No
     env.slurmflex("daemon", "--once")
     assert _last_plan(env)["sites"]["default"]["shaping"]["held"] == []
     job = env.cluster.show_job(job_id)
-    assert job["JobState"] != "PENDING" or slurm_epoch(job["StartTime"]) <= time.time() + 5, job
+    # Released: eligible now (a pending job's StartTime reads Unknown until Slurm plans it).
+    assert job["JobState"] != "PENDING" or slurm_epoch(job["EligibleTime"]) <= time.time() + 5, job
+    wait_state(env.cluster, job_id, {"RUNNING", "COMPLETING", "COMPLETED", "GONE"}, timeout=40)

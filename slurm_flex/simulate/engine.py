@@ -734,8 +734,9 @@ def simulate(
     def hold_back(
         tick: int, queue: list[int], running: set[int], started: IntArray, expected: FloatArray, load: float, ramp: int
     ) -> float:
-        """Processors to keep from the queue this half-hour (planner.shaping.planned_hold, as the
-        daemon computes it)."""
+        """The start budget for this half-hour: the simulated queue as a ShapingSnapshot, through
+        planner.shaping.hold_from_snapshot, the step the daemon takes from squeue/sinfo each cycle
+        (tests/test_policy_parity.py replays the daemon's snapshots through it)."""
         slot = tick // TICKS_PER_SLOT
         h = max(1, min(SHAPE_HORIZON_SLOTS, fc.size - slot))
         q = np.asarray(queue, dtype=np.int64)

@@ -27,6 +27,14 @@ def write_forecast(path: Path, start: int, carbon: Sequence[float], price: Seque
     return path
 
 
+def forecast_from_now(path: Path, carbon: Sequence[float]) -> int:
+    """A carbon forecast from the current slot, written just before the cycle that reads it (a
+    fixture's slot may have ended by then); returns that slot."""
+    slot0 = floor_slot(time.time())
+    write_forecast(path, slot0, carbon)
+    return slot0
+
+
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -104,6 +112,15 @@ class FlexEnv:
 
     def slurmflex(self, *args: str) -> subprocess.CompletedProcess[str]:
         raise NotImplementedError
+
+    def load_history(self, nodes: float, site: str = "default", interval: int = 300) -> None:
+        """A day of the site's busy nodes, as the daemon records them every cycle: what it takes
+        the work still to come to be (the arrival reserve, load shaping), whatever a cluster that
+        other tests just used shows at the moment."""
+        now = int(time.time())
+        with self.store() as store:
+            for k in range(86400 // interval, 0, -1):
+                store.record_load(site, now - interval * k, nodes)
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.slurmflex("status", "--json", "--all").stdout)  # type: ignore[no-any-return]

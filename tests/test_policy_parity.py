@@ -20,7 +20,7 @@ from slurm_flex.planner.shaping import hold_from_snapshot, hold_to_json, shaping
 from slurm_flex.simulate.engine import release_now
 from tests.conftest import Env, slurm_epoch
 from tests.fake_cluster import FakeEnv
-from tests.helpers import write_forecast
+from tests.helpers import forecast_from_now
 
 
 def _replay(state_dir: Path, config: Path) -> tuple[dict[str, str], set[str], set[str]]:
@@ -91,7 +91,8 @@ def test_fake_queue_snapshot_replays_to_the_daemons_decisions(fake_env: FakeEnv)
 
 def test_fake_shaping_snapshot_replays_to_the_daemons_hold(fake_env: FakeEnv) -> None:
     fake_env.reconfigure(policy={"defer_to_windows": False})
-    write_forecast(fake_env.forecast, fake_env.slot0, [300.0] + [40.0] * 95)  # dirty now, clean next
+    forecast_from_now(fake_env.forecast, [300.0, 300.0] + [40.0] * 94)  # dirty now, clean later
+    fake_env.load_history(0.0)
     ids = [fake_env.submit_flexible(hours=h, minutes=60) for h in (10, 20, 6)]
     other = fake_env.submit(time_limit_s=3600)
     fake_env.slurmflex("daemon", "--once")
@@ -122,7 +123,8 @@ def test_real_cluster_snapshot_replays_to_the_daemons_decisions(env: Env) -> Non
 @pytest.mark.slurm
 def test_real_cluster_shaping_snapshot_replays_to_the_daemons_hold(env: Env) -> None:
     env.reconfigure(policy={"defer_to_windows": False})
-    write_forecast(env.forecast, env.slot0, [300.0] + [40.0] * 95)  # dirty now, clean next
+    forecast_from_now(env.forecast, [300.0, 300.0] + [40.0] * 94)  # dirty now, clean later
+    env.load_history(0.0)  # a quiet day: no work to come that needs the clean hours
     ids = [env.submit_flexible(hours=h, minutes=60) for h in (10, 20)]
     env.slurmflex("daemon", "--once")
     state_dir = load_config(env.config, environ={}).daemon.state_dir

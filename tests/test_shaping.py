@@ -33,10 +33,13 @@ from slurm_flex.planner.shaping import (
 )
 from tests.conftest import Env, slurm_epoch, wait_state
 from tests.fake_cluster import FakeEnv
-from tests.helpers import write_forecast
+from tests.helpers import forecast_from_now
 
 HOUR = 3600
 INTERVAL = 300  # the daemon's default cycle interval ([daemon] interval_seconds)
+# Dirty for this half-hour and the next (still dirty now if a cycle runs in the next one), then
+# clean: with nothing else to come, every flexible job can wait.
+DIRTY_NOW = [300.0, 300.0] + [40.0] * 94
 
 
 # -- pure parts -----------------------------------------------------------------------------------
@@ -133,22 +136,14 @@ def _last_plan(env: FakeEnv | Env) -> dict[str, Any]:
     return json.loads(sorted((state / "plans").glob("cycle-*.json"))[-1].read_text())  # type: ignore[no-any-return]
 
 
-def _busy_history(env: FakeEnv, nodes: float) -> None:
-    """The site's busy nodes over the last day, as the daemon records them every cycle."""
-    now = env.slurm.now()
-    with env.store() as store:
-        for k in range(288, 0, -1):
-            store.record_load("default", now - INTERVAL * k, nodes)
-
-
 def test_dirty_now_holds_flexible_jobs_beyond_the_budget_until_the_next_cycle(fake_env: FakeEnv) -> None:
     env = fake_env
     env.reconfigure(policy={"defer_to_windows": False})  # load shaping alone moves work
     # Dirty now and clean for the next 28 hours. The machine has been busy (2.34 of 4 nodes over
     # the last day): with that much work still to come, the clean hours are just short of room
     # for it all, so the plan runs a little of the queue now and holds the rest back.
-    write_forecast(env.forecast, env.slot0, [200.0] + [40.0] * 56 + [300.0] * 39)
-    _busy_history(env, 2.34)
+    forecast_from_now(env.forecast, [200.0] + [40.0] * 56 + [300.0] * 39)
+    env.load_history(2.34)
     flexible = [env.submit_flexible(hours=6.25, minutes=60) for _ in range(4)]  # 5 h of slack each
     other = env.submit(time_limit_s=HOUR)  # no deadline: queued, never held
     other_begin = env.slurm.job(other).eligible_time
@@ -196,7 +191,7 @@ def test_dirty_now_holds_flexible_jobs_beyond_the_budget_until_the_next_cycle(fa
     assert all(env.slurm.job(j).start_time == later for j in held)
 
     # The forecast turns clean now: nothing is held back any more, the held jobs go now.
-    write_forecast(env.forecast, env.slot0, [40.0] * 96)
+    forecast_from_now(env.forecast, [40.0] * 96)
     env.slurmflex("daemon", "--once")
     site = _last_plan(env)["sites"]["default"]["shaping"]
     assert site["hold"]["nodes"] == 0 and site["held"] == []
@@ -215,9 +210,10 @@ def test_dirty_now_holds_flexible_jobs_beyond_the_budget_until_the_next_cycle(fa
 def test_a_job_near_its_latest_safe_start_is_never_held(fake_env: FakeEnv) -> None:
     env = fake_env
     env.reconfigure(policy={"defer_to_windows": False})
-    write_forecast(env.forecast, env.slot0, [300.0] + [40.0] * 95)  # dirty now, clean from the next slot
+    forecast_from_now(env.forecast, DIRTY_NOW)
     # Latest safe start in 50 minutes (deadline less the hour it may run less the 15-minute
-    # margin): within the risk margin (one half-hour plus a cycle), so it may not wait.
+    # margin): within the risk margin (the policy's half-hour plus a cycle, rounded up to a
+    # half-hour: an hour), so it may not wait.
     near = env.submit_flexible(hours=2.08, minutes=60)
     far = [env.submit_flexible(hours=20, minutes=60) for _ in range(2)]
     env.slurmflex("daemon", "--once")
@@ -241,7 +237,7 @@ def test_a_job_near_its_latest_safe_start_is_never_held(fake_env: FakeEnv) -> No
 def test_shaping_off_holds_nothing(fake_env: FakeEnv) -> None:
     env = fake_env
     env.reconfigure(policy={"defer_to_windows": False, "shape_load": False})
-    write_forecast(env.forecast, env.slot0, [300.0] + [40.0] * 95)
+    forecast_from_now(env.forecast, DIRTY_NOW)
     job_id = env.submit_flexible(hours=20, minutes=60)
     env.slurmflex("daemon", "--once")
     assert "shaping" not in _last_plan(env)["sites"]["default"]
@@ -256,7 +252,8 @@ def test_shaping_off_holds_nothing(fake_env: FakeEnv) -> None:
 @pytest.mark.slurm
 def test_real_cluster_holds_a_flexible_job_back_then_releases_it(env: Env) -> None:
     env.reconfigure(policy={"defer_to_windows": False})
-    write_forecast(env.forecast, env.slot0, [300.0] + [40.0] * 95)  # dirty now, clean from the next slot
+    forecast_from_now(env.forecast, DIRTY_NOW)
+    env.load_history(0.0)  # a quiet day: no work to come that needs the clean hours
     job_id = env.submit_flexible(hours=10, minutes=60, sleep=2)
     env.slurmflex("daemon", "--once")
     site = _last_plan(env)["sites"]["default"]["shaping"]
@@ -266,7 +263,7 @@ def test_real_cluster_holds_a_flexible_job_back_then_releases_it(env: Env) -> No
     assert job["JobState"] == "PENDING" and slurm_epoch(job["StartTime"]) == until, job
     assert env.status()["jobs"][job_id]["status"] == "shaped"
 
-    write_forecast(env.forecast, env.slot0, [40.0] * 96)  # clean now
+    forecast_from_now(env.forecast, [40.0] * 96)  # clean now
     env.slurmflex("daemon", "--once")
     assert _last_plan(env)["sites"]["default"]["shaping"]["held"] == []
     job = env.cluster.show_job(job_id)

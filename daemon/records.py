@@ -223,7 +223,8 @@ def _shaping_doc(shaping: SiteShaping) -> dict[str, Any]:
 
 def shaping_summary(shaping: Mapping[str, SiteShaping | None], now: int) -> dict[str, dict[str, Any]]:
     """Per site, for `slurmflex status`: whether load shaping holds nodes back now, how many,
-    the start budget it leaves, why, and how many jobs it holds until when (None: it is off)."""
+    the start budget it leaves, why, and how many jobs it holds until when ({"enabled": false}:
+    the policy does not shape)."""
     out: dict[str, dict[str, Any]] = {}
     for site, s in shaping.items():
         if s is None:

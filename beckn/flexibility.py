@@ -24,7 +24,7 @@ import numpy as np
 
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot
 from slurm_flex.planner.instance import FloatArray
-from slurm_flex.planner.policy import Policy
+from slurm_flex.planner.policy import WINDOWS_OFF, Policy
 from slurm_flex.planner.queue import Plan, PlanningSnapshot, plan_step
 
 # Offers are in steps of this many kW (a quote of 1.2345 kW promises precision nobody measures).
@@ -105,6 +105,14 @@ def _planned_kw(plan_: Plan, n_slots: int) -> FloatArray:
     return out
 
 
+def _windows_on(snapshot: PlanningSnapshot) -> PlanningSnapshot:
+    """The snapshot with single-job windows allowed: where load shaping alone moves work
+    ([policy] defer_to_windows = false), a contract still moves pending work out of its window
+    job by job (the daemon plans windows while a contract is in force)."""
+    jobs = tuple(replace(j, no_defer="") if j.no_defer == WINDOWS_OFF else j for j in snapshot.jobs)
+    return replace(snapshot, jobs=jobs)
+
+
 def baseline(
     snapshot: PlanningSnapshot,
     forecast: SignalSeries | None,
@@ -112,7 +120,7 @@ def baseline(
     running: Sequence[RunningLoad],
     n_slots: int,
 ) -> Baseline:
-    plan_, _ = plan_step(replace(snapshot, power_cap_kw=None), forecast, policy)
+    plan_, _ = plan_step(replace(_windows_on(snapshot), power_cap_kw=None), forecast, policy)
     slot0 = floor_slot(snapshot.now)
     return Baseline(plan_, _planned_kw(plan_, n_slots), running_kw(running, slot0, n_slots))
 
@@ -231,7 +239,7 @@ def deliverable(
         take = np.minimum(want_pending * scale, planned)
         cap = np.full(horizon, np.inf)
         cap[first : first + n] = planned - take
-        plan_, _ = plan_step(replace(snapshot, power_cap_kw=cap), forecast, policy)
+        plan_, _ = plan_step(replace(_windows_on(snapshot), power_cap_kw=cap), forecast, policy)
         late = plan_.solution.late if plan_.solution is not None else ()
         if not late:
             break

@@ -48,7 +48,9 @@ def release(
         if everything:
             store.add_control("all", "*", by, reason)
         exempt = store.exemptions()
-        deferred = tuple(job_id for job_id, rec in store.jobs(["deferred"]).items() if _covered(exempt, job_id, rec))
+        deferred = tuple(
+            job_id for job_id, rec in store.jobs(["deferred", "shaped"]).items() if _covered(exempt, job_id, rec)
+        )
     log.warning(
         "release",
         by=by,

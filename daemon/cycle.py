@@ -32,10 +32,11 @@ from slurm_flex.daemon.decide import (
     assess,
     power_request,
     reconcile,
+    shape_intents,
 )
 from slurm_flex.daemon.moves import Mover
-from slurm_flex.daemon.records import job_records, planned_kw, write_plan_file
-from slurm_flex.daemon.site_planning import SitePlanner, busy_nodes, managed_nodes
+from slurm_flex.daemon.records import job_records, planned_kw, shaping_summary, write_plan_file
+from slurm_flex.daemon.site_planning import SitePlanner, SiteShaping, busy_nodes, managed_nodes
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
 from slurm_flex.grid.report import signal_summary
 from slurm_flex.grid.series import ForecastSource, SignalSeries
@@ -51,7 +52,7 @@ from slurm_flex.power.sample import PowerReader
 from slurm_flex.slurm.backend import SlurmBackend
 from slurm_flex.slurm.federation import FederationBackend
 from slurm_flex.slurm.parsers import SlurmJob, SlurmNode
-from slurm_flex.state import PENDING_STATUSES, SIGNALS_SETTING, JobRecord, StateStore
+from slurm_flex.state import PENDING_STATUSES, SHAPING_SETTING, SIGNALS_SETTING, JobRecord, StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -154,6 +155,8 @@ class Cycle:
         )
         # Each site's last planning snapshot and forecast, kept with the cycle's plan file.
         self._snapshots: dict[str, tuple[PlanningSnapshot, SignalSeries | None]] = {}
+        # Each site's last load-shaping step (None: the policy does not shape), kept likewise.
+        self._shaping: dict[str, SiteShaping | None] = {}
         # The verifiable record ([ledger]); opened at the first cycle, and again after a failure.
         self.ledger: Ledger | None = None
         # Records of cycles whose ledger write failed, written first by the next one that
@@ -239,7 +242,7 @@ class Cycle:
             message = "; ".join(notes)
             plans, intents, records, priorities = self._decide(jobs, nodes, forecasts, int(started))
             plan_ = merge_plans(plans.values(), int(started))
-            flexible = sum(1 for r in records.values() if r.status in ("deferred", "runs-now", "late"))
+            flexible = sum(1 for r in records.values() if r.status in ("deferred", "shaped", "runs-now", "late"))
             try:
                 applied, failed_errors = self.actions.apply(
                     cycle_id, intents, records, mode, plan_, jobs, priorities, int(started)
@@ -269,7 +272,17 @@ class Cycle:
             power_planned = planned_kw(plans.values())
             saved_kg = sum(r.carbon_saved_g for r in records.values() if r.status in PENDING_STATUSES) / 1000
             plan_file = write_plan_file(
-                self.plans_dir, cycle_id, plans, self._snapshots, self.policy.max_horizon_hours, int(started)
+                self.plans_dir,
+                cycle_id,
+                plans,
+                self._snapshots,
+                self.policy.max_horizon_hours,
+                int(started),
+                self._shaping,
+            )
+            # Whether each site holds nodes back now, and why, for `slurmflex status`.
+            self.store.set_setting(
+                SHAPING_SETTING, json.dumps(shaping_summary(self._shaping, int(started))), by="daemon"
             )
             if plan_file is not None:
                 entries.append(events.plan(cycle_id, plan_file, self.config.daemon.state_dir))
@@ -437,6 +450,7 @@ class Cycle:
     ) -> tuple[dict[str, Plan], list[Intent], dict[str, JobRecord], list[PriorityChange]]:
         previous = self.store.jobs()
         exempt = self.store.exemptions()
+        self._shaping = {}
         pending_targets: dict[str, list[int | None]] = defaultdict(list)
         for action in self.store.pending_intents():
             if action.kind not in PRIORITY_KINDS:
@@ -479,18 +493,28 @@ class Cycle:
             site_jobs = tuple(j for j in jobs if self._job_site(j) == site)
             site_nodes = self._nodes_of(site, nodes)
             forecast = forecasts.get(site or "")
+            # The site's flexible jobs of the last day: the slack coming work has (load shaping).
+            seen = [r for r in previous.values() if r.last_seen >= now - 86400 and self._site_of(r.partition) == site]
             planned_site = self.site_planner.plan(
-                site or NO_SITE, sites.get(site, []), site_jobs, site_nodes, forecast, previous, now, cap
+                site or NO_SITE, sites.get(site, []), site_jobs, site_nodes, forecast, previous, now, cap, seen
             )
             cap = None
             plans[site or NO_SITE] = planned_site.plan
             self._snapshots[site or NO_SITE] = (planned_site.snapshot, forecast)
+            self._shaping[site or NO_SITE] = planned_site.shaping
             planned_assessments.extend(planned_site.assessments)
             priority_changes.extend(planned_site.priorities)
         assessments = planned_assessments
         merged = merge_plans(plans.values(), now)
-        intents = reconcile(assessments, merged, now)
-        records = job_records(assessments, merged, intents, previous, jobs, now)
+        # Load shaping holds some of the jobs the plan would run now until just after the next cycle.
+        held = {
+            job_id: (s.until, reason)
+            for s in self._shaping.values()
+            if s is not None
+            for job_id, reason in s.held.items()
+        }
+        intents = shape_intents(reconcile(assessments, merged, now), assessments, held)
+        records = job_records(assessments, merged, intents, previous, jobs, now, held)
         return plans, intents, records, [c for c in priority_changes if c.job_id in records]
 
     def _job_site(self, job: SlurmJob) -> str | None:

@@ -119,7 +119,8 @@ def assess(
 
     ``power_factor`` corrects the submit-time power estimate by what similar jobs measured."""
     tag = job.tag
-    we_deferred = record is not None and record.applied_begin is not None and record.status == "deferred"
+    # Deferred to a window, or held back by load shaping: a begin time of slurm-flex's own.
+    we_deferred = record is not None and record.applied_begin is not None and record.status in ("deferred", "shaped")
     not_flexible = _why_not_flexible(job, tag, rules)
     if not_flexible is None and exempt.covers(job.update_id, job.user):
         not_flexible = "exempted by an admin"
@@ -213,6 +214,25 @@ def reconcile(assessments: Iterable[Assessment], plan: Plan, now: int) -> list[I
             kind = "defer" if current is None or target > current else "advance"
             intents.append(Intent(job_id, current, target, kind, p.reason))
     return intents
+
+
+def shape_intents(
+    intents: Iterable[Intent], assessments: Iterable[Assessment], held: Mapping[str, tuple[int, str]]
+) -> list[Intent]:
+    """The plan's start-time changes with load shaping's holds (planner.shaping) in force:
+    each held job (job id -> (begin time, why)) waits until that begin time instead of what the
+    plan would do with it (which is to run now: load shaping holds only such jobs). The others
+    keep the plan's changes, so a job held last cycle and not now is released (StartTime=now)."""
+    out = [i for i in intents if i.job_id not in held]
+    for a in assessments:
+        job_id = a.job.update_id
+        if job_id not in held:
+            continue
+        until, reason = held[job_id]
+        current = a.job.eligible_time
+        if current is None or abs(current - until) > BEGIN_TOLERANCE_S:
+            out.append(Intent(job_id, current, until, "shape", reason))
+    return out
 
 
 # Action kinds of priority changes in the journal (the others move start times).

@@ -6,6 +6,7 @@ solution, snapshot and forecast so that a decision can be replayed and explained
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ import numpy as np
 import structlog
 
 from slurm_flex.daemon.decide import Assessment, Intent
+from slurm_flex.daemon.site_planning import SiteShaping
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot, iso_utc
 from slurm_flex.planner.instance import instance_to_json
 from slurm_flex.planner.queue import Plan, PlannedJob, PlanningSnapshot, series_to_json, snapshot_to_json
+from slurm_flex.planner.shaping import hold_to_json, shaping_to_json
 from slurm_flex.slurm.parsers import SlurmJob
 from slurm_flex.state import PENDING_STATUSES, JobRecord
 
@@ -33,9 +36,11 @@ def job_records(
     previous: Mapping[str, JobRecord],
     jobs: Iterable[SlurmJob],
     now: int,
+    shaped: Mapping[str, tuple[int, str]] | None = None,
 ) -> dict[str, JobRecord]:
     """This cycle's records: of every assessed job, with the start time the intents give it, and
-    of the jobs tracked before that are no longer pending (started, gone, or no longer flexible)."""
+    of the jobs tracked before that are no longer pending (started, gone, or no longer flexible).
+    ``shaped``: the jobs load shaping holds back (job id -> (begin time, why)), status "shaped"."""
     by_intent = {i.job_id: i for i in intents}
     planned = plan_.by_id()
     records: dict[str, JobRecord] = {}
@@ -48,6 +53,9 @@ def job_records(
         else:
             expected, applied = intent.new_begin, intent.new_begin if intent.new_begin is not None else now
         records[job_id] = _record_for(a.job, a, prev, planned.get(job_id), expected, applied, now)
+        if shaped and job_id in shaped:
+            until, reason = shaped[job_id]
+            records[job_id] = records[job_id].evolve(status="shaped", reason=reason, planned_start=until)
     # Jobs we tracked that are no longer pending: started (savings realised) or gone.
     active = {j.update_id: j for j in jobs}
     for job_id, prev in previous.items():
@@ -152,11 +160,14 @@ def write_plan_file(
     snapshots: Mapping[str, tuple[PlanningSnapshot, SignalSeries | None]],
     horizon_hours: float,
     now: int,
+    shaping: Mapping[str, SiteShaping | None] | None = None,
 ) -> Path | None:
     """Keep each cycle's instances and solutions so a decision can be replayed and explained:
     ``<plans_dir>/cycle-<id>.json``, the last :data:`PLAN_FILES_KEPT` of them. A site's entry
-    also holds its planning snapshot and forecast (up to ``horizon_hours``) where it has one.
+    also holds its planning snapshot and forecast (up to ``horizon_hours``) where it has one,
+    and its load-shaping snapshot, what that held back and the jobs it held, where it shaped.
     Returns the file written (None: it could not be; the cycle goes on)."""
+    shaping = shaping or {}
     try:
         plans_dir.mkdir(parents=True, exist_ok=True)
         doc = {
@@ -171,6 +182,7 @@ def write_plan_file(
                         {"id": j.job_id, "start": iso_utc(j.start), "reason": j.reason, "late": j.late} for j in p.jobs
                     ],
                     **(_snapshot_doc(*snapshots[site], horizon_hours) if site in snapshots else {}),
+                    **({"shaping": _shaping_doc(s)} if (s := shaping.get(site)) is not None else {}),
                 }
                 for site, p in plans.items()
             },
@@ -196,3 +208,37 @@ def _snapshot_doc(snapshot: PlanningSnapshot, forecast: SignalSeries | None, hor
         n_slots = min(int(horizon_hours * 3600) // SLOT_SECONDS + 1, (forecast.end - slot0) // SLOT_SECONDS)
         doc["forecast"] = series_to_json(forecast.window(slot0, n_slots), n_slots)
     return doc
+
+
+def _shaping_doc(shaping: SiteShaping) -> dict[str, Any]:
+    """A site's load-shaping step: its snapshot (what planner.shaping.hold_from_snapshot replays),
+    what it held back (nodes, start budget, why) and the jobs it held until when."""
+    return {
+        "snapshot": shaping_to_json(shaping.snapshot),
+        "hold": hold_to_json(shaping.hold),
+        "held": sorted(shaping.held),
+        "until": iso_utc(shaping.until),
+    }
+
+
+def shaping_summary(shaping: Mapping[str, SiteShaping | None], now: int) -> dict[str, dict[str, Any]]:
+    """Per site, for `slurmflex status`: whether load shaping holds nodes back now, how many,
+    the start budget it leaves, why, and how many jobs it holds until when ({"enabled": false}:
+    the policy does not shape)."""
+    out: dict[str, dict[str, Any]] = {}
+    for site, s in shaping.items():
+        if s is None:
+            out[site] = {"enabled": False}
+            continue
+        budget = s.hold.start_budget
+        out[site] = {
+            "enabled": True,
+            "at": iso_utc(now),
+            "holding": s.hold.procs > 0,
+            "held_nodes": round(s.hold.procs, 2),
+            "start_budget_nodes": round(budget, 2) if math.isfinite(budget) else None,
+            "reason": s.hold.reason,
+            "jobs_held": len(s.held),
+            "until": iso_utc(s.until) if s.held else None,
+        }
+    return out

@@ -26,7 +26,7 @@ from slurm_flex.config import Config, load_config
 from slurm_flex.errors import ConfigError, SlurmFlexError
 from slurm_flex.logsetup import configure_logging
 from slurm_flex.planner.policy import Policy, with_objective
-from slurm_flex.state import SIGNALS_SETTING
+from slurm_flex.state import SHAPING_SETTING, SIGNALS_SETTING
 
 if TYPE_CHECKING:
     from slurm_flex.ledger.certificate import Actuals
@@ -106,6 +106,7 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
             mode_set_at_runtime=runtime_mode is not None,
             controls=store.controls(),
             signals=_stored_signals(store.setting(SIGNALS_SETTING)),
+            shaping=_stored_signals(store.setting(SHAPING_SETTING)),
         )
         moves = store.setting("federation.moves")  # daemon.moves.MOVES_SETTING
     doc["power"] = _measured_power(cfg)
@@ -488,7 +489,8 @@ def forecast(obj: _Ctx, site_names: tuple[str, ...], cached: bool, accuracy: boo
 
 
 def _stored_signals(text: str | None) -> dict[str, Any]:
-    """The last cycle's signal summaries; an unreadable value (older daemon) shows none."""
+    """The last cycle's per-site summaries (signals, load shaping) from a setting; an unreadable
+    value (older daemon) shows none."""
     try:
         doc = json.loads(text) if text else {}
     except ValueError:

@@ -234,7 +234,7 @@ class PolicyConfig(_Section):
     # its nodes as they come free).
     shape_exempt_hours: float = Field(6.0, ge=0.0, le=168.0)
     # Also plan single flexible jobs into their cleanest windows (a begin time until then).
-    defer_to_windows: bool = True
+    defer_to_windows: bool = False
 
 
 class SlackPolicy(_Section):

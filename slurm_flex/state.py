@@ -114,10 +114,13 @@ CREATE INDEX IF NOT EXISTS runtimes_user ON runtimes(user, ended);
 """
 
 # Job statuses: the ones with a pending Slurm job first.
-PENDING_STATUSES = ("deferred", "released", "runs-now", "late", "manual", "held", "waiting")
+# "shaped": held back by load shaping until the next cycle (planner.shaping).
+PENDING_STATUSES = ("deferred", "shaped", "released", "runs-now", "late", "manual", "held", "waiting")
 FINAL_STATUSES = ("started", "gone", "unmanaged")
 # The setting holding each site's signal summary of the last cycle (JSON), for status.
 SIGNALS_SETTING = "signals"
+# The setting holding each site's load-shaping step of the last cycle (JSON), for status.
+SHAPING_SETTING = "shaping"
 
 
 @dataclass(frozen=True)

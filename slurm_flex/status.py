@@ -34,7 +34,10 @@ def build_status(
     mode_set_at_runtime: bool = False,
     controls: Sequence[Control] = (),
     signals: Mapping[str, Any] | None = None,
+    shaping: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The status document; ``signals`` and ``shaping`` are the last cycle's per-site summaries
+    of the signals planned with and of load shaping (daemon.records.shaping_summary)."""
     now = time.time() if now is None else now
     shown = PENDING_STATUSES + (FINAL_STATUSES if include_finished else ())
     jobs: dict[str, Any] = {}
@@ -83,10 +86,12 @@ def build_status(
             "message": last.message,
         },
         "signals": dict(signals or {}),
+        "shaping": dict(shaping or {}),
         "jobs": jobs,
         "totals": {
             "deferred": sum(1 for r in pending if r.status == "deferred"),
             "runs_now": sum(1 for r in pending if r.status == "runs-now"),
+            "held_back": sum(1 for r in pending if r.status == "shaped"),
             "moved_up": sum(1 for r in pending if r.priority_before is not None),
             "left_alone": sum(1 for r in pending if r.status in ("manual", "held", "waiting", "ineligible")),
             "late": sum(1 for r in pending if r.status == "late"),
@@ -128,6 +133,19 @@ def _signal_line(sig: Mapping[str, Any]) -> str:
     return "; ".join(f"{k} " + " + ".join(v) for k, v in by_quantity.items()) or "empty"
 
 
+def _shaping_line(shape: Mapping[str, Any]) -> str:
+    """E.g. ``holding 3 nodes back (1 node of queued work may start), 2 jobs until 12:35 UTC:
+    cleaner hours ahead ...``; or that it holds nothing back, and why."""
+    if not shape.get("enabled"):
+        return "off (shape_load = false)"
+    if not shape.get("holding"):
+        return f"not holding nodes back: {shape.get('reason', '')}"
+    budget = shape.get("start_budget_nodes")
+    may = "" if budget is None else f" ({budget:g} nodes of queued work with deadlines may start)"
+    jobs = f", {shape['jobs_held']} jobs until {_short(shape['until'])[11:]} UTC" if shape.get("jobs_held") else ""
+    return f"holding {shape['held_nodes']:g} nodes back{may}{jobs}: {shape.get('reason', '')}"
+
+
 def render_status(doc: Mapping[str, Any], console: Console) -> None:
     last = doc["last_cycle"]
     mode = doc["mode"] + (", set at runtime" if doc.get("mode_set_at_runtime") else "")
@@ -154,6 +172,8 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
         console.print(f"  signals, site {site}: {_signal_line(sig)}")
         for note in sig.get("notes", ()):
             console.print(f"    fallback: {note}")
+    for site, shape in doc.get("shaping", {}).items():
+        console.print(f"  load shaping, site {site}: {_shaping_line(shape)}")
     for c in doc.get("released_by_admin", ()):
         what = "every job" if c["kind"] == "all" else f"{c['kind']} {c['target']}"
         why = f": {c['reason']}" if c["reason"] else ""
@@ -188,8 +208,9 @@ def render_status(doc: Mapping[str, Any], console: Console) -> None:
     else:
         console.print("No flexible jobs pending.")
     t = doc["totals"]
+    held = f"held back by load shaping: {t['held_back']}, " if t.get("held_back") else ""
     console.print(
-        f"Deferred: {t['deferred']} jobs ({t['energy_kwh_deferred']:.1f} kWh), to run now: {t['runs_now']} "
+        f"Deferred: {t['deferred']} jobs ({t['energy_kwh_deferred']:.1f} kWh), {held}to run now: {t['runs_now']} "
         f"({t['moved_up']} moved up the queue for their deadlines), "
         f"left alone: {t['left_alone']}, late: {t['late']}, started: {t['started']}. "
         f"Saved vs running at submission: {t['carbon_saved_kg_planned']:.2f} kg CO2 and "

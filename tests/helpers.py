@@ -27,6 +27,14 @@ def write_forecast(path: Path, start: int, carbon: Sequence[float], price: Seque
     return path
 
 
+def forecast_from_now(path: Path, carbon: Sequence[float]) -> int:
+    """A carbon forecast from the current slot, written just before the cycle that reads it (a
+    fixture's slot may have ended by then); returns that slot."""
+    slot0 = floor_slot(time.time())
+    write_forecast(path, slot0, carbon)
+    return slot0
+
+
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -83,7 +91,9 @@ def write_env_config(
         "daemon": {"state_dir": str(tmp / "state"), "log_format": "json"},
         "slurm": slurm,
         "forecast": {"path": str(forecast)},
-        "policy": {"safety_margin_seconds": 900, "min_saving_fraction": 0.05},
+        # Single-job windows on (not the default): most daemon tests follow one job into its
+        # window; tests/test_shaping.py turns them off to test load shaping alone.
+        "policy": {"safety_margin_seconds": 900, "min_saving_fraction": 0.05, "defer_to_windows": True},
         "flex": {"grace_seconds": 120},
         "power": {"cpus_per_node": 2},
     }
@@ -104,6 +114,15 @@ class FlexEnv:
 
     def slurmflex(self, *args: str) -> subprocess.CompletedProcess[str]:
         raise NotImplementedError
+
+    def load_history(self, nodes: float, site: str = "default", interval: int = 300) -> None:
+        """A day of the site's busy nodes, as the daemon records them every cycle: what it takes
+        the work still to come to be (the arrival reserve, load shaping), whatever a cluster that
+        other tests just used shows at the moment."""
+        now = int(time.time())
+        with self.store() as store:
+            for k in range(86400 // interval, 0, -1):
+                store.record_load(site, now - interval * k, nodes)
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.slurmflex("status", "--json", "--all").stdout)  # type: ignore[no-any-return]

@@ -1,12 +1,294 @@
-"""Load shaping (planner.shaping): the fluid plan of the queue, and what it holds back."""
+"""Load shaping (planner.shaping) in the daemon: the step's inputs as a recorded snapshot, the
+objective it weighs slots by, and what the daemon does with a hold: flexible jobs beyond the
+start budget wait until just after the next cycle (their StartTime), and go when the hold is
+lifted; work without a deadline, and jobs near their latest safe start, are never held. On the
+fake Slurm (fast) and once on the real cluster."""
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from typing import Any
 
 import numpy as np
+import pytest
 
-from slurm_flex.planner.shaping import QueuedWork, cumulative_due, planned_hold, shape_load
+from slurm_flex.config import load_config
+from slurm_flex.daemon.site_planning import HOLD_OVERLAP_S, SHAPED, WINDOWS_OFF
+from slurm_flex.grid.series import SLOT_SECONDS, iso_utc
+from slurm_flex.planner.policy import Policy, with_objective
+from slurm_flex.planner.shaping import (
+    Hold,
+    QueuedWork,
+    ShapingSnapshot,
+    arrival_due_slots,
+    cumulative_due,
+    hold_from_snapshot,
+    hold_to_json,
+    planned_hold,
+    shape_load,
+    shaping_from_json,
+    shaping_to_json,
+    slot_weight,
+    within_budget,
+)
+from tests.conftest import Env, slurm_epoch, wait_state
+from tests.fake_cluster import FakeEnv
+from tests.helpers import forecast_from_now
+
+HOUR = 3600
+INTERVAL = 300  # the daemon's default cycle interval ([daemon] interval_seconds)
+# Dirty for this half-hour and the next (still dirty now if a cycle runs in the next one), then
+# clean: with nothing else to come, every flexible job can wait.
+DIRTY_NOW = [300.0, 300.0] + [40.0] * 94
+
+
+# -- pure parts -----------------------------------------------------------------------------------
+
+
+def _snapshot() -> ShapingSnapshot:
+    weight = np.asarray([300.0, math.nan, 40.0, 40.0, 250.5])
+    return ShapingSnapshot(
+        now=1_800_000_123,
+        weight=weight,
+        running_planned=np.asarray([2.0, 1.0, 0.0, 0.0, 0.0]),
+        running_limits=np.asarray([2.0, 2.0, 1.0, 0.0, 0.0]),
+        capacity=4.0,
+        queue=QueuedWork(
+            procs=np.asarray([1.0, 2.0, 1.0]),
+            planned_steps=np.asarray([1, 2, 3], dtype=np.int64),
+            limit_steps=np.asarray([2, 2, 4], dtype=np.int64),
+            latest_step=np.asarray([3, 2**40, 1], dtype=np.int64),
+            has_deadline=np.asarray([True, False, True]),
+        ),
+        arrival_load=1.25,
+        arrival_due_slots=7,
+        arrival_run_slots=2,
+        margin_slots=2,
+        steps_per_slot=1,
+        job_ids=("11", "12", "13_[1-2]"),
+    )
+
+
+def test_shaping_snapshot_survives_a_json_round_trip() -> None:
+    snapshot = _snapshot()
+    doc = json.loads(json.dumps(shaping_to_json(snapshot)))  # as written to the plan file
+    assert doc["weight"][1] is None  # an unknown forecast value is null, not NaN (invalid JSON)
+    back = shaping_from_json(doc)
+    assert back.now == snapshot.now and back.capacity == snapshot.capacity and back.job_ids == snapshot.job_ids
+    np.testing.assert_array_equal(back.weight, snapshot.weight)  # NaN where it was
+    for name in ("running_planned", "running_limits"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(snapshot, name))
+    for name in ("procs", "planned_steps", "limit_steps", "latest_step", "has_deadline"):
+        got, want = getattr(back.queue, name), getattr(snapshot.queue, name)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype, name
+    assert (back.arrival_load, back.arrival_due_slots, back.arrival_run_slots, back.margin_slots) == (1.25, 7, 2, 2)
+    # The same step from the copy: same hold, budget and reason.
+    policy = Policy()
+    assert hold_to_json(hold_from_snapshot(back, policy)) == hold_to_json(hold_from_snapshot(snapshot, policy))
+
+
+def test_slot_weight_is_the_policys_objective() -> None:
+    carbon = np.asarray([200.0, 100.0, 50.0])
+    price = np.asarray([80.0, math.nan, 20.0])
+    combined = Policy(use_price=True, carbon_price_gbp_per_tonne=250.0)
+    # GBP/MWh: price plus g/kWh x GBP/t / 1000; a slot of unknown price stays unknown.
+    np.testing.assert_allclose(slot_weight(carbon, price, combined), [80.0 + 50.0, math.nan, 20.0 + 12.5])
+    np.testing.assert_array_equal(slot_weight(carbon, price, with_objective(combined, "carbon")), carbon)
+    np.testing.assert_array_equal(slot_weight(carbon, price, with_objective(combined, "cost")), price)
+    # No price at all: carbon decides (as planning without a price series does).
+    no_price = np.full(3, math.nan)
+    np.testing.assert_array_equal(slot_weight(carbon, no_price, combined), carbon)
+    # Dirtier is heavier, so the fluid plan leaves the dirty slot for last.
+    assert list(np.argsort(slot_weight(carbon, np.asarray([50.0, 50.0, 50.0]), combined))) == [2, 1, 0]
+
+
+def test_within_budget_spends_it_in_queue_order() -> None:
+    assert within_budget([1.0, 2.0, 1.0, 1.0], 2.5) == [True, False, True, False]
+    assert within_budget([2.0, 2.0], 0.0) == [False, False]
+    assert within_budget([8.0, 8.0], math.inf) == [True, True]
+
+
+def test_arrival_due_slots_is_the_median_slack_else_the_default() -> None:
+    assert arrival_due_slots([5 * HOUR, 10 * HOUR, 20 * HOUR, 0.0], 0.0, SLOT_SECONDS) == 20
+    assert arrival_due_slots([], 6 * HOUR, SLOT_SECONDS) == 12
+    assert arrival_due_slots([], 0.0, SLOT_SECONDS) == 0  # nothing known: arrivals left out
+
+
+def test_hold_budget_is_what_the_plan_runs_now() -> None:
+    # Dirty now, clean later, deadlines far: everything waits, nothing may start this step.
+    weight = np.full(48, 40.0)
+    weight[0] = 300.0
+    queue = QueuedWork(
+        np.ones(3), np.full(3, 2, dtype=np.int64), np.full(3, 2, dtype=np.int64), np.full(3, 30, dtype=np.int64),
+        np.ones(3, dtype=bool),
+    )  # fmt: skip
+    hold = planned_hold(weight, np.zeros(48), np.zeros(48), 4.0, queue, 0.0, 0, 2, 1, 2)
+    assert hold.procs == pytest.approx(4.0) and hold.start_budget == pytest.approx(0.0)
+    assert Hold(0.0, "none").start_budget == math.inf
+
+
+# -- the daemon on the fake Slurm ----------------------------------------------------------------
+
+
+def _last_plan(env: FakeEnv | Env) -> dict[str, Any]:
+    state = load_config(env.config, environ={}).daemon.state_dir
+    return json.loads(sorted((state / "plans").glob("cycle-*.json"))[-1].read_text())  # type: ignore[no-any-return]
+
+
+def test_dirty_now_holds_flexible_jobs_beyond_the_budget_until_the_next_cycle(fake_env: FakeEnv) -> None:
+    env = fake_env
+    # Load shaping alone moves work; the jobs have 5 h of slack, inside the default 6 h in which a
+    # job is never held back, so that exemption is off here (it is tested below).
+    env.reconfigure(policy={"defer_to_windows": False, "shape_exempt_hours": 0.0})
+    # Dirty now and clean for the next 28 hours. The machine has been busy (2.34 of 4 nodes over
+    # the last day): with that much work still to come, the clean hours are just short of room
+    # for it all, so the plan runs a little of the queue now and holds the rest back.
+    forecast_from_now(env.forecast, [200.0] + [40.0] * 56 + [300.0] * 39)
+    env.load_history(2.34)
+    flexible = [env.submit_flexible(hours=6.25, minutes=60) for _ in range(4)]  # 5 h of slack each
+    other = env.submit(time_limit_s=HOUR)  # no deadline: queued, never held
+    other_begin = env.slurm.job(other).eligible_time
+    env.slurmflex("daemon", "--once")
+
+    site = _last_plan(env)["sites"]["default"]["shaping"]
+    hold, snapshot = site["hold"], site["snapshot"]
+    assert snapshot["job_ids"] == [*flexible, other]  # the queue in Slurm's priority order
+    assert snapshot["queue"]["has_deadline"] == [True, True, True, True, False]
+    assert hold["nodes"] >= 1 and hold["reason"] == "cleaner hours ahead can run the queue before its deadlines"
+    budget = hold["budget"]
+    assert 1 <= budget < len(flexible), budget  # some may start now, not all
+    stays = within_budget([1.0] * len(flexible), budget)
+    kept = [j for j, ok in zip(flexible, stays, strict=True) if ok]
+    held = [j for j, ok in zip(flexible, stays, strict=True) if not ok]
+    assert kept == flexible[: len(kept)] and held and site["held"] == sorted(held)  # the first ones stay
+    until = snapshot["now"] + INTERVAL + HOLD_OVERLAP_S  # just after the next cycle
+    assert site["until"] == iso_utc(until)
+
+    now = time.time()
+    jobs = env.status()["jobs"]
+    for job_id in held:
+        assert env.slurm.job(job_id).start_time == until
+        assert jobs[job_id]["status"] == "shaped" and jobs[job_id]["reason"].startswith(SHAPED)
+        assert jobs[job_id]["planned_start"] == iso_utc(until)
+    for job_id in kept:
+        assert env.slurm.job(job_id).eligible_time <= now + 5  # the hook's grace released: may start
+        assert jobs[job_id]["status"] == "runs-now" and WINDOWS_OFF in jobs[job_id]["reason"]
+    assert env.slurm.job(other).eligible_time == other_begin and other not in jobs
+    with env.store() as store:
+        actions = {(a.job_id, a.kind) for a in store.actions()}
+    assert {(j, "shape") for j in held} <= actions and not any(j == other for j, _ in actions)
+    # `slurmflex status` says that the site holds nodes back, how many and why.
+    shape = env.status()["shaping"]["default"]
+    assert shape["holding"] and shape["held_nodes"] == round(hold["nodes"], 2) and shape["jobs_held"] == len(held)
+    text = env.slurmflex("status").stdout
+    assert "load shaping, site default: holding" in text and "cleaner hours ahead" in text
+
+    # Still dirty at the next cycle: the held jobs keep their place in the queue (their begin
+    # time is slurm-flex's own) and are held on, to just after the cycle after.
+    env.slurmflex("daemon", "--once")
+    site = _last_plan(env)["sites"]["default"]["shaping"]
+    assert site["snapshot"]["job_ids"] == [*flexible, other] and site["held"] == sorted(held)
+    later = site["snapshot"]["now"] + INTERVAL + HOLD_OVERLAP_S
+    assert all(env.slurm.job(j).start_time == later for j in held)
+
+    # The forecast turns clean now: nothing is held back any more, the held jobs go now.
+    forecast_from_now(env.forecast, [40.0] * 96)
+    env.slurmflex("daemon", "--once")
+    site = _last_plan(env)["sites"]["default"]["shaping"]
+    assert site["hold"]["nodes"] == 0 and site["held"] == []
+    assert site["hold"]["reason"] == "now is among the cleanest hours the queue's deadlines allow"
+    now = time.time()
+    jobs = env.status()["jobs"]
+    for job_id in held:
+        assert env.slurm.job(job_id).eligible_time <= now + 5
+        assert jobs[job_id]["status"] == "runs-now"
+    with env.store() as store:
+        assert {(j, "release", "applied") for j in held} <= {(a.job_id, a.kind, a.outcome) for a in store.actions()}
+    assert env.slurm.job(other).eligible_time == other_begin
+    assert "not holding nodes back" in env.slurmflex("status").stdout
+
+
+def test_a_job_near_its_latest_safe_start_is_never_held(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(policy={"defer_to_windows": False})
+    forecast_from_now(env.forecast, DIRTY_NOW)
+    # Latest safe start in 50 minutes (deadline less the hour it may run less the 15-minute
+    # margin): within the risk margin (the policy's half-hour plus a cycle, rounded up to a
+    # half-hour: an hour), so it may not wait.
+    near = env.submit_flexible(hours=2.08, minutes=60)
+    far = [env.submit_flexible(hours=20, minutes=60) for _ in range(2)]
+    env.slurmflex("daemon", "--once")
+    site = _last_plan(env)["sites"]["default"]["shaping"]
+    assert site["snapshot"]["job_ids"] == [near, *far]
+    assert near not in site["held"]
+    # The queue projection refuses any hold that would start it late, so nothing is held here.
+    assert site["hold"]["nodes"] == 0
+    assert site["hold"]["reason"] == "holding back would push a queued job past its latest safe start"
+    now = time.time()
+    for job_id in (near, *far):
+        assert env.slurm.job(job_id).eligible_time <= now + 5
+    assert env.status()["jobs"][near]["status"] == "runs-now"
+    # Without it, the same queue is held back.
+    env.slurm.finish(near)  # it leaves the queue
+    env.slurmflex("daemon", "--once")
+    site = _last_plan(env)["sites"]["default"]["shaping"]
+    assert site["hold"]["nodes"] > 0 and site["held"] == sorted(far)
+
+
+def test_a_job_within_the_exempt_hours_is_never_held(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(policy={"defer_to_windows": False})  # shape_exempt_hours: the default 6 h
+    forecast_from_now(env.forecast, DIRTY_NOW)
+    soon = env.submit_flexible(hours=6.25, minutes=60)  # latest safe start in 5 h
+    far = [env.submit_flexible(hours=20, minutes=60) for _ in range(2)]
+    env.slurmflex("daemon", "--once")
+    site = _last_plan(env)["sites"]["default"]["shaping"]
+    assert site["hold"]["nodes"] > 0 and site["held"] == sorted(far)
+    assert env.slurm.job(soon).eligible_time <= time.time() + 5
+
+
+def test_shaping_off_holds_nothing(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(policy={"defer_to_windows": False, "shape_load": False})
+    forecast_from_now(env.forecast, DIRTY_NOW)
+    job_id = env.submit_flexible(hours=20, minutes=60)
+    env.slurmflex("daemon", "--once")
+    assert "shaping" not in _last_plan(env)["sites"]["default"]
+    assert env.slurm.job(job_id).eligible_time <= time.time() + 5
+    assert env.status()["shaping"]["default"] == {"enabled": False}
+    assert "load shaping, site default: off" in env.slurmflex("status").stdout
+
+
+# -- the daemon on the real cluster -----------------------------------------------------------------
+
+
+@pytest.mark.slurm
+def test_real_cluster_holds_a_flexible_job_back_then_releases_it(env: Env) -> None:
+    env.reconfigure(policy={"defer_to_windows": False})
+    forecast_from_now(env.forecast, DIRTY_NOW)
+    env.load_history(0.0)  # a quiet day: no work to come that needs the clean hours
+    job_id = env.submit_flexible(hours=10, minutes=60, sleep=2)
+    env.slurmflex("daemon", "--once")
+    site = _last_plan(env)["sites"]["default"]["shaping"]
+    assert site["held"] == [job_id], site["hold"]
+    until = site["snapshot"]["now"] + INTERVAL + HOLD_OVERLAP_S
+    job = env.cluster.show_job(job_id)
+    assert job["JobState"] == "PENDING" and slurm_epoch(job["StartTime"]) == until, job
+    assert env.status()["jobs"][job_id]["status"] == "shaped"
+
+    forecast_from_now(env.forecast, [40.0] * 96)  # clean now
+    env.slurmflex("daemon", "--once")
+    assert _last_plan(env)["sites"]["default"]["shaping"]["held"] == []
+    job = env.cluster.show_job(job_id)
+    # Released: eligible now (a pending job's StartTime reads Unknown until Slurm plans it).
+    assert job["JobState"] != "PENDING" or slurm_epoch(job["EligibleTime"]) <= time.time() + 5, job
+    wait_state(env.cluster, job_id, {"RUNNING", "COMPLETING", "COMPLETED", "GONE"}, timeout=40)
+
+
+# -- the fluid plan and the guard ---------------------------------------------------------------
 
 
 def _queue(procs: list[float], planned: list[int], limit: list[int], latest: list[int]) -> QueuedWork:

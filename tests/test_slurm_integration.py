@@ -173,7 +173,9 @@ def test_killed_at_any_moment_nothing_is_lost_or_late(env: Env) -> None:
     pending_intents = db.execute("SELECT COUNT(*) FROM actions WHERE outcome='pending'").fetchone()[0]
     assert pending_intents == 0  # settled by the clean cycle
     doc = env.status()
-    assert all(v["status"] in ("deferred", "runs-now", "started") for k, v in doc["jobs"].items() if k in jobs)
+    # "shaped": held back by load shaping until just after the next cycle (tests/test_shaping.py).
+    statuses = ("deferred", "shaped", "runs-now", "started")
+    assert all(v["status"] in statuses for k, v in doc["jobs"].items() if k in jobs)
     # No start time was moved twice (to conflicting times) in one cycle; a priority change may
     # come with a release.
     rows = db.execute(

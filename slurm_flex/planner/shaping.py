@@ -24,13 +24,16 @@ jobs). Pure; one small LP (HiGHS) per planning step.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linprog
 
 from slurm_flex.planner.instance import FloatArray
+from slurm_flex.planner.policy import Policy
 from slurm_flex.planner.risk import place_in_order
 
 IntArray = npt.NDArray[np.int64]
@@ -38,6 +41,39 @@ BoolArray = npt.NDArray[np.bool_]
 
 # Per slot later, so that among equal forecasts work runs earlier (less delay, less risk).
 _EARLIER = 1e-6
+# The fluid plan looks this many half-hours ahead (two days: past the slack of most flexible
+# work, and about as far as day-ahead prices and carbon forecasts reach).
+HORIZON_SLOTS = 96
+# The latest safe start of a queued job without a deadline (never read: such work is not held).
+NO_LATEST = 2**40
+
+
+def slot_weight(carbon: FloatArray, price: FloatArray, policy: Policy) -> FloatArray:
+    """What the fluid plan minimises, per slot and kWh, by the policy's objective (as the window
+    planner's, planner.instance): the carbon forecast (g/kWh) when price does not count; the price
+    (GBP/MWh) when carbon has no price; otherwise price plus carbon at its price (g/kWh x GBP/t /
+    1000 is GBP/MWh). A forecast with no price at all is weighed by carbon, as
+    :func:`planner.policy.with_objective` plans without a price series. A single slot of unknown
+    price stays NaN: :func:`shape_load` counts it as the dearest slot, so no work is planned
+    into it on a guess."""
+    carbon = np.asarray(carbon, dtype=np.float64)
+    price = np.asarray(price, dtype=np.float64)
+    if not policy.use_price or not np.isfinite(price).any():
+        return carbon.copy()
+    if policy.carbon_price_gbp_per_tonne == 0:
+        return price.copy()
+    return np.asarray(price + carbon * (policy.carbon_price_gbp_per_tonne / 1000.0), dtype=np.float64)
+
+
+def arrival_due_slots(slack_s: Sequence[float] | FloatArray, default_slack_s: float, slot_seconds: int) -> int:
+    """Slots after it arrives by which the coming work is due: the median slack (latest safe
+    start less arrival) of the flexible work seen, or ``default_slack_s`` when none was seen.
+    0 leaves arrivals out of the plan (see :func:`cumulative_due`)."""
+    slack = np.asarray(slack_s, dtype=np.float64)
+    slack = slack[np.isfinite(slack) & (slack > 0)]
+    if slack.size == 0:
+        return max(0, int(default_slack_s // slot_seconds))
+    return int(float(np.median(slack)) // slot_seconds)
 
 
 def cumulative_due(
@@ -184,3 +220,125 @@ def _fit(values: FloatArray, n: int) -> FloatArray:
     k = min(n, values.size)
     out[:k] = values[:k]
     return out
+
+
+@dataclass(frozen=True)
+class ShapingSnapshot:
+    """Everything one load-shaping step decides from (the inputs of :func:`planned_hold`): the
+    daemon records it with each cycle's plan (``<state_dir>/plans``) and the simulator builds one
+    every half-hour, and both hand it to :func:`hold_from_snapshot`, so the same snapshot holds
+    back the same in either (tests/test_policy_parity.py replays the daemon's)."""
+
+    now: int
+    weight: FloatArray  # per slot from the current one: the forecast objective (slot_weight)
+    running_planned: FloatArray  # processors running work holds per step, by predicted run times
+    running_limits: FloatArray  # the same by time limits
+    capacity: float  # usable processors (the daemon: nodes)
+    queue: QueuedWork  # the waiting queue, in priority order
+    arrival_load: float  # processors the work arriving keeps busy (the last day's mean)
+    arrival_due_slots: int  # slots after arrival the coming work is due (arrival_due_slots)
+    arrival_run_slots: int  # the coming work's typical run, in slots
+    margin_slots: int  # deadline-risk margin (policy margin plus a planning interval)
+    steps_per_slot: int = 1  # 1 for the daemon's half-hour grid, 6 for the simulator's ticks
+    job_ids: tuple[str, ...] = ()  # the queue's jobs, in its order (to explain; may be empty)
+
+
+def hold_from_snapshot(snapshot: ShapingSnapshot, policy: Policy) -> Hold:
+    """One load-shaping step: what to hold back from the queue until the next one."""
+    s = snapshot
+    return planned_hold(
+        s.weight,
+        s.running_planned,
+        s.running_limits,
+        s.capacity,
+        s.queue,
+        s.arrival_load,
+        s.arrival_due_slots,
+        s.arrival_run_slots,
+        s.steps_per_slot,
+        s.margin_slots,
+        policy.shape_headroom,
+        policy.shape_span_slots,
+    )
+
+
+def within_budget(sizes: Sequence[float], budget: float) -> list[bool]:
+    """Which queued jobs (in queue order) may start under a start ``budget``: each that fits in
+    what the ones before it left, as the simulator's backfill spends the budget (a job too big
+    for what is left waits, a smaller one behind it may still start). inf: every one."""
+    left = budget
+    out = []
+    for size in sizes:
+        fits = size <= left + 1e-9
+        if fits:
+            left -= size
+        out.append(fits)
+    return out
+
+
+def _floats(values: FloatArray) -> list[float | None]:
+    return [float(x) if math.isfinite(x) else None for x in np.asarray(values, dtype=np.float64)]
+
+
+def _array(values: Sequence[float | None]) -> FloatArray:
+    return np.asarray([math.nan if x is None else x for x in values], dtype=np.float64)
+
+
+def shaping_to_json(snapshot: ShapingSnapshot) -> dict[str, Any]:
+    """A snapshot as JSON (NaN, an unknown forecast value, as null)."""
+    q = snapshot.queue
+    return {
+        "now": snapshot.now,
+        "weight": _floats(snapshot.weight),
+        "running_planned": _floats(snapshot.running_planned),
+        "running_limits": _floats(snapshot.running_limits),
+        "capacity": snapshot.capacity,
+        "queue": {
+            "procs": _floats(q.procs),
+            "planned_steps": [int(x) for x in q.planned_steps],
+            "limit_steps": [int(x) for x in q.limit_steps],
+            "latest_step": [int(x) for x in q.latest_step],
+            "has_deadline": [bool(x) for x in q.has_deadline],
+        },
+        "arrival_load": snapshot.arrival_load,
+        "arrival_due_slots": snapshot.arrival_due_slots,
+        "arrival_run_slots": snapshot.arrival_run_slots,
+        "margin_slots": snapshot.margin_slots,
+        "steps_per_slot": snapshot.steps_per_slot,
+        "job_ids": list(snapshot.job_ids),
+    }
+
+
+def shaping_from_json(doc: Mapping[str, Any]) -> ShapingSnapshot:
+    q = doc["queue"]
+    return ShapingSnapshot(
+        now=int(doc["now"]),
+        weight=_array(doc["weight"]),
+        running_planned=_array(doc["running_planned"]),
+        running_limits=_array(doc["running_limits"]),
+        capacity=float(doc["capacity"]),
+        queue=QueuedWork(
+            procs=_array(q["procs"]),
+            planned_steps=np.asarray(q["planned_steps"], dtype=np.int64),
+            limit_steps=np.asarray(q["limit_steps"], dtype=np.int64),
+            latest_step=np.asarray(q["latest_step"], dtype=np.int64),
+            has_deadline=np.asarray(q["has_deadline"], dtype=np.bool_),
+        ),
+        arrival_load=float(doc["arrival_load"]),
+        arrival_due_slots=int(doc["arrival_due_slots"]),
+        arrival_run_slots=int(doc["arrival_run_slots"]),
+        margin_slots=int(doc["margin_slots"]),
+        steps_per_slot=int(doc.get("steps_per_slot", 1)),
+        job_ids=tuple(str(j) for j in doc.get("job_ids", ())),
+    )
+
+
+def hold_to_json(hold: Hold) -> dict[str, Any]:
+    """What a step held back: processors (nodes), the start budget (null: none) and why."""
+    budget = hold.start_budget
+    return {
+        "nodes": hold.procs,
+        "budget": budget if math.isfinite(budget) else None,
+        "reason": hold.reason,
+        "served": None if hold.served is None else _floats(hold.served),
+    }

@@ -97,7 +97,7 @@ def slack_deadlines(
 
 
 TICK_SECONDS = 300
-SHAPE_HORIZON_SLOTS = 96
+SHAPE_HORIZON_SLOTS = shaping.HORIZON_SLOTS
 TICKS_PER_SLOT = SLOT_SECONDS // TICK_SECONDS
 
 
@@ -724,45 +724,43 @@ def simulate(
         )
         return snapshot, series
 
-    weight = fc if not policy.use_price else price * 1.0 + fc * (policy.carbon_price_gbp_per_tonne / 1000.0)
-    if policy.use_price and policy.carbon_price_gbp_per_tonne == 0:
-        weight = price
+    weight = shaping.slot_weight(fc, price, policy)
 
     def hold_back(
         tick: int, queue: list[int], running: set[int], started: IntArray, expected: FloatArray, load: float, ramp: int
     ) -> float:
-        """Processors to keep from the queue this half-hour (planner.shaping.planned_hold, as the
-        daemon computes it)."""
+        """The start budget for this half-hour: the simulated queue as a ShapingSnapshot, through
+        planner.shaping.hold_from_snapshot, the step the daemon takes from squeue/sinfo each cycle
+        (tests/test_policy_parity.py replays the daemon's snapshots through it)."""
         slot = tick // TICKS_PER_SLOT
         h = max(1, min(SHAPE_HORIZON_SLOTS, fc.size - slot))
         q = np.asarray(queue, dtype=np.int64)
-        hold = shaping.planned_hold(
-            weight[slot : slot + h],
-            _project_predicted(tick, [], running, jobs, capacity, started),
-            expected[tick:],
-            capacity,
-            shaping.QueuedWork(
+        snapshot = shaping.ShapingSnapshot(
+            now=start_epoch + tick * TICK_SECONDS,
+            weight=weight[slot : slot + h],
+            running_planned=_project_predicted(tick, [], running, jobs, capacity, started),
+            running_limits=expected[tick:],
+            capacity=capacity,
+            queue=shaping.QueuedWork(
                 jobs.procs[q],
                 jobs.plan_ticks[q],
                 jobs.req_ticks[q],
                 jobs.latest_tick[q] - tick,
                 has_dl[q],
             ),
-            load,
-            arrival_slots,
-            max(1, ramp // TICKS_PER_SLOT),
-            TICKS_PER_SLOT,
-            policy.at_risk_margin_slots + 1,
-            policy.shape_headroom,
-            policy.shape_span_slots,
+            arrival_load=load,
+            arrival_due_slots=arrival_slots,
+            arrival_run_slots=max(1, ramp // TICKS_PER_SLOT),
+            # The simulator plans every half-hour, as a daemon with a 30-minute interval would.
+            margin_slots=risk_margin_slots(policy, SLOT_SECONDS, SLOT_SECONDS),
+            steps_per_slot=TICKS_PER_SLOT,
         )
-        return hold.start_budget
+        return shaping.hold_from_snapshot(snapshot, policy).start_budget
 
     has_dl = np.isfinite(jobs.deadline_s)
-    # Work still to arrive is due after the room the slack rule typically gives (the rule is the
-    # site's policy, known in advance, as the daemon knows its [flex] slack).
-    room = np.where(has_dl, jobs.latest_tick - jobs.submit_tick, 0)
-    arrival_slots = int(np.median(room[room > 0]) // TICKS_PER_SLOT) if (room > 0).any() else 0
+    recent_slack = np.where(np.isfinite(jobs.deadline_s), jobs.latest_tick - jobs.submit_tick, 0)
+    # The median slack of the work with deadlines (no default: every job's slack is known here).
+    arrival_slots = shaping.arrival_due_slots(recent_slack * float(TICK_SECONDS), 0.0, SLOT_SECONDS)
 
     f_start, f_busy, f_elig, f_expedited = _run(
         jobs, capacity, n_ticks, plan, cfg, tick_progress(n_ticks), hold_back if policy.shape_load else None

@@ -192,7 +192,8 @@ def test_dirty_now_holds_flexible_jobs_beyond_the_budget_until_the_next_cycle(fa
     site = _last_plan(env)["sites"]["default"]["shaping"]
     assert site["snapshot"]["job_ids"] == [*flexible, other] and site["held"] == sorted(held)
     later = site["snapshot"]["now"] + INTERVAL + HOLD_OVERLAP_S
-    assert all(env.slurm.job(j).start_time == later for j in held)
+    # (to the second: the cycle's clock and the snapshot's may straddle a second boundary)
+    assert all(abs(env.slurm.job(j).start_time - later) <= 1 for j in held)
 
     # The forecast turns clean now: nothing is held back any more, the held jobs go now.
     forecast_from_now(env.forecast, [40.0] * 96)
@@ -223,19 +224,11 @@ def test_a_job_near_its_latest_safe_start_is_never_held(fake_env: FakeEnv) -> No
     env.slurmflex("daemon", "--once")
     site = _last_plan(env)["sites"]["default"]["shaping"]
     assert site["snapshot"]["job_ids"] == [near, *far]
-    assert near not in site["held"]
-    # The queue projection refuses any hold that would start it late, so nothing is held here.
-    assert site["hold"]["nodes"] == 0
-    assert site["hold"]["reason"] == "holding back would push a queued job past its latest safe start"
-    now = time.time()
-    for job_id in (near, *far):
-        assert env.slurm.job(job_id).eligible_time <= now + 5
-    assert env.status()["jobs"][near]["status"] == "runs-now"
-    # Without it, the same queue is held back.
-    env.slurm.finish(near)  # it leaves the queue
-    env.slurmflex("daemon", "--once")
-    site = _last_plan(env)["sites"]["default"]["shaping"]
+    # It may use what is held back (the budget never holds it, and the projection counts it so):
+    # the others are held, it is not.
     assert site["hold"]["nodes"] > 0 and site["held"] == sorted(far)
+    assert env.slurm.job(near).eligible_time <= time.time() + 5
+    assert env.status()["jobs"][near]["status"] == "runs-now"
 
 
 def test_a_job_within_the_exempt_hours_is_never_held(fake_env: FakeEnv) -> None:

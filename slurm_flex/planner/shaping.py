@@ -32,9 +32,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linprog
 
+from slurm_flex.grid.series import SLOT_SECONDS
 from slurm_flex.planner.instance import FloatArray
 from slurm_flex.planner.policy import Policy
-from slurm_flex.planner.risk import place_in_order
+from slurm_flex.planner.risk import first_fit
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -165,6 +166,7 @@ def planned_hold(
     margin_slots: int,
     headroom: float = 0.95,
     max_span_slots: int = 96,
+    exempt_steps: int = 0,
 ) -> Hold:
     """Processors to keep from the queue this slot.
 
@@ -176,7 +178,8 @@ def planned_hold(
     the queue's typical run time from it (at most ``max_span_slots``). What the plan leaves unused of this slot is
     held back, if the queue in its order, by time limits, with that held back this slot and nothing from the next
     one, still starts every job by its latest safe start less ``margin_slots``: each step is checked the same way,
-    so the queue stays able to meet every deadline."""
+    so the queue stays able to meet every deadline. Work the start budget never holds (no deadline, or a latest
+    safe start within ``exempt_steps``) is projected without the hold: it may use what is held back."""
     h = weight.size
     if h == 0:
         return Hold(0.0, "no forecast")
@@ -194,9 +197,7 @@ def planned_hold(
     span_slots = int(min(max(1, round(span)), h, max_span_slots))
     window = np.pad(weight, (0, span_slots - 1), mode="edge")
     weighed = np.convolve(window, np.ones(span_slots) / span_slots, mode="valid")[:h]
-    served = shape_load(
-        weighed, free * headroom, cumulative_due(h, work, due_slot, arrival_load, arrival_due_slots)
-    )
+    served = shape_load(weighed, free * headroom, cumulative_due(h, work, due_slot, arrival_load, arrival_due_slots))
     if served is None:
         return Hold(0.0, "the queue needs every free processor to meet its deadlines")
     if served[0] >= free[0] * headroom - 1e-6:
@@ -204,14 +205,29 @@ def planned_hold(
     hold = float(free[0] - served[0])
     if hold < 1:
         return Hold(0.0, "less than a processor to hold back", served)
-    left = capacity - _fit(running_limits, steps)
-    left[:steps_per_slot] -= hold
-    starts, _ = place_in_order(left, queue.procs, queue.limit_steps)
+    exempt = ~queue.has_deadline | (queue.latest_step <= exempt_steps)
+    starts = _place_holding(capacity - _fit(running_limits, steps), queue, exempt, hold, steps_per_slot)
     limit = queue.latest_step - steps_per_slot * margin_slots
     late = queue.has_deadline & (((starts < 0) & (limit < steps)) | (starts > limit))
     if late.any():
         return Hold(0.0, "holding back would push a queued job past its latest safe start", served)
     return Hold(hold, "cleaner hours ahead can run the queue before its deadlines", served)
+
+
+def _place_holding(free: FloatArray, queue: QueuedWork, exempt: BoolArray, hold: float, held_steps: int) -> IntArray:
+    """The queue placed in its order at first fits (planner.risk.place_in_order), the first
+    ``held_steps`` of ``free`` short of ``hold`` for every job but the ``exempt`` ones."""
+    left = np.array(free, dtype=np.float64, copy=True)
+    starts = np.full(queue.procs.size, -1, dtype=np.int64)
+    for i in range(queue.procs.size):
+        held = 0.0 if exempt[i] else hold
+        left[:held_steps] -= held
+        k = first_fit(left, float(queue.procs[i]), int(queue.limit_steps[i]))
+        left[:held_steps] += held
+        if k >= 0:
+            left[k : k + max(1, int(queue.limit_steps[i]))] -= queue.procs[i]
+            starts[i] = k
+    return starts
 
 
 def _fit(values: FloatArray, n: int) -> FloatArray:
@@ -259,6 +275,7 @@ def hold_from_snapshot(snapshot: ShapingSnapshot, policy: Policy) -> Hold:
         s.margin_slots,
         policy.shape_headroom,
         policy.shape_span_slots,
+        exempt_steps=round(policy.shape_exempt_hours * 3600 / (SLOT_SECONDS / s.steps_per_slot)),
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from slurm_flex.beckn.activation import power_cap
+from slurm_flex.beckn.activation import power_cap, power_floor
 from slurm_flex.beckn.contract import Need
 from slurm_flex.beckn.flexibility import (
     Commitments,
@@ -78,11 +78,19 @@ def committed_by(
         absorb_slots=frozenset(t for c in absorb for t in _slots(c, slot0, n_slots)),
     )
     for c in absorb:
+        # As the daemon will: what its floor asks of pending work beyond what the plan already
+        # runs in each half-hour (jobs it has pulled so far run now, and count as running).
+        floor = power_floor([c, *shed], now, n_slots, running)
+        if floor is None:
+            continue
         base = baseline(snapshot, forecast, policy, running, n_slots, committed)
         movs = movables(snapshot, base.plan)
-        first = (floor_slot(c.window_start) - slot0) // SLOT_SECONDS
-        wants = [(first + k, kw) for k, kw in enumerate(c.committed_per_slot()) if first + k >= 0]
-        free, _ = free_nodes(snapshot, movs, n_slots)
+        free, waiting = free_nodes(snapshot, movs, n_slots)
+        draw = np.zeros(n_slots)
+        for m in movs:
+            if m.job_id not in waiting:
+                draw[max(0, m.start) : min(n_slots, m.start + m.slots)] += m.power_kw
+        wants = [(t, float(floor[t] - draw[t])) for t in _slots(c, slot0, n_slots) if floor[t] > draw[t] + 1e-9]
         pulls, _ = pull_forward(movs, free, wants, committed.shed_slots)
         snapshot = pin(snapshot, pulls)
     return committed, snapshot

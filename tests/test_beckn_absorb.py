@@ -268,6 +268,22 @@ def test_second_increase_is_quoted_against_the_work_the_first_pulls() -> None:
     assert offered == (2.0,) and "at most 2.000 kW" in reason
 
 
+def test_an_increase_under_way_counts_the_jobs_already_pulled_not_more() -> None:
+    # the first increase's window is open and its floor met: the two jobs the daemon pulled
+    # run now; x is still deferred to slot 6
+    free = np.full(N * 4, 10.0)
+    snap = PlanningSnapshot(NOW + 60, (job("x", 1.0, 2, 20),), free, free, 10.0, np.zeros(N * 4), 0)
+    running = (
+        RunningLoad("r1", 0.5, None, None, False),
+        RunningLoad("y", 1.0, NOW + 2 * SLOT_SECONDS, None, False),
+        RunningLoad("z", 1.0, NOW + 2 * SLOT_SECONDS, None, False),
+    )
+    flex = flex_input(snap, forecast(range(6, 8)), running)
+    first = contract("c1", ABSORB, 0, baseline=(0.5,), offered=(2.0,))
+    # x is not pinned to the first (it needs nothing more): a second increase can have it
+    assert quote_need(flex, shapes_need(1, [5.0], -0.2), POLICY, 600, [first])[1] == (1.0,)
+
+
 def test_opposite_directions_never_share_a_half_hour() -> None:
     snap, fc = pull_snapshot()
     flex = flex_input(snap, fc)

@@ -1,8 +1,13 @@
 """The daemon's side of a confirmed contract: each cycle it
 
-- turns every ACTIVE contract into a ceiling on the planned flexible work in its window's
-  half-hours (the planner then keeps pending work out of the window where deadlines allow,
-  and catches up after it);
+- turns every ACTIVE reduction (shed) contract into a ceiling on the planned flexible work in
+  its window's half-hours (the planner then keeps pending work out of the window where
+  deadlines allow, and catches up after it);
+- turns every ACTIVE increase (absorb) contract into a floor on the site's power in its
+  window's half-hours (its baseline plus the kW committed), and in the window pulls deferred
+  flexible work forward until the planned draw reaches it: pending jobs the plan starts in a
+  later half-hour are released now, most urgent (earliest latest safe start) first, only where
+  their nodes are free; a job pulled stays released until the window closes;
 - suspends the opted-in running jobs the quote counted on when the window opens
   (``scontrol suspend``), and resumes them when it closes, when the contract is cancelled, or
   earlier if a job's deadline would otherwise be at risk (``scontrol resume``);
@@ -17,17 +22,18 @@ contracts are still carried out. Every failure here is soft: the cycle goes on.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import structlog
 
-from slurm_flex.beckn.flexibility import RunningLoad, running_kw
+from slurm_flex.beckn.flexibility import RunningLoad, free_nodes, movables, pull_forward, running_kw
 from slurm_flex.beckn.inputs import write_flex_input
-from slurm_flex.beckn.store import BecknStore, Contract
-from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot
+from slurm_flex.beckn.store import ABSORB, BecknStore, Contract
+from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot, iso_utc
 from slurm_flex.planner.instance import FloatArray
-from slurm_flex.planner.queue import PlanningSnapshot
+from slurm_flex.planner.queue import Plan, PlanningSnapshot
 from slurm_flex.slurm.parsers import SlurmJob
 
 log = structlog.get_logger(__name__)
@@ -47,15 +53,12 @@ def power_cap(
     ceiling = np.full(n_slots, np.inf)
     paused: set[str] = set()
     for c in contracts:
-        if c.status != "ACTIVE" or c.window_end <= now:
+        # An increase is a floor (power_floor), never a ceiling.
+        if c.status != "ACTIVE" or c.window_end <= now or c.direction == ABSORB:
             continue
         paused.update(c.suspend)
         first = (floor_slot(c.window_start) - slot0) // SLOT_SECONDS
-        committed = [0.0] * len(c.baseline)
-        for i, kw in enumerate(c.offered):
-            k = (c.window_start + i * c.interval_s - floor_slot(c.window_start)) // SLOT_SECONDS
-            if 0 <= k < len(committed):
-                committed[k] = max(committed[k], kw)
+        committed = c.committed_per_slot()
         for k, base in enumerate(c.baseline):
             if 0 <= first + k < n_slots:
                 ceiling[first + k] = min(ceiling[first + k], max(0.0, base - committed[k]))
@@ -63,6 +66,123 @@ def power_cap(
         return None
     staying = running_kw([r for r in running if r.job_id not in paused], slot0, n_slots)
     return np.where(np.isfinite(ceiling), np.maximum(0.0, ceiling - staying), np.inf)
+
+
+def power_floor(
+    contracts: Sequence[Contract], now: int, n_slots: int, running: Sequence[RunningLoad] = ()
+) -> FloatArray | None:
+    """Per slot from floor_slot(now): the least planned flexible work must draw (0: no floor;
+    None: no increase contract in the horizon). An increase contract fixes the site's floor in
+    each half-hour of its window (its baseline plus the most it committed there; the highest
+    where contracts overlap); the running work that stays on (none suspended for a reduction)
+    counts toward it, so only the rest is asked of pending work."""
+    slot0 = floor_slot(now)
+    floor = np.zeros(n_slots)
+    found = False
+    paused: set[str] = set()
+    for c in contracts:
+        if c.status != "ACTIVE" or c.window_end <= now:
+            continue
+        if c.direction != ABSORB:
+            paused.update(c.suspend)
+            continue
+        first = (floor_slot(c.window_start) - slot0) // SLOT_SECONDS
+        for k, (base, kw) in enumerate(zip(c.baseline, c.committed_per_slot(), strict=True)):
+            if 0 <= first + k < n_slots:
+                floor[first + k] = max(floor[first + k], base + kw)
+                found = True
+    if not found:
+        return None
+    staying = running_kw([r for r in running if r.job_id not in paused], slot0, n_slots)
+    return np.where(floor > 0, np.maximum(0.0, floor - staying), 0.0)
+
+
+@dataclass(frozen=True)
+class AbsorbPull:
+    """A pending job released now for an increase contract, and why."""
+
+    job_id: str
+    contract_id: str
+    power_kw: float
+    nodes: float
+    reason: str
+
+
+def absorb_pulls(
+    contracts: Sequence[Contract],
+    now: int,
+    running: Sequence[RunningLoad],
+    snapshot: PlanningSnapshot,
+    plan_: Plan,
+) -> tuple[AbsorbPull, ...]:
+    """The jobs to release now so that the site draws at least the floor of the increase
+    contracts whose window is open (pure). The planned draw is the running work plus the
+    pending jobs the plan starts in this half-hour (by the power model); deferred jobs are
+    pulled forward by :func:`flexibility.pull_forward`: most urgent first, their earliest start
+    allowing, only onto nodes free for their whole run. Nothing is pulled before the window
+    opens: the first cycle in it does (so up to a cycle interval late)."""
+    live = [
+        c for c in contracts if c.status == "ACTIVE" and c.direction == ABSORB and c.window_start <= now < c.window_end
+    ]
+    if not live:
+        return ()
+    n = max(1, snapshot.free_by_limits.size)
+    floor = power_floor(live, now, n, running)
+    if floor is None or floor[0] <= 1e-9:
+        return ()
+    movs = movables(snapshot, plan_)
+    free, waiting = free_nodes(snapshot, movs, n)
+    # Released work draws once it starts: not a job that finds no free nodes.
+    draw = sum(m.power_kw for m in movs if m.start <= 0 < m.start + m.slots and m.job_id not in waiting)
+    if draw + 1e-9 >= floor[0]:
+        return ()
+    pulled, _ = pull_forward(movs, free, [(0, float(floor[0]) - draw)])
+    if not pulled:
+        return ()
+    # Credited to the contract that asks most of this half-hour.
+    slot0 = floor_slot(now)
+    site_floor, owner = max(
+        (
+            (base + kw, c.id)
+            for c in live
+            for k, (base, kw) in enumerate(zip(c.baseline, c.committed_per_slot(), strict=True))
+            if floor_slot(c.window_start) + k * SLOT_SECONDS == slot0
+        ),
+        default=(float(floor[0]), live[0].id),
+    )
+    stays = site_floor - float(floor[0])
+    why = (
+        f"pulled forward for absorb contract {owner}: the site is to draw at least {site_floor:.3f} kW in the "
+        f"{iso_utc(slot0)[11:16]} UTC half-hour; running and released work drew {stays + draw:.3f} kW"
+    )
+    return tuple(AbsorbPull(p.job_id, owner, p.power_kw, p.nodes, why) for p in pulled)
+
+
+def with_pulls(plan_: Plan, pulls: Sequence[AbsorbPull], now: int) -> Plan:
+    """The plan with the pulled jobs starting now (pure): the cycle reconciles Slurm with it
+    (their begin time set to now), and records and plan files show why."""
+    by_id = {p.job_id: p for p in pulls}
+    if not by_id:
+        return plan_
+    # It now runs at the signals of now: no saving is claimed for it.
+    jobs = tuple(
+        replace(
+            j,
+            start=now,
+            deferred=False,
+            reason=by_id[j.job_id].reason,
+            carbon_planned_g=j.carbon_now_g,
+            mean_ci_planned=j.mean_ci_now,
+            cost_planned_gbp=j.cost_now_gbp,
+        )
+        if j.job_id in by_id
+        else j
+        for j in plan_.jobs
+    )
+    sol = plan_.solution
+    if sol is not None:
+        sol = replace(sol, starts={k: (0 if k in by_id else v) for k, v in sol.starts.items()})
+    return replace(plan_, jobs=jobs, solution=sol)
 
 
 def running_loads(
@@ -113,6 +233,66 @@ class Activation:
     ) -> FloatArray | None:
         loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
         return power_cap(self.contracts(now), now, n_slots, loads)
+
+    def in_force(self, now: int) -> str:
+        """ "absorb" while an increase contract's window is open, else "shed" while any
+        contract's window is ahead or open, else ""."""
+        ahead = [c for c in self.contracts(now) if c.status == "ACTIVE" and c.window_end > now]
+        if any(c.direction == ABSORB and c.window_start <= now for c in ahead):
+            return "absorb"
+        return "shed" if ahead else ""
+
+    def pulls(
+        self,
+        now: int,
+        jobs: Sequence[SlurmJob],
+        estimate: Callable[[SlurmJob], float],
+        snapshot: PlanningSnapshot,
+        plan_: Plan,
+    ) -> tuple[AbsorbPull, ...]:
+        """The jobs to release now for the increase contracts in force (see :func:`absorb_pulls`)."""
+        try:
+            loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
+            return absorb_pulls(self.contracts(now), now, loads, snapshot, plan_)
+        except Exception as exc:  # soft: the plan stands as it was
+            log.error("beckn_pulls_failed", error=str(exc))
+            return ()
+
+    def kept(self, now: float) -> dict[str, str]:
+        """Jobs pulled forward for an increase whose window is still open, and why: they are not
+        deferred again while it lasts (a pulled job never moves later)."""
+        try:
+            contracts = {c.id: c for c in self.contracts(now)}
+            return {
+                job: reason
+                for cid, job, _at, _kw, reason in self.store.pulled()
+                if (c := contracts.get(cid)) is not None and c.status == "ACTIVE" and now < c.window_end
+            }
+        except Exception as exc:
+            log.error("beckn_pulls_failed", error=str(exc))
+            return {}
+
+    def record_pulls(
+        self, pulls: Sequence[AbsorbPull], now: float, failed: frozenset[str]
+    ) -> list[tuple[str, dict[str, object]]]:
+        """Keep the pulls made in Slurm (those whose release did not fail) and return their
+        ledger entries."""
+        out: list[tuple[str, dict[str, object]]] = []
+        try:
+            for p in pulls:
+                if p.job_id in failed:
+                    continue
+                self.store.mark_pulled(p.contract_id, p.job_id, now, p.power_kw, p.reason)
+                out.append(
+                    (
+                        "beckn.pull",
+                        {"contract": p.contract_id, "job": p.job_id, "kw": round(p.power_kw, 3), "why": p.reason},
+                    )
+                )
+                log.info("beckn_pull", contract=p.contract_id, job=p.job_id, kw=round(p.power_kw, 3))
+        except Exception as exc:
+            log.error("beckn_pulls_failed", error=str(exc))
+        return out
 
     def step(
         self,

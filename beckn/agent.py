@@ -253,6 +253,10 @@ class GridAgent:
 def delivered_rows(contract: dict[str, Any]) -> list[dict[str, Any]]:
     """Per interval: committed (CAPACITY_OFFERED), baseline, usage and delivered kW."""
     committed = shapes._column(contract["commitments"][0]["commitmentAttributes"], "CAPACITY_OFFERED") or []
+    # An increase (negative PRICE) is delivered above the baseline, a reduction below it.
+    need = (contract["commitments"][0].get("resources") or [{}])[0].get("resourceAttributes") or {}
+    prices = shapes._column(need, "PRICE") or []
+    sign = -1.0 if prices and all(p < 0 for p in prices) else 1.0
     perf = (contract.get("performance") or [{}])[0].get("performanceAttributes", {})
     meter = (perf.get("meters") or [{}])[0]
     telemetry = meter.get("telemetry", {})
@@ -269,7 +273,7 @@ def delivered_rows(contract: dict[str, Any]) -> list[dict[str, Any]]:
                 "committed_kw": committed[iv["id"]] if iv["id"] < len(committed) else None,
                 "baseline_kw": b,
                 "usage_kw": u,
-                "delivered_kw": None if b is None or u is None else round(max(0.0, b - u), 3),
+                "delivered_kw": None if b is None or u is None else round(max(0.0, sign * (b - u)), 3),
                 "basis": meter.get("meterId", "").rsplit(":", 1)[-1],
             }
         )

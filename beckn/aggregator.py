@@ -22,11 +22,11 @@ import httpx
 
 from slurm_flex.beckn import contract as shapes
 from slurm_flex.beckn.errors import BecknError, ConflictError
-from slurm_flex.beckn.flexibility import deliverable
 from slurm_flex.beckn.inputs import read_flex_input
+from slurm_flex.beckn.quote import quote_need
 from slurm_flex.beckn.signing import Signer
 from slurm_flex.beckn.store import BecknStore, Contract
-from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc
+from slurm_flex.grid.series import iso_utc
 from slurm_flex.planner.policy import Policy
 
 
@@ -151,6 +151,7 @@ class Aggregator:
             reason=delivery_reason,
             doc=confirmed,
             role="bap",
+            direction=need.direction,
         )
         self.store.put_contract(stored)
         out(
@@ -170,17 +171,10 @@ class Aggregator:
                 "no plan yet: the daemon has not written its planning input", code="BIZ_QUANTITY_UNAVAILABLE"
             )
         now = int(time.time())
-        snapshot = replace(flex.snapshot, now=max(flex.snapshot.now, now))
-        first = floor_slot(need.window_start)
-        slot_of = [
-            (need.window_start + i * need.interval_s - first) // SLOT_SECONDS for i in range(len(need.requested))
-        ]
-        per_slot = [0.0] * (max(slot_of) + 1)
-        for s, r in zip(slot_of, need.requested, strict=True):
-            per_slot[s] = max(per_slot[s], r)
-        d = deliverable(snapshot, flex.forecast, self.policy, flex.running, need.window_start, per_slot, self.margin_s)
-        offered = tuple(min(r, d.offered[s]) for r, s in zip(need.requested, slot_of, strict=True))
-        return offered, d.reason, d
+        flex = replace(flex, snapshot=replace(flex.snapshot, now=max(flex.snapshot.now, now)))
+        # Against the plan with the contracts already confirmed (either role) carried out.
+        d, offered, reason = quote_need(flex, need, self.policy, self.margin_s, self.store.active(now))
+        return offered, reason, d
 
 
 def _contract_from_catalog(catalogs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from slurm_flex.beckn.errors import BecknError
+from slurm_flex.beckn.store import ABSORB, SHED
 from slurm_flex.grid.series import SLOT_SECONDS, iso_utc
 
 CTX = "https://schema.nfh.global/"
@@ -44,6 +45,21 @@ class Need:
     currency: str
     buyer_id: str | None
     offered: tuple[float, ...] | None  # CAPACITY_OFFERED the buyer echoes (init/confirm), if any
+    # SHED (draw less) or ABSORB (draw more): DEG carries it in the sign of PRICE, a negative
+    # price paying for increased consumption; capacities stay positive kW either way.
+    direction: str = SHED
+
+
+def direction_of(price: Sequence[float]) -> str:
+    """ABSORB when every interval's PRICE is negative, SHED when none is; a need mixing the two
+    is refused (one contract is carried out as one ceiling or one floor, not both)."""
+    negative = [p < 0 for p in price]
+    if any(negative) and not all(negative):
+        raise BecknError(
+            "the need mixes reduction (PRICE >= 0) and increase (PRICE < 0) intervals: send them as two contracts",
+            code="BIZ_FULFILLMENT_UNAVAILABLE",
+        )
+    return ABSORB if negative and all(negative) else SHED
 
 
 def parse_duration_s(text: str) -> int:
@@ -97,7 +113,8 @@ def parse_need(contract: dict[str, Any]) -> Need:
     requested = _column(need, "CAPACITY_REQUESTED")
     if requested is None or any(r < 0 for r in requested):
         raise BecknError(
-            "CAPACITY_REQUESTED missing or negative (absorbing is quoted as negative PRICE)", code="SCH_INVALID_FORMAT"
+            "CAPACITY_REQUESTED missing or negative (an increase is asked for with a negative PRICE)",
+            code="SCH_INVALID_FORMAT",
         )
     price = _column(need, "PRICE") or [0.0] * len(requested)
     penalty = _column(need, "SHORTFALL_PENALTY") or [0.0] * len(requested)
@@ -119,6 +136,7 @@ def parse_need(contract: dict[str, Any]) -> Need:
         currency=str(inputs.get("currency", "")),
         buyer_id=buyer.get("participantId"),
         offered=None if offered is None else tuple(offered),
+        direction=direction_of(price),
     )
 
 

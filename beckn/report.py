@@ -1,7 +1,13 @@
 """Delivery proof per interval of an event: the baseline (what the plan would have drawn
 without the order, fixed when it was confirmed) against the power drawn, from the samples the
 daemon records each cycle (measured where [measure] has readings, otherwise the power model's
-estimate of the running jobs, labelled ``modelled``)."""
+estimate of the running jobs, labelled ``modelled``).
+
+BASELINE and USAGE are the site's power in kW either way; what was delivered is the drop below
+the baseline for a reduction, and the rise above it for an increase (a need with a negative
+PRICE: DEG carries the direction in the price's sign, capacities stay positive). The devkit's
+contract Rego settles only the first (``clamp0(BASELINE - USAGE)``): the status text of an
+increase's record says how its delivery is to be read."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slurm_flex.beckn import contract as shapes
-from slurm_flex.beckn.store import BecknStore, Contract
+from slurm_flex.beckn.store import ABSORB, BecknStore, Contract
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,7 @@ def delivery_report(store: BecknStore, c: Contract, now: float, seller_id: str) 
         bases.update({"measured"} if measured else {b for _, _k, b in samples})
         usage.append(sum(chosen) / len(chosen) if chosen else None)
     basis = "measured" if bases == {"measured"} else "modelled" if bases else "none"
-    delivered = tuple(None if u is None else max(0.0, b - u) for b, u in zip(baseline, usage, strict=True))
+    delivered = delivered_kw(c.direction, baseline, usage)
     over = now >= c.window_end
     status = (
         ("DELIVERY_COMPLETE" if _met(delivered, c.offered) else "DELIVERY_COMPLETE_PARTIAL") if over else "IN_PROGRESS"
@@ -102,7 +108,14 @@ def delivery_report(store: BecknStore, c: Contract, now: float, seller_id: str) 
         c.id, f"{seller_id}:site:{basis}", c.window_start, baseline, usage, status, "PLAN_COUNTERFACTUAL", c.interval_s
     )
     named, note = named_baseline(store, c)
-    perf["status"]["longDesc"] = f"BASELINE: what the plan would have drawn without the order ({basis}); {note}"
+    what = (
+        "an increase (negative PRICE): delivered = USAGE - BASELINE, the power drawn above the baseline"
+        if c.direction == ABSORB
+        else "a reduction: delivered = BASELINE - USAGE"
+    )
+    perf["status"]["longDesc"] = (
+        f"{what}; BASELINE: what the plan would have drawn without the order; USAGE {basis}; {note}"
+    )
     named_perf = None
     if named is not None:
         method = c.baseline_method
@@ -118,6 +131,13 @@ def delivery_report(store: BecknStore, c: Contract, now: float, seller_id: str) 
         )
         named_perf["id"] += "-named"
     return DeliveryReport(tuple(baseline), tuple(usage), delivered, basis, perf, named, named_perf, note)
+
+
+def delivered_kw(direction: str, baseline: Sequence[float], usage: Sequence[float | None]) -> tuple[float | None, ...]:
+    """Per interval: the drop below the baseline (a reduction) or the rise above it (an
+    increase), never negative; None where no power was recorded."""
+    sign = -1.0 if direction == ABSORB else 1.0
+    return tuple(None if u is None else max(0.0, sign * (b - u)) for b, u in zip(baseline, usage, strict=True))
 
 
 def _met(delivered: Sequence[float | None], offered: Sequence[float]) -> bool:

@@ -33,16 +33,17 @@ from starlette.routing import Route
 
 from slurm_flex.beckn import contract as shapes
 from slurm_flex.beckn.errors import BecknError, ConflictError, NotFoundError, SchemaError, SignatureError
-from slurm_flex.beckn.flexibility import Delivery, deliverable, flex_slots
+from slurm_flex.beckn.flexibility import Delivery, flex_slots
 from slurm_flex.beckn.inputs import FlexInput, read_flex_input
 from slurm_flex.beckn.outbox import Outbox
+from slurm_flex.beckn.quote import quote_need, with_commitments
 from slurm_flex.beckn.replay import ReplayCache
 from slurm_flex.beckn.report import delivery_report
 from slurm_flex.beckn.schemas import known_actions, validate
 from slurm_flex.beckn.signing import SignatureHeader, Signer, body_digest, parse_header, verify
-from slurm_flex.beckn.store import BecknStore, Contract
+from slurm_flex.beckn.store import ABSORB, BecknStore, Contract
 from slurm_flex.beckn.trust import Trust, TrustEntry
-from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc
+from slurm_flex.grid.series import floor_slot, iso_utc
 from slurm_flex.ledger import events
 from slurm_flex.planner.policy import Policy
 
@@ -297,42 +298,22 @@ def _flex_input(ep: Endpoint) -> FlexInput:
     return replace(flex, snapshot=replace(flex.snapshot, now=max(flex.snapshot.now, now)))
 
 
-def _slot_requests(need: shapes.Need) -> tuple[int, list[float], list[int]]:
-    """The buyer's intervals on the planner's half-hours: the first slot's start, the most asked
-    in each slot, and the slot of each interval."""
-    first = floor_slot(need.window_start)
-    slot_of = [(need.window_start + i * need.interval_s - first) // SLOT_SECONDS for i in range(len(need.requested))]
-    per_slot = [0.0] * (max(slot_of) + 1 if slot_of else 0)
-    for s, r in zip(slot_of, need.requested, strict=True):
-        per_slot[s] = max(per_slot[s], r)
-    return first, per_slot, slot_of
-
-
-def _quote(ep: Endpoint, need: shapes.Need) -> tuple[Delivery, tuple[float, ...], str]:
+def _quote(ep: Endpoint, need: shapes.Need, exclude: str | None = None) -> tuple[Delivery, tuple[float, ...], str]:
+    """The offer per interval, against the plan with every other confirmed contract (all but
+    ``exclude``, the one being re-quoted) carried out."""
     now = ep.clock()
     if need.window_start + need.interval_s * len(need.requested) <= now:
         return _nothing(need, "the window is over")
     flex = _flex_input(ep)
-    first, per_slot, slot_of = _slot_requests(need)
-    if first < floor_slot(now):
+    if floor_slot(need.window_start) < floor_slot(now):
         return _nothing(need, "the window has started")
-    d = deliverable(
-        flex.snapshot,
-        flex.forecast,
-        ep.policy,
-        flex.running,
-        max(first, need.window_start),
-        per_slot,
-        ep.resume_margin_s,
-    )
-    offered = tuple(min(r, d.offered[s]) for r, s in zip(need.requested, slot_of, strict=True))
-    return d, offered, d.reason
+    return quote_need(flex, need, ep.policy, ep.resume_margin_s, ep.store.active(now), exclude)
 
 
 def _nothing(need: shapes.Need, why: str) -> tuple[Delivery, tuple[float, ...], str]:
     n = len(need.requested)
     zero = (0.0,) * n
-    return Delivery(0, need.requested, zero, (), (), (), why), zero, why
+    return Delivery(0, need.requested, zero, (), (), (), why, direction=need.direction), zero, why
 
 
 def _handle(
@@ -376,9 +357,17 @@ Reply = tuple[str, dict[str, Any]] | None
 
 
 def _discover(ep: Endpoint, ctx: dict[str, Any], msg: dict[str, Any], entry: TrustEntry) -> Reply:
-    flex = _flex_input(ep)
+    # What is offered is what the confirmed contracts leave.
+    committed, flex = with_commitments(_flex_input(ep), ep.policy, ep.store.active(ep.clock()), ep.horizon_slots)
     slots = flex_slots(
-        flex.snapshot, flex.forecast, ep.policy, flex.running, ep.horizon_slots, ep.price_per_kwh, ep.resume_margin_s
+        flex.snapshot,
+        flex.forecast,
+        ep.policy,
+        flex.running,
+        ep.horizon_slots,
+        ep.price_per_kwh,
+        ep.resume_margin_s,
+        committed,
     )
     me = ep.signer.subscriber_id
     series = {
@@ -425,10 +414,10 @@ def _select_or_init(callback: str) -> Callable[[Endpoint, dict[str, Any], dict[s
     def handler(ep: Endpoint, ctx: dict[str, Any], msg: dict[str, Any], entry: TrustEntry) -> Reply:
         doc = msg["contract"]
         need = shapes.parse_need(doc)
-        delivery, offered, reason = _quote(ep, need)
         existing = ep.store.by_transaction(entry.subscriber_id, str(ctx.get("transactionId", "")))
         if existing is not None and existing.status != "DRAFT":
             raise ConflictError(f"transaction already {existing.status}", code="BIZ_ALREADY_CONFIRMED")
+        delivery, offered, reason = _quote(ep, need, existing.id if existing is not None else None)
         contract_id = existing.id if existing is not None else str(uuid.uuid4())
         expires = ep.clock() + ep.offer_validity_s
         out = shapes.quoted(
@@ -483,6 +472,7 @@ def _contract(
         quote_expires=expires,
         reason=reason,
         doc=doc,
+        direction=need.direction,
     )
 
 
@@ -498,13 +488,19 @@ def _confirm(ep: Endpoint, ctx: dict[str, Any], msg: dict[str, Any], entry: Trus
     if ep.clock() > existing.quote_expires:
         raise ConflictError("the quote has expired: select or init again", code="BIZ_QUOTE_EXPIRED_OR_CHANGED")
     need = shapes.parse_need(doc)
+    if need.direction != existing.direction:
+        raise ConflictError(
+            f"the quote was for {'an increase' if existing.direction == ABSORB else 'a reduction'}: "
+            "PRICE changed sign since",
+            code="BIZ_QUOTE_EXPIRED_OR_CHANGED",
+        )
     committed = need.offered if need.offered is not None else existing.offered
     if len(committed) != len(existing.offered) or any(
         c > o + 1e-6 for c, o in zip(committed, existing.offered, strict=True)
     ):
         raise ConflictError("CAPACITY_OFFERED is more than was quoted", code="BIZ_QUOTE_EXPIRED_OR_CHANGED")
     # The queue may have changed since the quote: confirm only what can still be delivered.
-    delivery, offered_now, reason = _quote(ep, need)
+    delivery, offered_now, reason = _quote(ep, need, existing.id)
     if any(c > o + 1e-6 for c, o in zip(committed, offered_now, strict=True)):
         raise ConflictError(
             f"the queue can no longer deliver the quoted capacity: {reason}", code="BIZ_QUANTITY_UNAVAILABLE"
@@ -543,6 +539,7 @@ def _confirm(ep: Endpoint, ctx: dict[str, Any], msg: dict[str, Any], entry: Trus
                 "window_start": c.window_start,
                 "interval_s": c.interval_s,
                 "offered_kw": list(c.offered),
+                "direction": c.direction,
                 "suspend": list(c.suspend),
                 "counterparty": c.counterparty,
             },
@@ -583,8 +580,10 @@ def _update(ep: Endpoint, ctx: dict[str, Any], msg: dict[str, Any], entry: Trust
     wanted = need.offered if need.offered is not None else need.requested
     if need.window_start != c.window_start or need.interval_s != c.interval_s:
         raise ConflictError("an update may change quantities, not the window", code="BIZ_UPDATE_INCONSISTENT")
+    if need.direction != c.direction:
+        raise ConflictError("an update may not turn a reduction into an increase", code="BIZ_UPDATE_INCONSISTENT")
     grows = len(wanted) != len(c.offered) or any(w > o + 1e-6 for w, o in zip(wanted, c.offered, strict=True))
-    delivery, offered_now, reason = _quote(ep, replace(need, requested=tuple(wanted)))
+    delivery, offered_now, reason = _quote(ep, replace(need, requested=tuple(wanted)), c.id)
     if grows and any(w > o + 1e-6 for w, o in zip(wanted, offered_now, strict=True)):
         raise ConflictError(f"cannot deliver the larger quantity: {reason}", code="BIZ_QUANTITY_UNAVAILABLE")
     out = shapes.quoted(
@@ -686,6 +685,8 @@ def _final_reports(ep: Endpoint, outbox: Outbox) -> None:
         body = json.dumps({"context": ctx, "message": {"contract": doc}}, separators=(",", ":")).encode()
         outbox.enqueue(c.callback_uri, action, ctx["messageId"], body, None, now + ep.callback_max_s)
         ep.store.put_contract(replace(final, final_report_sent=True, doc=doc))
+        # Delivered: the reduction below the baseline, or for an increase the rise above it.
+        sign = -1.0 if c.direction == ABSORB else 1.0
         for row in doc["performance"][0]["performanceAttributes"]["meters"][0]["telemetry"]["intervals"]:
             vals = {p["type"]: p["values"][0] for p in row["payloads"]}
             ep.log(
@@ -693,7 +694,7 @@ def _final_reports(ep: Endpoint, outbox: Outbox) -> None:
                     c.id,
                     f"{c.window_start + row['id'] * c.interval_s}",
                     c.offered[row["id"]],
-                    None if "USAGE" not in vals else max(0.0, vals["BASELINE"] - vals["USAGE"]),
+                    None if "USAGE" not in vals else max(0.0, sign * (vals["BASELINE"] - vals["USAGE"])),
                     doc["performance"][0]["performanceAttributes"]["meters"][0]["meterId"].rsplit(":", 1)[-1],
                 )
             )

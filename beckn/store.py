@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slurm_flex.grid.series import SLOT_SECONDS
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contracts (
     id TEXT PRIMARY KEY,              -- our contract id (assigned at select; kept after confirm)
@@ -38,6 +40,7 @@ CREATE TABLE IF NOT EXISTS contracts (
     doc TEXT NOT NULL,                -- the contract as last sent
     final_report_sent INTEGER NOT NULL DEFAULT 0,
     role TEXT NOT NULL DEFAULT 'bpp', -- bpp: we answered the buyer; bap: we answered a utility's need
+    direction TEXT NOT NULL DEFAULT 'shed', -- shed (PRICE >= 0: draw less) or absorb (PRICE < 0: draw more)
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -65,6 +68,14 @@ CREATE TABLE IF NOT EXISTS suspensions (
     how TEXT NOT NULL DEFAULT 'suspend',
     PRIMARY KEY (contract_id, job_id)
 );
+CREATE TABLE IF NOT EXISTS pulls (
+    contract_id TEXT NOT NULL,        -- the absorb contract the job was pulled forward for
+    job_id TEXT NOT NULL,
+    pulled_at REAL NOT NULL,
+    kw REAL NOT NULL,                 -- its planned power (the power model's)
+    reason TEXT NOT NULL,
+    PRIMARY KEY (contract_id, job_id)
+);
 CREATE TABLE IF NOT EXISTS usage (
     ts REAL NOT NULL,
     kw REAL NOT NULL,
@@ -79,6 +90,13 @@ CREATE TABLE IF NOT EXISTS inbox (
     body TEXT NOT NULL
 );
 """
+
+
+# Columns added to ``contracts`` after its first release: (name, declaration) for ALTER TABLE.
+_ADDED_COLUMNS = (("direction", "TEXT NOT NULL DEFAULT 'shed'"),)
+
+SHED = "shed"
+ABSORB = "absorb"
 
 
 def store_path(state_dir: Path) -> Path:
@@ -108,10 +126,23 @@ class Contract:
     doc: dict[str, Any]
     final_report_sent: bool = False
     role: str = "bpp"
+    # SHED (the buyer pays for drawing less: PRICE >= 0) or ABSORB (for drawing more: PRICE < 0)
+    direction: str = SHED
 
     @property
     def window_end(self) -> int:
         return self.window_start + self.interval_s * len(self.offered)
+
+    def committed_per_slot(self) -> list[float]:
+        """The most committed in each half-hour of the window (its intervals may be shorter),
+        aligned with ``baseline``."""
+        committed = [0.0] * len(self.baseline)
+        slot0 = self.window_start - self.window_start % SLOT_SECONDS
+        for i, kw in enumerate(self.offered):
+            k = (self.window_start + i * self.interval_s - slot0) // SLOT_SECONDS
+            if 0 <= k < len(committed):
+                committed[k] = max(committed[k], kw)
+        return committed
 
 
 @dataclass(frozen=True)
@@ -137,6 +168,12 @@ class BecknStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(SCHEMA)
+        # A store made by an earlier version lacks the newer columns (CREATE IF NOT EXISTS
+        # leaves its table as it was); old rows get the defaults (shed: all there was then).
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(contracts)")}
+        for name, declaration in _ADDED_COLUMNS:
+            if name not in have:
+                self.db.execute(f"ALTER TABLE contracts ADD COLUMN {name} {declaration}")
         self._lock = threading.RLock()
 
     @contextmanager
@@ -282,6 +319,24 @@ class BecknStore:
             db.execute(
                 "UPDATE suspensions SET resumed_at = ? WHERE contract_id = ? AND job_id = ?", (at, contract_id, job_id)
             )
+
+    def mark_pulled(self, contract_id: str, job_id: str, at: float, kw: float, reason: str) -> None:
+        """A pending job released ahead of its plan for an absorb contract (the first time only)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO pulls (contract_id, job_id, pulled_at, kw, reason) VALUES (?, ?, ?, ?, ?)",
+                (contract_id, job_id, at, kw, reason),
+            )
+
+    def pulled(self, contract_id: str | None = None) -> list[tuple[str, str, float, float, str]]:
+        """(contract, job, pulled_at, kW, reason) of the jobs pulled forward, oldest first."""
+        with self._lock:
+            sql = "SELECT contract_id, job_id, pulled_at, kw, reason FROM pulls"
+            args: tuple[Any, ...] = ()
+            if contract_id is not None:
+                sql += " WHERE contract_id = ?"
+                args = (contract_id,)
+            return list(self.db.execute(sql + " ORDER BY pulled_at, job_id", args).fetchall())
 
     def record_usage(self, ts: float, kw: float, basis: str) -> None:
         with self._tx() as db:

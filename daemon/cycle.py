@@ -15,12 +15,12 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
-from slurm_flex.beckn.activation import Activation
+from slurm_flex.beckn.activation import AbsorbPull, Activation, with_pulls
 from slurm_flex.config import Config, NodeType, PowerConfig
 from slurm_flex.daemon import runs
 from slurm_flex.daemon.actions import Actions
@@ -175,6 +175,8 @@ class Cycle:
                 backend.read_output,
                 config.beckn.requeue_comment,
             )
+        # Jobs this cycle pulls forward for an increase contract (recorded once made in Slurm).
+        self._pulls: tuple[AbsorbPull, ...] = ()
 
     def mode(self) -> str:
         """The mode in force: an admin's runtime choice (``slurmflex mode``) over the config."""
@@ -243,15 +245,20 @@ class Cycle:
             plans, intents, records, priorities = self._decide(jobs, nodes, forecasts, int(started))
             plan_ = merge_plans(plans.values(), int(started))
             flexible = sum(1 for r in records.values() if r.status in ("deferred", "shaped", "runs-now", "late"))
+            made: list[tuple[str, int | None, int | None, str, str, str]] = []
             try:
                 applied, failed_errors = self.actions.apply(
                     cycle_id, intents, records, mode, plan_, jobs, priorities, int(started)
                 )
             finally:  # what was made in Slurm is recorded even if the cycle fails after it
-                entries.extend(events.action(cycle_id, *made) for made in self.actions.made)
+                made = list(self.actions.made)
+                entries.extend(events.action(cycle_id, *m) for m in made)
                 self.actions.made.clear()
             errors += failed_errors
             updates = applied
+            if self.activation is not None and self._pulls and mode == "enforce":
+                failed = frozenset(m[0] for m in made if m[5] != "applied")
+                entries.extend(self.activation.record_pulls(self._pulls, started, failed))
             if self.activation is not None:
                 first = next(iter(self._snapshots.values()), (None, None))
                 entries.extend(
@@ -474,6 +481,15 @@ class Cycle:
                 assessments.append(a)
         if self.mover is not None:
             assessments, jobs = self.mover.apply(assessments, jobs, nodes, forecasts, now, self.mode())
+        # Jobs pulled forward for an increase whose window is open stay released.
+        kept = self.activation.kept(now) if self.activation is not None else {}
+        if kept:
+            assessments = [
+                replace(a, flex=replace(a.flex, no_defer=kept[a.flex.job_id]))
+                if a.flex is not None and a.flex.job_id in kept
+                else a
+                for a in assessments
+            ]
         # Each site is planned on its own signals and its own nodes; jobs of partitions no site
         # names have no signal and run as submitted.
         sites: dict[str | None, list[Assessment]] = defaultdict(list)
@@ -482,13 +498,16 @@ class Cycle:
         plans: dict[str, Plan] = {}
         planned_assessments: list[Assessment] = []
         priority_changes: list[PriorityChange] = []
-        # A contract's ceiling is the site's; with several sites it bounds the first one.
+        # A contract's ceiling (and floor) is the site's; with several sites it bounds the first one.
         n_slots = int(self.policy.max_horizon_hours * 3600) // 1800 + 1
-        cap = (
-            self.activation.cap(now, n_slots, jobs, lambda j: _estimate(j, self.power) * self._power_factor(j))
-            if self.activation is not None
-            else None
-        )
+
+        def estimate(job: SlurmJob) -> float:
+            return _estimate(job, self.power) * self._power_factor(job)
+
+        cap = self.activation.cap(now, n_slots, jobs, estimate) if self.activation is not None else None
+        contract = self.activation.in_force(now) if self.activation is not None else ""
+        first_site = True
+        self._pulls = ()
         for site in [*forecasts, *(s for s in sites if s not in forecasts)]:
             site_jobs = tuple(j for j in jobs if self._job_site(j) == site)
             site_nodes = self._nodes_of(site, nodes)
@@ -496,9 +515,24 @@ class Cycle:
             # The site's flexible jobs of the last day: the slack coming work has (load shaping).
             seen = [r for r in previous.values() if r.last_seen >= now - 86400 and self._site_of(r.partition) == site]
             planned_site = self.site_planner.plan(
-                site or NO_SITE, sites.get(site, []), site_jobs, site_nodes, forecast, previous, now, cap, seen
+                site or NO_SITE,
+                sites.get(site, []),
+                site_jobs,
+                site_nodes,
+                forecast,
+                previous,
+                now,
+                cap,
+                seen,
+                contract if first_site else "",
             )
             cap = None
+            if first_site and self.activation is not None:
+                # An increase in force: deferred work is pulled forward to the contract's floor.
+                self._pulls = self.activation.pulls(now, jobs, estimate, planned_site.snapshot, planned_site.plan)
+                if self._pulls:
+                    planned_site = replace(planned_site, plan=with_pulls(planned_site.plan, self._pulls, now))
+            first_site = False
             plans[site or NO_SITE] = planned_site.plan
             self._snapshots[site or NO_SITE] = (planned_site.snapshot, forecast)
             self._shaping[site or NO_SITE] = planned_site.shaping

@@ -121,16 +121,19 @@ class SitePlanner:
         now: int,
         power_cap: FloatArray | None = None,
         seen: Iterable[JobRecord] = (),
+        contract: str = "",
     ) -> SitePlan:
         """One site's plan (its jobs, on its nodes, with its signals), the priority changes that
         keep its queued deadlines and, when the policy shapes the load, the jobs held back until
         the next cycle; ``power_cap`` (kW per slot from now) bounds the planned flexible work,
         where a flexibility contract is in force (slurm_flex.beckn.activation); ``seen`` are the
-        records of the site's flexible jobs of the last day (their slack: when coming work is due)."""
+        records of the site's flexible jobs of the last day (their slack: when coming work is due).
+        ``contract``: "shed" or "absorb" while a flexibility contract's window is ahead or open
+        (its window is then planned job by job; no load is shaped while an increase is asked)."""
         usable = len(managed_nodes(nodes, self.rules))
         # A flexibility contract's window is planned job by job whatever defer_to_windows says.
-        contract = power_cap is not None and bool(np.isfinite(power_cap).any())
-        assessments = self._limit_deferral(assessments, jobs, previous, usable, windows=contract)
+        windows = bool(contract) or (power_cap is not None and bool(np.isfinite(power_cap).any()))
+        assessments = self._limit_deferral(assessments, jobs, previous, usable, windows=windows)
         # The store is read only when plans use predicted run times (planner.runtime).
         history = self.store.runtime_history() if self.policy.plan_runtime == "predicted" else None
 
@@ -181,7 +184,9 @@ class SitePlanner:
             free_running = capacity_profile(usable, running, now, n_slots)
             changes = self._expedite(jobs, assessments, plan_, previous, free_running, now, margin)
         shaping = None
-        if self.policy.shape_load:
+        # While an increase is asked (an absorb contract's window), holding work back would work
+        # against it: its floor pulls deferred work forward instead (beckn.activation).
+        if self.policy.shape_load and contract != "absorb":
             shaping = self._shape(
                 ShapingInputs(site, jobs, nodes, assessments, plan_, forecast, running, running_planned, usable, now),
                 margin,

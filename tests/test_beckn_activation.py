@@ -1,13 +1,19 @@
 """A confirmed contract carried out by the daemon, on the fake Slurm: its window's ceiling keeps
 pending flexible work out (deadline kept), opted-in running jobs are suspended for the window
-and resumed when it ends or is cancelled, and power is recorded for the delivery report."""
+and resumed when it ends or is cancelled, an increase pulls deferred work into its window, and
+power is recorded for the delivery report."""
 
 from __future__ import annotations
 
 import time
 
-from slurm_flex.beckn.store import BecknStore, Contract
-from slurm_flex.grid.series import SLOT_SECONDS
+import pytest
+
+from slurm_flex.beckn.report import delivery_report
+from slurm_flex.beckn.store import ABSORB, BecknStore, Contract
+from slurm_flex.daemon.cycle import power_model_from
+from slurm_flex.grid.series import SLOT_SECONDS, floor_slot
+from slurm_flex.power.model import Request
 from tests.fake_cluster import FakeEnv
 
 
@@ -107,3 +113,77 @@ def test_checkpointing_job_is_requeued_held_and_released_after(fake_env: FakeEnv
     env.slurmflex("daemon", "--once")
     assert not env.slurm.job(ckpt).held
     assert store.open_suspensions() == []
+
+
+def absorb_contract(cid: str, start: int, interval_s: int, slots: int, baseline_kw: float, kw: float) -> Contract:
+    """An ACTIVE increase: ``kw`` above ``baseline_kw`` in each interval of its window."""
+    end = start + slots * interval_s
+    half_hours = (floor_slot(end - 1) - floor_slot(start)) // SLOT_SECONDS + 1
+    return Contract(
+        **{
+            **contract(cid, start, slots, interval_s, (), ()).__dict__,
+            "offered": (kw,) * slots,
+            "requested": (kw,) * slots,
+            "baseline": (baseline_kw,) * half_hours,
+            "price": -0.2,
+            "direction": ABSORB,
+        }
+    )
+
+
+def test_absorb_contract_pulls_deferred_work_into_its_window(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(beckn={"subscriber_id": "hpc.test"})
+    config = env.load()
+    kw_one = power_model_from(config).estimate(Request(nodes=1, cpus=1), None) / 1000
+    # three of the four nodes busy with work slurm-flex does not move
+    fixed = [env.submit(time_limit_s=7200) for _ in range(3)]
+    for job_id in fixed:
+        env.slurm.start(job_id)
+    # deferred to later windows (the clean one 4 h ahead): the most urgent needs two nodes, one is free
+    big = env.submit_flexible(hours=9, minutes=60, nodes=2, cpus=2)
+    urgent = env.submit_flexible(hours=9.5, minutes=60)
+    relaxed = env.submit_flexible(hours=10, minutes=60)
+    env.slurmflex("daemon", "--once")
+    planned = {j: env.slurm.job(j).start_time for j in (big, urgent, relaxed)}
+    assert all(t is not None and t > time.time() + 3600 for t in planned.values()), planned
+    # the utility asks the site to draw one job's power more than the plan (the fixed jobs) now
+    now = int(time.time())
+    store = BecknStore(config.daemon.state_dir)
+    up = absorb_contract("up", now - now % 60, 60, 5, 3 * kw_one, kw_one)
+    store.put_contract(up)
+    env.slurmflex("daemon", "--once")
+    # the most urgent job that fits is released now; the big one (no nodes for it) and the one
+    # beyond the floor stay deferred
+    begin = env.slurm.job(urgent).start_time  # None: eligible now
+    assert begin is None or begin <= time.time() + 2
+    assert all((env.slurm.job(j).start_time or 0) > time.time() + 3600 for j in (big, relaxed))
+    entry = env.status()["jobs"][urgent]
+    assert entry["status"] == "runs-now" and "absorb contract up" in entry["reason"], entry
+    assert [(c, j) for c, j, *_ in store.pulled()] == [("up", urgent)]
+    # not started yet, the next cycle keeps it released (a pulled job never goes back) and
+    # counts it toward the floor: nothing more is pulled
+    env.slurmflex("daemon", "--once")
+    begin = env.slurm.job(urgent).start_time
+    assert begin is None or begin <= time.time() + 2
+    assert all((env.slurm.job(j).start_time or 0) > time.time() + 3600 for j in (big, relaxed))
+    assert env.slurm.schedule() == [urgent]
+    # in the window still: the floor is met by the pulled job, running now; nothing else is
+    # pulled (the planner may still move the others among later windows, as ever)
+    env.slurmflex("daemon", "--once")
+    assert all((env.slurm.job(j).start_time or 0) > time.time() + 3600 for j in (big, relaxed))
+    assert [j for _, j, *_ in store.pulled()] == [urgent]
+    # the delivery report shows the power drawn above the baseline (the last sample: 4 jobs)
+    c = store.contract("up")
+    assert c is not None
+    samples = store.usage(c.window_start, c.window_end)
+    assert samples[-1][1] == pytest.approx(4 * kw_one)
+    report = delivery_report(store, c, time.time(), "hpc.test")
+    measured = [d for d in report.delivered_kw if d is not None]
+    assert measured and max(measured) > 0
+    assert "USAGE - BASELINE" in report.performance["status"]["longDesc"]
+    # the contract over: the pulled job keeps running, the others keep their windows
+    store.put_contract(Contract(**{**c.__dict__, "status": "CANCELLED"}))
+    env.slurmflex("daemon", "--once")
+    assert env.slurm.job(urgent).state == "RUNNING"
+    assert all((env.slurm.job(j).start_time or 0) > time.time() + 3600 for j in (big, relaxed))

@@ -26,7 +26,7 @@ from slurm_flex.beckn.flexibility import RunningLoad
 from slurm_flex.beckn.inputs import write_flex_input
 from slurm_flex.beckn.keys import read_private_key, write_keypair
 from slurm_flex.beckn.signing import Signer, parse_header, public_key_from_b64, verify
-from slurm_flex.beckn.store import BecknStore
+from slurm_flex.beckn.store import ABSORB, BecknStore
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot
 from slurm_flex.planner.queue import FlexJob, PlanningSnapshot
 from tests.test_beckn_protocol import free_port, wait_port
@@ -205,13 +205,13 @@ def check_signed_response(peer: Peer, resp: httpx.Response, request_sig: str | N
     verify(header, public_key_from_b64(peer.cluster_pub), resp.content, time.time(), request_signature=request_sig)
 
 
-def need(slot0: int, kw: list[float], first: int = 2) -> dict[str, Any]:
+def need(slot0: int, kw: list[float], first: int = 2, price: float = 0.3) -> dict[str, Any]:
     return shapes.need_contract(
         buyer_id=GRID,
         resource_id="event-1",
         window_start=slot0 + first * SLOT_SECONDS,
         requested=kw,
-        price=0.3,
+        price=price,
         penalty=0.1,
         currency="GBP",
         seller_id=None,
@@ -438,3 +438,30 @@ def test_devkit_requests_are_accepted(peer: Peer) -> None:
     contract = peer.wait_callback(doc["context"]["messageId"])["message"]["contract"]
     assert shapes._column(contract["commitments"][0]["commitmentAttributes"], "CAPACITY_OFFERED") == [0.0, 0.0]
     assert "over" in contract["descriptor"]["shortDesc"]
+
+
+def test_increase_is_quoted_within_the_deferred_work_and_not_sold_twice(peer: Peer) -> None:
+    """A negative PRICE asks for an increase: the quote offers what the deferred work can add
+    (and says when that is less than asked); once confirmed, a second increase in the same
+    half-hour gets only what is left, and a reduction there nothing."""
+    slot0 = write_plan_input(peer.state)  # two 1 kW jobs deferred to the clean slots 2-3
+    tx = str(uuid.uuid4())
+    on_select = quote(peer, "select", need(slot0, [5.0], first=1, price=-0.2), tx)
+    assert shapes._column(on_select["commitments"][0]["commitmentAttributes"], "CAPACITY_OFFERED") == [2.0]
+    assert "adds at most 2.000 kW" in on_select["descriptor"]["shortDesc"]
+    on_init = quote(peer, "init", on_select, tx)
+    c = message(peer, "confirm", {"contract": on_init}, tx)
+    assert post(peer, "confirm", c)[0].status_code == 200
+    on_confirm = peer.wait_callback(c["context"]["messageId"])["message"]["contract"]
+    stored = BecknStore(peer.state).contract(on_confirm["id"])
+    assert stored is not None and stored.status == "ACTIVE" and stored.direction == ABSORB
+    assert stored.offered == (2.0,) and stored.baseline == (0.0,) and stored.suspend == ()
+    # the first increase pulls both jobs into slot 1: nothing is left to sell there, either way
+    again = quote(peer, "select", need(slot0, [1.0], first=1, price=-0.2), str(uuid.uuid4()))
+    assert shapes._column(again["commitments"][0]["commitmentAttributes"], "CAPACITY_OFFERED") == [0.0]
+    down = quote(peer, "select", need(slot0, [1.0], first=1), str(uuid.uuid4()))
+    assert shapes._column(down["commitments"][0]["commitmentAttributes"], "CAPACITY_OFFERED") == [0.0]
+    assert "confirmed increase" in down["descriptor"]["shortDesc"]
+    x = message(peer, "cancel", {"contract": {"id": on_confirm["id"], "commitments": on_confirm["commitments"]}}, tx)
+    assert post(peer, "cancel", x)[0].status_code == 200
+    peer.wait_callback(x["context"]["messageId"])

@@ -5,6 +5,7 @@ power is recorded for the delivery report."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from slurm_flex.daemon.cycle import power_model_from
 from slurm_flex.grid.series import SLOT_SECONDS, floor_slot
 from slurm_flex.power.model import Request
 from tests.fake_cluster import FakeEnv
+from tests.helpers import forecast_from_now
 
 
 def contract(
@@ -187,3 +189,27 @@ def test_absorb_contract_pulls_deferred_work_into_its_window(fake_env: FakeEnv) 
     env.slurmflex("daemon", "--once")
     assert env.slurm.job(urgent).state == "RUNNING"
     assert all((env.slurm.job(j).start_time or 0) > time.time() + 3600 for j in (big, relaxed))
+
+
+def test_no_load_is_shaped_while_an_increase_is_asked(fake_env: FakeEnv) -> None:
+    env = fake_env
+    # The defaults: single-job windows off, load shaping alone moves work.
+    env.reconfigure(beckn={"subscriber_id": "hpc.test"}, policy={"defer_to_windows": False})
+    forecast_from_now(env.forecast, [300.0, 300.0] + [40.0] * 94)  # dirty now, clean later
+    jobs = [env.submit_flexible(hours=20, minutes=60) for _ in range(2)]
+    env.slurmflex("daemon", "--once")
+    state = env.load().daemon.state_dir
+
+    def last_site() -> dict[str, object]:
+        doc = json.loads(sorted((state / "plans").glob("cycle-*.json"))[-1].read_text())
+        return doc["sites"]["default"]  # type: ignore[no-any-return]
+
+    assert last_site()["shaping"]["held"] == sorted(jobs)  # type: ignore[index]
+    # The utility asks for more power now: nothing is held back while it lasts.
+    now = int(time.time())
+    BecknStore(state).put_contract(absorb_contract("up", now - now % 60, 60, 30, 0.0, 0.5))
+    env.slurmflex("daemon", "--once")
+    assert "shaping" not in last_site()
+    for job_id in jobs:
+        assert (env.slurm.job(job_id).start_time or 0) <= time.time() + 2
+        assert env.status()["jobs"][job_id]["status"] != "shaped"

@@ -206,10 +206,16 @@ def planned_hold(
     if hold < 1:
         return Hold(0.0, "less than a processor to hold back", served)
     exempt = ~queue.has_deadline | (queue.latest_step <= exempt_steps)
-    starts = _place_holding(capacity - _fit(running_limits, steps), queue, exempt, hold, steps_per_slot)
+    free_limits = capacity - _fit(running_limits, steps)
     limit = queue.latest_step - steps_per_slot * margin_slots
-    late = queue.has_deadline & (((starts < 0) & (limit < steps)) | (starts > limit))
-    if late.any():
+
+    def late(held: float) -> BoolArray:
+        starts = _place_holding(free_limits, queue, exempt, held, steps_per_slot)
+        return queue.has_deadline & (((starts < 0) & (limit < steps)) | (starts > limit))
+
+    # A job the queue starts too late anyway (one already due, say) is the risk guard's and the
+    # queue's business; holding back must not make any other one late.
+    if (late(hold) & ~late(0.0)).any():
         return Hold(0.0, "holding back would push a queued job past its latest safe start", served)
     return Hold(hold, "cleaner hours ahead can run the queue before its deadlines", served)
 

@@ -234,7 +234,7 @@ def shaping_summary(shaping: Mapping[str, SiteShaping | None], now: int) -> dict
         out[site] = {
             "enabled": True,
             "at": iso_utc(now),
-            "holding": s.hold.procs > 0,
+            "holding": s.hold.holding,
             "held_nodes": round(s.hold.procs, 2),
             "start_budget_nodes": round(budget, 2) if math.isfinite(budget) else None,
             "reason": s.hold.reason,

@@ -298,7 +298,7 @@ class SitePlanner:
         snapshot = self._shaping_snapshot(given, margin, predict, seen)
         hold = hold_from_snapshot(snapshot, self.policy)
         until = given.now + self.interval_seconds + HOLD_OVERLAP_S
-        if hold.procs <= 0:
+        if not hold.holding:
             return SiteShaping(snapshot, hold, {}, until)
         flex = {a.flex.job_id: a.flex for a in given.assessments if a.flex is not None}
         restored = {c.job_id for c in changes if c.kind == "restore"}

@@ -381,3 +381,16 @@ def test_planned_hold_releases_what_the_deadlines_need_now() -> None:
         weight, np.zeros(12), np.zeros(12), 8.0, _queue([8.0, 8.0], [1, 1], [1, 1], [1, 1]), 0.0, 0, 1, 1, 0, 1.0, 1
     )
     assert hold.procs == 0.0 and math.isinf(hold.start_budget)
+
+
+def test_a_full_machine_still_keeps_what_frees_up_for_cleaner_hours() -> None:
+    # Every processor busy now (by predicted run times) and the next slot dirty too: nothing to
+    # keep idle, but what frees up this step waits (a start budget of 0).
+    weight = np.array([400.0, 400.0] + [50.0] * 10)
+    busy_now = np.array([8.0] + [0.0] * 11)
+    hold = planned_hold(weight, busy_now, busy_now, 8.0, _queue([4.0], [2], [2], [10]), 0.0, 0, 1, 1, 1, 0.95, 2)
+    assert hold.holding and hold.procs == 0.0 and hold.start_budget == 0.0
+    # The next slot clean: no reason to wait.
+    clean_next = np.array([400.0] + [50.0] * 11)
+    hold = planned_hold(clean_next, busy_now, busy_now, 8.0, _queue([4.0], [2], [2], [10]), 0.0, 0, 1, 1, 1, 0.95, 1)
+    assert not hold.holding and math.isinf(hold.start_budget)

@@ -145,12 +145,20 @@ class Hold:
     reason: str
     served: FloatArray | None = None  # the fluid plan: queued work to run per slot
 
+    # Whether the start budget applies (nothing may be kept idle when the machine is full now, yet
+    # what frees up may still have to wait for cleaner hours).
+    limited: bool = False
+
+    @property
+    def holding(self) -> bool:
+        return self.limited and self.served is not None
+
     @property
     def start_budget(self) -> float:
         """Processors of queued work that may start until the next step (inf: any)."""
-        if self.procs <= 0 or self.served is None:
+        if not self.holding or self.served is None:
             return math.inf
-        return float(self.served[0])
+        return float(max(0.0, self.served[0]))
 
 
 def planned_hold(
@@ -200,38 +208,49 @@ def planned_hold(
     served = shape_load(weighed, free * headroom, cumulative_due(h, work, due_slot, arrival_load, arrival_due_slots))
     if served is None:
         return Hold(0.0, "the queue needs every free processor to meet its deadlines")
-    if served[0] >= free[0] * headroom - 1e-6:
+    # The machine full now (by predicted run times): nothing to keep idle, but what frees up this
+    # step waits if the plan does not fill the next step either.
+    full_now = free[0] < 1
+    later_full = h > 1 and served[1] >= free[1] * headroom - 1e-6
+    if served[0] >= free[0] * headroom - 1e-6 and (not full_now or later_full or h == 1):
         return Hold(0.0, "now is among the cleanest hours the queue's deadlines allow", served)
-    hold = float(free[0] - served[0])
-    if hold < 1:
+    hold = max(0.0, float(free[0] - served[0]))
+    budget = max(0.0, float(served[0]))
+    if hold < 1 and not full_now:
         return Hold(0.0, "less than a processor to hold back", served)
     exempt = ~queue.has_deadline | (queue.latest_step <= exempt_steps)
     free_limits = capacity - _fit(running_limits, steps)
     limit = queue.latest_step - steps_per_slot * margin_slots
 
-    def late(held: float) -> BoolArray:
-        starts = _place_holding(free_limits, queue, exempt, held, steps_per_slot)
+    def late(start_budget: float) -> BoolArray:
+        starts = _place_holding(free_limits, queue, exempt, start_budget, steps_per_slot)
         return queue.has_deadline & (((starts < 0) & (limit < steps)) | (starts > limit))
 
     # A job the queue starts too late anyway (one already due, say) is the risk guard's and the
     # queue's business; holding back must not make any other one late.
-    if (late(hold) & ~late(0.0)).any():
+    if (late(budget) & ~late(math.inf)).any():
         return Hold(0.0, "holding back would push a queued job past its latest safe start", served)
-    return Hold(hold, "cleaner hours ahead can run the queue before its deadlines", served)
+    return Hold(hold, "cleaner hours ahead can run the queue before its deadlines", served, limited=True)
 
 
-def _place_holding(free: FloatArray, queue: QueuedWork, exempt: BoolArray, hold: float, held_steps: int) -> IntArray:
-    """The queue placed in its order at first fits (planner.risk.place_in_order), the first
-    ``held_steps`` of ``free`` short of ``hold`` for every job but the ``exempt`` ones."""
+def _place_holding(
+    free: FloatArray, queue: QueuedWork, exempt: BoolArray, budget: float, budget_steps: int
+) -> IntArray:
+    """The queue placed in its order at first fits (planner.risk.place_in_order), where jobs
+    other than the ``exempt`` ones start within the first ``budget_steps`` only while their
+    processors fit in what is left of ``budget`` (as the start budget lets them)."""
     left = np.array(free, dtype=np.float64, copy=True)
     starts = np.full(queue.procs.size, -1, dtype=np.int64)
     for i in range(queue.procs.size):
-        held = 0.0 if exempt[i] else hold
-        left[:held_steps] -= held
-        k = first_fit(left, float(queue.procs[i]), int(queue.limit_steps[i]))
-        left[:held_steps] += held
+        size, length = float(queue.procs[i]), int(queue.limit_steps[i])
+        k = first_fit(left, size, length)
+        if 0 <= k < budget_steps and not exempt[i]:
+            if size <= budget + 1e-9:
+                budget -= size
+            else:
+                k = first_fit(left, size, length, earliest=budget_steps)
         if k >= 0:
-            left[k : k + max(1, int(queue.limit_steps[i]))] -= queue.procs[i]
+            left[k : k + max(1, length)] -= size
             starts[i] = k
     return starts
 

@@ -390,6 +390,11 @@ def test_a_full_machine_still_keeps_what_frees_up_for_cleaner_hours() -> None:
     busy_now = np.array([8.0] + [0.0] * 11)
     hold = planned_hold(weight, busy_now, busy_now, 8.0, _queue([4.0], [2], [2], [10]), 0.0, 0, 1, 1, 1, 0.95, 2)
     assert hold.holding and hold.procs == 0.0 and hold.start_budget == 0.0
+    # Full for two slots, then dirty: still held (the plan does not fill the first slot with room).
+    busy_two = np.array([8.0, 8.0] + [0.0] * 10)
+    weight3 = np.array([400.0, 400.0, 400.0] + [50.0] * 9)
+    hold = planned_hold(weight3, busy_two, busy_two, 8.0, _queue([4.0], [2], [2], [10]), 0.0, 0, 1, 1, 1, 0.95, 2)
+    assert hold.holding and hold.start_budget == 0.0
     # The next slot clean: no reason to wait.
     clean_next = np.array([400.0] + [50.0] * 11)
     hold = planned_hold(clean_next, busy_now, busy_now, 8.0, _queue([4.0], [2], [2], [10]), 0.0, 0, 1, 1, 1, 0.95, 1)

@@ -209,10 +209,11 @@ def planned_hold(
     if served is None:
         return Hold(0.0, "the queue needs every free processor to meet its deadlines")
     # The machine full now (by predicted run times): nothing to keep idle, but what frees up this
-    # step waits if the plan does not fill the next step either.
+    # step waits unless the plan fills the first step with room.
     full_now = free[0] < 1
-    later_full = h > 1 and served[1] >= free[1] * headroom - 1e-6
-    if served[0] >= free[0] * headroom - 1e-6 and (not full_now or later_full or h == 1):
+    room = np.flatnonzero(free >= 1)
+    first = int(room[0]) if full_now and room.size else 0
+    if served[first] >= free[first] * headroom - 1e-6:
         return Hold(0.0, "now is among the cleanest hours the queue's deadlines allow", served)
     hold = max(0.0, float(free[0] - served[0]))
     budget = max(0.0, float(served[0]))

@@ -365,13 +365,17 @@ def test_planned_hold_never_pushes_a_job_past_its_latest_safe_start() -> None:
     assert pushed.served is not None and pushed.served[0] < 1  # the plan alone would hold it
     assert pushed.procs == 0.0 and "past its latest safe start" in pushed.reason
     # With the running work's limit at 6 slots the queue starts it too late whatever is held
-    # back: that is the risk guard's business (it moves the job up), not a reason to run the
-    # rest of the queue now.
-    anyway = planned_hold(
-        weight, np.zeros(12), np.array([4.0] * 6 + [0.0] * 6), 8.0, _queue([8.0, 1.0], [2, 1], [2, 1], [4, 20]),
-        0.0, 0, 1, 1, 1, max_span_slots=2,
-    )  # fmt: skip
-    assert anyway.procs > 0
+    # back. Near its latest safe start (within the exempt steps) that is the risk guard's
+    # business (it moves the job up), not a reason to run the rest of the queue now; further
+    # off, holding back is refused (a queue already late by time limits is no place to wait).
+    def anyway(exempt_steps: int) -> Hold:
+        return planned_hold(
+            weight, np.zeros(12), np.array([4.0] * 6 + [0.0] * 6), 8.0, _queue([8.0, 1.0], [2, 1], [2, 1], [4, 20]),
+            0.0, 0, 1, 1, 1, max_span_slots=2, exempt_steps=exempt_steps,
+        )  # fmt: skip
+
+    assert anyway(4).procs > 0
+    assert anyway(0).procs == 0.0 and "past its latest safe start" in anyway(0).reason
 
 
 def test_planned_hold_releases_what_the_deadlines_need_now() -> None:

@@ -227,9 +227,10 @@ def planned_hold(
         starts = _place_holding(free_limits, queue, exempt, start_budget, steps_per_slot)
         return queue.has_deadline & (((starts < 0) & (limit < steps)) | (starts > limit))
 
-    # A job the queue starts too late anyway (one already due, say) is the risk guard's and the
-    # queue's business; holding back must not make any other one late.
-    if (late(budget) & ~late(math.inf)).any():
+    # A job near its latest safe start that the queue starts too late anyway (one already due,
+    # say) is the risk guard's business and not held; any other job late with the hold refuses it
+    # (late anyway by time limits or not: on CEA-Curie, holding past such jobs missed deadlines).
+    if (late(budget) & ~(late(math.inf) & exempt)).any():
         return Hold(0.0, "holding back would push a queued job past its latest safe start", served)
     return Hold(hold, "cleaner hours ahead can run the queue before its deadlines", served, limited=True)
 

@@ -403,3 +403,12 @@ def test_a_full_machine_still_keeps_what_frees_up_for_cleaner_hours() -> None:
     clean_next = np.array([400.0] + [50.0] * 11)
     hold = planned_hold(clean_next, busy_now, busy_now, 8.0, _queue([4.0], [2], [2], [10]), 0.0, 0, 1, 1, 1, 0.95, 1)
     assert not hold.holding and math.isinf(hold.start_budget)
+
+
+def test_nothing_is_held_behind_a_queue_deeper_than_the_backfill_plans() -> None:
+    weight = np.array([400.0, 400.0] + [50.0] * 10)
+    queue = _queue([1.0] * 3, [1] * 3, [1] * 3, [10] * 3)
+    args = (weight, np.zeros(12), np.zeros(12), 8.0, queue, 0.0, 0, 1, 1, 1)
+    assert planned_hold(*args, max_queue=3).holding
+    deep = planned_hold(*args, max_queue=2)
+    assert not deep.holding and "too deep" in deep.reason

@@ -71,6 +71,9 @@ class Policy:
     # its nodes as they come free, and others moved up for their own deadlines may take them
     # first (traced in the simulator: held to the last hours, 80-processor KTH jobs missed).
     shape_exempt_hours: float = 6.0
+    # Hold nothing back while more queued jobs with deadlines wait than Slurm's backfill plans
+    # (bf_max_job_test): the guard's projection is not safe behind a deeper queue.
+    shape_max_queue: int = 100
     # Also plan single flexible jobs into their cleanest windows (held with a begin time until
     # then), as before load shaping. Off by default: with load shaping it took less of the
     # bound and missed deadlines on CEA-Curie (bench/results/simulate.txt). A flexibility

@@ -30,8 +30,8 @@ from slurm_flex.simulate import SimConfig, read_trace, simulate  # noqa: E402
 # Each variant: the [policy] values it changes from the defaults.
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "no load shaping": {"shape_load": False},
-    "shaping, no single windows": {"defer_to_windows": False},
+    "per-job loop (no shaping)": {"shape_load": False, "defer_to_windows": True},
+    "shaping and single windows": {"defer_to_windows": True},
     "shaping, no 6 h exemption": {"shape_exempt_hours": 0.0},
     "no idle-queue rule": {"defer_only_when_queue_idle": False},
     "no minimum saving": {"min_saving_fraction": 0.0},

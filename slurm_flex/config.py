@@ -233,9 +233,9 @@ class PolicyConfig(_Section):
     # Never hold back a job this close to its latest safe start (a big job needs time to gather
     # its nodes as they come free).
     shape_exempt_hours: float = Field(6.0, ge=0.0, le=168.0)
-    # Hold nothing back while more queued jobs with deadlines wait than Slurm's backfill plans
-    # (bf_max_job_test, at most): the guard assumes each of them keeps its place.
-    shape_max_queue: int = Field(100, ge=1, le=100000)
+    # Hold nothing back while more queued jobs with deadlines wait than this (0: no limit; at most
+    # Slurm's bf_max_job_test makes the guard's projection sound, at a cost in saving).
+    shape_max_queue: int = Field(0, ge=0, le=100000)
     # Also plan single flexible jobs into their cleanest windows (a begin time until then).
     defer_to_windows: bool = False
 

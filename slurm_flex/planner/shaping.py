@@ -175,7 +175,7 @@ def planned_hold(
     headroom: float = 0.95,
     max_span_slots: int = 96,
     exempt_steps: int = 0,
-    max_queue: int = 100,
+    max_queue: int = 0,
 ) -> Hold:
     """Processors to keep from the queue this slot.
 
@@ -223,7 +223,7 @@ def planned_hold(
     # The guard places every queued job as if each had a reservation; Slurm's backfill plans only
     # the first bf_max_job_test, and behind a deeper queue holding back is not safe (LLNL-Thunder,
     # next-workday deadlines: 892 new misses in 42 days without this limit, 71 with 100).
-    if int(queue.has_deadline.sum()) > max_queue:
+    if max_queue and int(queue.has_deadline.sum()) > max_queue:
         return Hold(0.0, f"more than {max_queue} queued jobs with deadlines: too deep to hold back safely", served)
     exempt = ~queue.has_deadline | (queue.latest_step <= exempt_steps)
     free_limits = capacity - _fit(running_limits, steps)

@@ -14,11 +14,12 @@ the queue:
   by its deadline);
 * the least carbon (or cost) over the forecast.
 
-The queue keeps its own order (no job overtakes another because of slurm-flex); only the number
-of processors it may fill changes. The difference ``free - u`` in the current slot is what the
-daemon holds back (an idle-node reservation in Slurm), and a queue projection in the caller
-checks that no job is pushed past its latest safe start by it (the fluid model does not pack
-jobs). Pure; one small LP (HiGHS) per planning step.
+The queue keeps its own order (no job overtakes another because of slurm-flex); only how much of
+it may start changes. ``u`` in the current slot is the **start budget**: jobs with deadlines start
+in queue order while they fit in it (the simulator's scheduler; the daemon gives the flexible jobs
+beyond it a begin time just after its next cycle), and a queue projection by time limits refuses
+any hold that would make a job late (the fluid model does not pack jobs). Pure; one small LP
+(HiGHS) per planning step.
 """
 
 from __future__ import annotations

@@ -293,6 +293,12 @@ class ShapingSnapshot:
     job_ids: tuple[str, ...] = ()  # the queue's jobs, in its order (to explain; may be empty)
 
 
+def exempt_steps(policy: Policy, step_seconds: float) -> int:
+    """Steps before its latest safe start from which a job is never held back
+    (``shape_exempt_hours``), on a grid of ``step_seconds``."""
+    return round(policy.shape_exempt_hours * 3600 / step_seconds)
+
+
 def hold_from_snapshot(snapshot: ShapingSnapshot, policy: Policy) -> Hold:
     """One load-shaping step: what to hold back from the queue until the next one."""
     s = snapshot
@@ -309,7 +315,7 @@ def hold_from_snapshot(snapshot: ShapingSnapshot, policy: Policy) -> Hold:
         s.margin_slots,
         policy.shape_headroom,
         policy.shape_span_slots,
-        exempt_steps=round(policy.shape_exempt_hours * 3600 / (SLOT_SECONDS / s.steps_per_slot)),
+        exempt_steps=exempt_steps(policy, SLOT_SECONDS / s.steps_per_slot),
         max_queue=policy.shape_max_queue,
     )
 

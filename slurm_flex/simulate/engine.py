@@ -97,7 +97,6 @@ def slack_deadlines(
 
 
 TICK_SECONDS = 300
-SHAPE_HORIZON_SLOTS = shaping.HORIZON_SLOTS
 TICKS_PER_SLOT = SLOT_SECONDS // TICK_SECONDS
 
 
@@ -485,7 +484,7 @@ def _run(
 
     # Processors of queued work that may still start this half-hour (load shaping; inf: any).
     budget = math.inf
-    exempt_ticks = round(policy.shape_exempt_hours * 3600 / TICK_SECONDS)
+    exempt_ticks = shaping.exempt_steps(policy, TICK_SECONDS)
     tier = np.zeros(n, dtype=np.int64)  # planner.risk.IN_PLACE, HEAD or NEXT
     ever_expedited = np.zeros(n, dtype=bool)
     check_ticks = TICKS_PER_SLOT * (policy.at_risk_margin_slots + 1)
@@ -733,7 +732,7 @@ def simulate(
         planner.shaping.hold_from_snapshot, the step the daemon takes from squeue/sinfo each cycle
         (tests/test_policy_parity.py replays the daemon's snapshots through it)."""
         slot = tick // TICKS_PER_SLOT
-        h = max(1, min(SHAPE_HORIZON_SLOTS, fc.size - slot))
+        h = max(1, min(shaping.HORIZON_SLOTS, fc.size - slot))
         q = np.asarray(queue, dtype=np.int64)
         snapshot = shaping.ShapingSnapshot(
             now=start_epoch + tick * TICK_SECONDS,

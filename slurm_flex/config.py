@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from slurm_flex.battery.config import BatteryConfig
 from slurm_flex.errors import ConfigError
 from slurm_flex.grid.readings import Quantity
 from slurm_flex.grid.registry import NO_PRICE, SignalRequest, provider_type, settings_tables
@@ -467,6 +468,8 @@ class Config(_Section):
     # Sites and their signal providers; none: one site planned on [forecast] (a file).
     sites: dict[str, SiteConfig] = Field(default_factory=dict)
     federation: FederationConfig = FederationConfig()
+    # An on-site battery planned with the jobs (slurm_flex.battery).
+    battery: BatteryConfig = BatteryConfig()
 
     @model_validator(mode="after")
     def _settlement_node_types(self) -> Config:
@@ -488,6 +491,13 @@ class Config(_Section):
                 if partition in owner:
                     raise ValueError(f"partition {partition!r} is in sites {owner[partition]!r} and {name!r}")
                 owner[partition] = name
+        return self
+
+    @model_validator(mode="after")
+    def _battery_site(self) -> Config:
+        if self.battery.site and self.battery.site not in self.sites:
+            known = ", ".join(sorted(self.sites)) or "none: no [sites] are configured, leave site empty"
+            raise ValueError(f"[battery] site {self.battery.site!r} is not a site; known: {known}")
         return self
 
     def site_of_cluster(self, cluster: str) -> str | None:

@@ -20,10 +20,13 @@ from typing import Any
 
 import structlog
 
+from slurm_flex.battery.model import Battery
+from slurm_flex.battery.planning import BatteryPlan
 from slurm_flex.beckn.activation import AbsorbPull, Activation, with_pulls
 from slurm_flex.config import Config, NodeType, PowerConfig
 from slurm_flex.daemon import runs
 from slurm_flex.daemon.actions import Actions
+from slurm_flex.daemon.battery import BATTERY_SETTING, BatteryControl, running_load_kw
 from slurm_flex.daemon.decide import (
     PRIORITY_KINDS,
     Assessment,
@@ -177,6 +180,11 @@ class Cycle:
             )
         # Jobs this cycle pulls forward for an increase contract (recorded once made in Slurm).
         self._pulls: tuple[AbsorbPull, ...] = ()
+        # An on-site battery ([battery]): read each cycle, planned with its site's jobs and
+        # commanded for the current slot; None: no battery.
+        self.battery: BatteryControl | None = BatteryControl(config.battery) if config.battery.enabled else None
+        self._battery_now: Battery | None = None
+        self._battery_plans: dict[str, BatteryPlan | None] = {}
 
     def mode(self) -> str:
         """The mode in force: an admin's runtime choice (``slurmflex mode``) over the config."""
@@ -242,6 +250,10 @@ class Cycle:
                 for f, src in zip(forecasts.values(), self.sources.values(), strict=True)
             )
             message = "; ".join(notes)
+            self._battery_now, self._battery_plans = None, {}
+            if self.battery is not None:
+                self._battery_now, battery_errors = self.battery.read()
+                errors += battery_errors
             plans, intents, records, priorities = self._decide(jobs, nodes, forecasts, int(started))
             plan_ = merge_plans(plans.values(), int(started))
             flexible = sum(1 for r in records.values() if r.status in ("deferred", "shaped", "runs-now", "late"))
@@ -272,6 +284,8 @@ class Cycle:
                         mode,
                     )
                 )
+            if self.battery is not None:
+                errors += self._command_battery(int(started), mode)
             deferred = sum(1 for r in records.values() if r.status == "deferred")
             expedited = sum(
                 1 for r in records.values() if r.priority_before is not None and r.status in PENDING_STATUSES
@@ -286,6 +300,7 @@ class Cycle:
                 self.policy.max_horizon_hours,
                 int(started),
                 self._shaping,
+                battery={site: p.to_json() if p is not None else None for site, p in self._battery_plans.items()},
             )
             # Whether each site holds nodes back now, and why, for `slurmflex status`.
             self.store.set_setting(
@@ -297,12 +312,16 @@ class Cycle:
         except SlurmError as exc:
             errors += 1
             slurm_ok = False
+            if self.battery is not None:
+                self.battery.close()
             message = f"Slurm unavailable, nothing changed this cycle: {exc}"
             log.error("slurm_unavailable", error=str(exc))
         except SlurmFlexError as exc:
             errors += 1
             message = f"cycle failed: {exc}"
             log.error("cycle_failed", error=str(exc))
+            if self.battery is not None:
+                self.battery.close()
         entries.append(
             events.cycle_done(
                 cycle_id,
@@ -364,6 +383,20 @@ class Cycle:
             measured_kw=measured_kw,
             expedited=expedited,
         )
+
+    def _command_battery(self, now: int, mode: str) -> int:
+        """Command the battery for the current slot and record its summary for status; returns
+        the soft failures."""
+        assert self.battery is not None
+        site, plan = next(iter(self._battery_plans.items()), ("", None))
+        if self._battery_now is not None and site:
+            self.battery.planned(site, plan, now)
+        elif self._battery_now is not None:
+            self.battery.summary.update(planned=False, why=f"its site {self.config.battery.site!r} was not planned")
+        failed = self.battery.command(plan, now, mode)
+        self.battery.close()
+        self.store.set_setting(BATTERY_SETTING, json.dumps(self.battery.summary), by="daemon")
+        return failed
 
     def _observe_runs(self, jobs: tuple[SlurmJob, ...], now: int) -> tuple[list[events.Entry], dict[str, runs.Running]]:
         """``job-started`` / ``job-ended`` records since the jobs the ledger last logged as
@@ -508,12 +541,18 @@ class Cycle:
         contract = self.activation.in_force(now) if self.activation is not None else ""
         first_site = True
         self._pulls = ()
-        for site in [*forecasts, *(s for s in sites if s not in forecasts)]:
+        order = [*forecasts, *(s for s in sites if s not in forecasts)]
+        first_site_name = (order[0] or NO_SITE) if order else NO_SITE
+        for site in order:
             site_jobs = tuple(j for j in jobs if self._job_site(j) == site)
             site_nodes = self._nodes_of(site, nodes)
             forecast = forecasts.get(site or "")
             # The site's flexible jobs of the last day: the slack coming work has (load shaping).
             seen = [r for r in previous.values() if r.last_seen >= now - 86400 and self._site_of(r.partition) == site]
+            # The battery is planned with the site it is behind (the first site by default).
+            battery = None
+            if self._battery_now is not None and (self.config.battery.site or first_site_name) == (site or NO_SITE):
+                battery = self._battery_now
             planned_site = self.site_planner.plan(
                 site or NO_SITE,
                 sites.get(site, []),
@@ -525,7 +564,11 @@ class Cycle:
                 cap,
                 seen,
                 contract if first_site else "",
+                battery=battery,
+                other_load_kw=running_load_kw(site_jobs, estimate, now, n_slots) if battery is not None else None,
             )
+            if planned_site.battery is not None or battery is not None:
+                self._battery_plans[site or NO_SITE] = planned_site.battery
             cap = None
             if first_site and self.activation is not None:
                 # An increase in force: deferred work is pulled forward to the contract's floor.

@@ -161,11 +161,14 @@ def write_plan_file(
     horizon_hours: float,
     now: int,
     shaping: Mapping[str, SiteShaping | None] | None = None,
+    battery: Mapping[str, Any] | None = None,
 ) -> Path | None:
     """Keep each cycle's instances and solutions so a decision can be replayed and explained:
     ``<plans_dir>/cycle-<id>.json``, the last :data:`PLAN_FILES_KEPT` of them. A site's entry
     also holds its planning snapshot and forecast (up to ``horizon_hours``) where it has one,
-    and its load-shaping snapshot, what that held back and the jobs it held, where it shaped.
+    and its load-shaping snapshot, what that held back and the jobs it held, where it shaped,
+    and its battery's schedule (``battery``: site -> BatteryPlan.to_json(), None where the
+    battery was read but left unplanned), where it has one.
     Returns the file written (None: it could not be; the cycle goes on)."""
     shaping = shaping or {}
     try:
@@ -183,6 +186,7 @@ def write_plan_file(
                     ],
                     **(_snapshot_doc(*snapshots[site], horizon_hours) if site in snapshots else {}),
                     **({"shaping": _shaping_doc(s)} if (s := shaping.get(site)) is not None else {}),
+                    **({"battery": battery[site]} if battery and site in battery else {}),
                 }
                 for site, p in plans.items()
             },

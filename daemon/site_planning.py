@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from slurm_flex.battery.model import Battery
+from slurm_flex.battery.planning import BatteryPlan, plan_step_with_battery
 from slurm_flex.config import FlexConfig
 from slurm_flex.daemon.decide import (
     _DEPENDENCY_REASONS,
@@ -98,6 +100,7 @@ class SitePlan:
     priorities: list[PriorityChange]  # for its queue (planner.risk), when expedite_at_risk
     snapshot: PlanningSnapshot  # the planning step's input, kept in the cycle's plan file
     shaping: SiteShaping | None = None  # load shaping (planner.shaping), when the policy shapes
+    battery: BatteryPlan | None = None  # the site's battery schedule (slurm_flex.battery), if it has one
 
 
 class SitePlanner:
@@ -122,6 +125,8 @@ class SitePlanner:
         power_cap: FloatArray | None = None,
         seen: Iterable[JobRecord] = (),
         contract: str = "",
+        battery: Battery | None = None,
+        other_load_kw: FloatArray | None = None,
     ) -> SitePlan:
         """One site's plan (its jobs, on its nodes, with its signals), the priority changes that
         keep its queued deadlines and, when the policy shapes the load, the jobs held back until
@@ -129,7 +134,11 @@ class SitePlanner:
         where a flexibility contract is in force (slurm_flex.beckn.activation); ``seen`` are the
         records of the site's flexible jobs of the last day (their slack: when coming work is due).
         ``contract``: "shed" or "absorb" while a flexibility contract's window is ahead or open
-        (its window is then planned job by job; no load is shaped while an increase is asked)."""
+        (its window is then planned job by job; no load is shaped while an increase is asked).
+        ``battery``: the site's battery as read this cycle, planned with the jobs
+        (slurm_flex.battery.planning: its deliverable discharge raises ``power_cap`` for the job
+        plan, then its schedule covers the gap); ``other_load_kw`` the rest of the site's load
+        per slot (running work), which its schedule may also cover."""
         usable = len(managed_nodes(nodes, self.rules))
         # A flexibility contract's window is planned job by job whatever defer_to_windows says.
         windows = bool(contract) or (power_cap is not None and bool(np.isfinite(power_cap).any()))
@@ -171,7 +180,13 @@ class SitePlanner:
             margin_slots=margin,
             power_cap_kw=power_cap,
         )
-        plan_, risky = plan_step(snapshot, forecast, self.policy)
+        battery_plan = None
+        if battery is None:
+            plan_, risky = plan_step(snapshot, forecast, self.policy)
+        else:
+            plan_, risky, snapshot, battery_plan = plan_step_with_battery(
+                snapshot, forecast, self.policy, battery, other_load_kw
+            )
         if risky:
             assessments = [
                 replace(a, flex=replace(a.flex, no_defer=AT_RISK))
@@ -195,7 +210,7 @@ class SitePlanner:
                 previous,
                 seen,
             )
-        return SitePlan(plan_, assessments, changes, snapshot, shaping)
+        return SitePlan(plan_, assessments, changes, snapshot, shaping, battery_plan)
 
     def _limit_deferral(
         self,

@@ -109,9 +109,12 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
             shaping=_stored_signals(store.setting(SHAPING_SETTING)),
         )
         moves = store.setting("federation.moves")  # daemon.moves.MOVES_SETTING
+        battery = store.setting("battery")  # daemon.battery.BATTERY_SETTING
     doc["power"] = _measured_power(cfg)
     # Portable jobs of a federation: where each was moved, and why (or why it stays).
     doc["moves"] = json.loads(moves) if moves else {}
+    # The on-site battery ([battery]): its state, this slot's command and its plan, in one line.
+    doc["battery"] = _stored_signals(battery) if cfg.battery.enabled else {}
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -119,6 +122,10 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
         render_status(doc, console)
         for job_id, entry in sorted(doc["moves"].items()):
             console.print(f"  job {job_id} (sites {', '.join(entry.get('allowed', []))}): {entry.get('last', '')}")
+        if doc["battery"]:
+            from slurm_flex.daemon.battery import battery_line
+
+            console.print(f"  {battery_line(doc['battery'])}", soft_wrap=True)
 
 
 def _measured_power(cfg: Config) -> dict[str, Any] | None:

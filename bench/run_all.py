@@ -31,6 +31,7 @@ BENCHES = {
     "power_ingest": ["power_ingest.py"],
     "simulate": ["simulate_traces.py"],
     "ledger": ["ledger_bench.py"],
+    "battery": ["battery_bench.py"],
 }
 
 

@@ -284,3 +284,23 @@ def test_a_battery_read_outside_its_bounds_only_comes_back() -> None:
     s = dispatch(b, load, weight)
     energy = energy_path(b, s.charge_kw, s.discharge_kw)
     assert (energy >= 1.0 - TOL).all() and s.soc[-1] >= 0.1 - TOL
+
+
+def test_a_target_soc_is_reached_by_the_horizon_end_in_the_cheapest_slots() -> None:
+    b = Battery(
+        capacity_kwh=10,
+        max_charge_kw=4,
+        max_discharge_kw=4,
+        round_trip_efficiency=0.81,
+        min_soc=0.1,
+        soc=0.1,
+        target_soc=0.5,
+    )
+    weight = np.array([0.3, 0.1, 0.3, 0.1, 0.3, 0.3])
+    s = dispatch(b, np.full(6, 5.0), weight)
+    assert s.soc[-1] == pytest.approx(0.5, abs=1e-6)
+    # 4 kWh stored at 0.9 each way: 4.44 kWh from the grid, 2 kWh in each cheap slot, the rest at 0.3
+    np.testing.assert_allclose(s.charge_kw[[1, 3]], [4, 4], atol=1e-6)
+    assert s.charge_kw.sum() * H == pytest.approx(4 / 0.9, abs=1e-6)
+    with pytest.raises(PlanningError):
+        Battery(capacity_kwh=10, max_charge_kw=4, max_discharge_kw=4, min_soc=0.2, target_soc=0.1)

@@ -25,6 +25,9 @@ class BatteryConfig(BaseModel):
     # State of charge kept within these fractions of capacity (min: a reserve for outages).
     min_soc: float = Field(0.1, ge=0, lt=1)
     max_soc: float = Field(0.95, gt=0, le=1)
+    # Each plan ends its horizon with at least this state of charge (ready for the next
+    # activation, and no drift from planning every cycle afresh).
+    target_soc: float = Field(0.5, ge=0, le=1)
     # The controller: Modbus TCP, SunSpec (common model 1, storage model 124).
     host: str = "127.0.0.1"
     port: int = Field(502, ge=1, le=65535)
@@ -42,6 +45,8 @@ class BatteryConfig(BaseModel):
     def _soc_range(self) -> Self:
         if self.min_soc >= self.max_soc:
             raise ValueError(f"min_soc ({self.min_soc}) must be below max_soc ({self.max_soc})")
+        if not self.min_soc <= self.target_soc <= self.max_soc:
+            raise ValueError(f"target_soc ({self.target_soc}) must be within min_soc and max_soc")
         return self
 
     def battery(self, soc: float) -> Battery:
@@ -54,4 +59,5 @@ class BatteryConfig(BaseModel):
             min_soc=self.min_soc,
             max_soc=self.max_soc,
             soc=min(1.0, max(0.0, soc)),
+            target_soc=self.target_soc,
         )

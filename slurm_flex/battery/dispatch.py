@@ -14,11 +14,12 @@ discharges (``d``) in each slot::
 minimising ``sum(weight[t] * h * grid[t])`` (the planner's objective per kWh: price, priced
 carbon or both, :func:`grid_weight`) plus a penalty on ``over`` that outweighs any saving, so
 the ceiling is kept wherever the battery can keep it and ``unmet_kw`` says by how much it could
-not. The stored energy at the end of the horizon should not be less than at its start (a soft
-constraint priced above any slot's weight): otherwise the last slots would always empty the
-battery. Where the linear optimum charges and discharges in the same slot (it pays only with
-negative weights, i.e. negative prices) the same model is solved again with one binary per
-slot (charge or discharge, not both), so a schedule is always one a real inverter can follow.
+not. The stored energy at the end of the horizon should not be less than at its start, or
+than ``Battery.target_soc`` where it is set, as the daemon plans (a soft constraint priced
+above any slot's weight): otherwise the last slots would always empty the battery. Where the
+linear optimum charges and discharges in the same slot (it pays only with negative weights,
+i.e. negative prices) the same model is solved again with one binary per slot (charge or
+discharge, not both), so a schedule is always one a real inverter can follow.
 
 :func:`deliverable` is the first stage of planning jobs with a battery (see
 ``slurm_flex.battery.planning``): the discharge the battery can surely give in each slot that
@@ -169,7 +170,7 @@ def dispatch(
     vals = np.concatenate([np.ones(n), -np.ones(n), np.ones(m), -np.ones(m), -np.ones(m), [-1.0, -1.0]])
     a_ub = sparse.csr_matrix((vals, (rows, cols)), shape=(n + m + 1, n_vars))
     lo_e, hi_e = _energy_bounds(battery)
-    target = min(max(battery.energy_kwh, battery.min_kwh), battery.max_kwh)
+    target = battery.target_kwh
     b_ub = np.concatenate([load, cap[finite] - load[finite], [-target]])
     lower = np.concatenate([np.zeros(2 * n), np.full(n, lo_e), np.zeros(n + 1)])
     upper = np.concatenate(

@@ -23,6 +23,10 @@ class Battery:
     min_soc: float = 0.1
     max_soc: float = 0.95
     soc: float = 0.5
+    # The state of charge a plan should end its horizon with at least (None: the one now). A
+    # fixed target keeps a plan made every cycle from drifting: anchored on the state of charge
+    # now, each cycle's plan may end lower than the last one's.
+    target_soc: float | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -32,6 +36,10 @@ class Battery:
             (0 < self.round_trip_efficiency <= 1, "round_trip_efficiency must be in (0, 1]"),
             (0 <= self.min_soc < self.max_soc <= 1, "need 0 <= min_soc < max_soc <= 1"),
             (0 <= self.soc <= 1, "soc must be in [0, 1]"),
+            (
+                self.target_soc is None or self.min_soc <= self.target_soc <= self.max_soc,
+                "target_soc must be within [min_soc, max_soc]",
+            ),
         )
         values = (self.capacity_kwh, self.max_charge_kw, self.max_discharge_kw, self.round_trip_efficiency, self.soc)
         if not all(math.isfinite(v) for v in values):
@@ -57,6 +65,12 @@ class Battery:
     @property
     def max_kwh(self) -> float:
         return self.max_soc * self.capacity_kwh
+
+    @property
+    def target_kwh(self) -> float:
+        """The energy a plan should end with at least (within the bounds)."""
+        kwh = self.energy_kwh if self.target_soc is None else self.target_soc * self.capacity_kwh
+        return min(max(kwh, self.min_kwh), self.max_kwh)
 
     def with_soc(self, soc: float) -> Battery:
         """The same battery at another state of charge (as read from the device)."""

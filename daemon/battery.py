@@ -19,7 +19,6 @@ import numpy as np
 import structlog
 
 from slurm_flex.battery.config import BatteryConfig
-from slurm_flex.battery.errors import BatteryError
 from slurm_flex.battery.model import Battery
 from slurm_flex.battery.planning import BatteryPlan
 from slurm_flex.battery.sunspec import StorageStatus, SunSpecStorage
@@ -87,7 +86,7 @@ class BatteryControl:
             link = self.connect(self.config)
             self._link = link
             status = link.read()
-        except BatteryError as exc:
+        except Exception as exc:  # BatteryError, or anything unforeseen: never stops planning
             self.close()
             log.warning("battery_dropped", battery=self.where, error=str(exc), kind=type(exc).__name__)
             self.summary = {"ok": False, "battery": self.where, "error": str(exc)}
@@ -138,7 +137,7 @@ class BatteryControl:
         kw = plan.setpoint_kw(now)
         try:
             self._link.set_rate(kw, self.config.revert_seconds)
-        except BatteryError as exc:
+        except Exception as exc:  # BatteryError, or anything unforeseen: a soft failure
             log.warning("battery_command_failed", battery=self.where, kw=round(kw, 3), error=str(exc))
             self.summary.update(commanded=False, why_not_commanded=str(exc))
             return 1
@@ -151,7 +150,10 @@ class BatteryControl:
     def close(self) -> None:
         if self._link is not None:
             link, self._link = self._link, None
-            link.close()
+            try:
+                link.close()
+            except Exception as exc:  # closing a broken link must not fail the cycle
+                log.debug("battery_close_failed", battery=self.where, error=str(exc))
 
 
 def _over(load: FloatArray, ceiling: FloatArray) -> FloatArray:

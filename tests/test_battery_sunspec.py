@@ -7,20 +7,26 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import structlog
 
 from slurm_flex.battery.config import BatteryConfig
+from slurm_flex.battery.dispatch import dispatch
 from slurm_flex.battery.errors import (
     BatteryError,
     BatteryFaultError,
     BatteryProtocolError,
     BatteryUnavailableError,
 )
-from slurm_flex.battery.sunspec import SunSpecStorage, alarms, rate_registers, scaled, text
+from slurm_flex.battery.planning import BatteryPlan
+from slurm_flex.battery.sunspec import StorageStatus, SunSpecStorage, alarms, rate_registers, scaled, text
 from slurm_flex.daemon.battery import BatteryControl
 from slurm_flex.errors import SlurmFlexError
+from slurm_flex.grid.series import SLOT_SECONDS
 from tests.sunspec_fixtures import free_port, sunspec_battery
+
+SLOT0 = 1_800_000_000 - 1_800_000_000 % SLOT_SECONDS
 
 
 def soc_after(storage: SunSpecStorage, start: float, moved: float, wait_s: float = 30) -> float:
@@ -138,3 +144,42 @@ def test_a_healthy_battery_is_read_into_the_plan() -> None:
 def test_errors_are_rooted_in_slurmflexerror() -> None:
     for cls in (BatteryUnavailableError, BatteryProtocolError, BatteryFaultError):
         assert issubclass(cls, BatteryError) and issubclass(cls, SlurmFlexError)
+
+
+class BrokenLink:
+    """A controller whose reads or writes fail in ways the SunSpec client does not foresee."""
+
+    def __init__(self, on: str) -> None:
+        self.on = on
+        self.closed = False
+
+    def read(self) -> StorageStatus:
+        if self.on == "read":
+            raise RuntimeError("driver crashed")
+        return StorageStatus(0.5, 1000.0, "HOLDING", 0, 0.0, 0.0, None, None, None, "x", "y", "z")
+
+    def set_rate(self, kw: float, revert_seconds: int = 900) -> None:
+        raise BatteryUnavailableError("no answer")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_unforeseen_errors_are_soft_failures_too() -> None:
+    config = BatteryConfig(enabled=True, capacity_kwh=2, max_charge_kw=1, max_discharge_kw=1)
+    link = BrokenLink("read")
+    with structlog.testing.capture_logs() as logs:
+        battery, failures = BatteryControl(config, lambda _: link).read()
+    assert battery is None and failures == 1 and link.closed
+    assert [e["event"] for e in logs] == ["battery_dropped"] and logs[0]["kind"] == "RuntimeError"
+    # a command that fails: counted, logged, the link closed
+    link = BrokenLink("write")
+    control = BatteryControl(config, lambda _: link)
+    battery, failures = control.read()
+    assert battery is not None and failures == 0
+    b = battery.with_soc(0.5)
+    schedule = dispatch(b, np.full(4, 1.0), np.array([0.1, 0.3, 0.1, 0.3]))
+    with structlog.testing.capture_logs() as logs:
+        failed = control.command(BatteryPlan(SLOT0, schedule, None, np.zeros(4)), SLOT0, "enforce")
+    assert failed == 1 and link.closed and [e["event"] for e in logs] == ["battery_command_failed"]
+    assert control.summary["commanded"] is False

@@ -19,7 +19,10 @@ registers are, by offset::
 A command sets both limits on (StorCtl_Mod = 3) with the window the battery's power must stay
 in: charging at c kW is InWRte = c and OutWRte = -c (a negative discharge limit forces charge),
 discharging at d kW is OutWRte = d and InWRte = -d, holding is both 0; with ChaGriSet = GRID and
-the revert timer set, so that a daemon that stops does not leave a stale setpoint behind.
+the revert timer set, so that a daemon that stops does not leave a stale setpoint behind. (A
+negative limit narrowing the other direction's range is how hybrid inverters such as Fronius
+GEN24 implement model 124; both percentages are taken of WChaMax, the only rating the model
+carries. A device with other conventions needs its own mapping here.)
 
 :class:`SunSpecStorage` is the one adapter with side effects; the decoding is pure. Every
 failure is a :class:`BatteryError` raised from its cause.

@@ -41,6 +41,9 @@ from slurm_flex.state import StateStore
 log = structlog.get_logger(__name__)
 
 PRUNE_EVERY_SECONDS = 86400
+# A cycle for a contract's window edge runs this long after it (Slurm's clock and ours may
+# differ a little; a begin time set for the edge has then passed).
+EDGE_DELAY_S = 1.0
 
 
 def make_sources(config: Config, grid: GridCache | None) -> dict[str, ForecastSource]:
@@ -207,6 +210,19 @@ class Daemon:
         backoff = interval * float(2 ** min(self._failures_in_a_row - 1, 20))
         return float(min(max(interval, backoff), float(self.config.daemon.max_backoff_seconds)))
 
+    def _until_edge(self, wait: float) -> float:
+        """The wait, cut short to run a cycle just after a flexibility contract's window (or a
+        half-hour of an increase's) opens or closes, rather than up to an interval later: its
+        suspensions, resumptions and pulls are then on time (beckn.activation)."""
+        try:
+            edge = self.cycle.next_edge(time.time())
+        except SlurmFlexError as exc:
+            log.warning("contract_edges_unknown", error=str(exc))
+            return wait
+        if edge is None:
+            return wait
+        return min(wait, max(0.0, edge + EDGE_DELAY_S - time.time()))
+
     def _sleep(self, seconds: float) -> bool:
         """Sleep, feeding the watchdog; True when woken by a stop or reload request."""
         deadline = time.monotonic() + seconds
@@ -239,6 +255,7 @@ class Daemon:
             if max_cycles is not None and done >= max_cycles:
                 break
             remaining = self.next_wait() - (time.monotonic() - started)
+            remaining = self._until_edge(remaining)
             if self._sleep(max(0.0, remaining)):
                 if self._reload_requested:
                     self._do_reload()

@@ -191,6 +191,37 @@ def test_absorb_contract_pulls_deferred_work_into_its_window(fake_env: FakeEnv) 
     assert all((env.slurm.job(j).start_time or 0) > time.time() + 3600 for j in (big, relaxed))
 
 
+def test_an_increase_window_opening_before_the_next_cycle_gets_its_jobs_as_it_opens(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(beckn={"subscriber_id": "hpc.test"}, daemon={"interval_seconds": 60})
+    config = env.load()
+    kw_one = power_model_from(config).estimate(Request(nodes=1, cpus=1), None) / 1000
+    jobs = [env.submit_flexible(hours=h, minutes=60) for h in (9.5, 10)]
+    env.slurmflex("daemon", "--once")
+    assert all((env.slurm.job(j).start_time or 0) > time.time() + 3600 for j in jobs)
+    # an increase of one job's power opens a few seconds from now: before the next cycle is due
+    opens = int(time.time()) + 6
+    store = BecknStore(config.daemon.state_dir)
+    store.put_contract(absorb_contract("up", opens, 60, 2, 0.0, kw_one))
+    env.slurmflex("daemon", "--once")
+    # the most urgent job's begin time is the opening (Slurm starts it then), the other stays
+    urgent, relaxed = jobs
+    assert env.slurm.job(urgent).start_time == opens
+    assert (env.slurm.job(relaxed).start_time or 0) > time.time() + 3600
+    entry = env.status()["jobs"][urgent]
+    assert entry["status"] == "deferred" and "starts as the window opens" in entry["reason"], entry
+    # in the window, Slurm has not looked at it yet (pending for BeginTime, its begin time
+    # past): the cycle releases it again, which makes Slurm schedule at once
+    while time.time() < opens + 1:
+        time.sleep(0.2)
+    env.slurm._find(urgent).reason = "BeginTime"
+    env.slurmflex("daemon", "--once")
+    assert (env.slurm.job(urgent).eligible_time or 0) > opens
+    assert [(c, j, at) for c, j, at, *_ in store.pulled()] == [("up", urgent, opens)]
+    assert env.slurm.schedule() == [urgent]
+    assert (env.slurm.job(relaxed).start_time or 0) > time.time() + 3600
+
+
 def test_no_load_is_shaped_while_an_increase_is_asked(fake_env: FakeEnv) -> None:
     env = fake_env
     # The defaults: single-job windows off, load shaping alone moves work.

@@ -147,6 +147,7 @@ def absorb_pulls(
     snapshot: PlanningSnapshot,
     plan_: Plan,
     lookahead_s: int = 0,
+    drawn_kw: FloatArray | None = None,
 ) -> tuple[AbsorbPull, ...]:
     """The jobs to release so that the site draws at least the floor of the increase contracts,
     at each of :func:`absorb_moments` (pure): now while a window is open, and where a window
@@ -155,10 +156,12 @@ def absorb_pulls(
     cycle in it. The planned draw is the running work plus the pending jobs the plan runs in
     that half-hour (by the power model); deferred jobs are pulled forward by
     :func:`flexibility.pull_forward`: most urgent first, their earliest start allowing, only
-    onto nodes free for their whole run. Nothing is pulled to start before a window opens."""
+    onto nodes free for their whole run. Nothing is pulled to start before a window opens.
+    ``drawn_kw`` (per slot from floor_slot(now)): what the site's other parts (sites planned
+    before this one) already draw toward the floor."""
     out: list[AbsorbPull] = []
     for at in absorb_moments(contracts, now, lookahead_s):
-        got = _pulls_at(contracts, now, at, running, snapshot, plan_)
+        got = _pulls_at(contracts, now, at, running, snapshot, plan_, drawn_kw)
         plan_ = with_pulls(plan_, got, now)
         out.extend(got)
     return tuple(out)
@@ -171,6 +174,7 @@ def _pulls_at(
     running: Sequence[RunningLoad],
     snapshot: PlanningSnapshot,
     plan_: Plan,
+    drawn_kw: FloatArray | None = None,
 ) -> tuple[AbsorbPull, ...]:
     """The jobs to start at ``at`` (now, or a later window opening) for the contracts open then."""
     live = [
@@ -188,6 +192,8 @@ def _pulls_at(
     free, waiting = free_nodes(snapshot, movs, n)
     # Released work draws once it starts: not a job that finds no free nodes.
     draw = sum(m.power_kw for m in movs if m.start <= t < m.start + m.slots and m.job_id not in waiting)
+    if drawn_kw is not None and t < drawn_kw.size:
+        draw += float(drawn_kw[t])
     if draw + 1e-9 >= floor[t]:
         return ()
     pulled, _ = pull_forward(movs, free, [(t, float(floor[t]) - draw)])
@@ -212,6 +218,18 @@ def _pulls_at(
         f"{iso_utc(slot)[11:16]} UTC half-hour; running and released work drew {stays + draw:.3f} kW{when}"
     )
     return tuple(AbsorbPull(p.job_id, owner, p.power_kw, p.nodes, why, start) for p in pulled)
+
+
+def planned_draw(snapshot: PlanningSnapshot, plan_: Plan, n_slots: int) -> FloatArray:
+    """kW per slot from floor_slot(now) the plan's pending flexible jobs draw once started (as
+    :func:`absorb_pulls` counts them toward a floor: not a job that finds no free nodes)."""
+    out = np.zeros(n_slots)
+    movs = movables(snapshot, plan_)
+    _, waiting = free_nodes(snapshot, movs, max(n_slots, snapshot.free_by_limits.size))
+    for m in movs:
+        if m.job_id not in waiting:
+            out[max(0, m.start) : min(n_slots, m.start + m.slots)] += m.power_kw
+    return out
 
 
 def with_pulls(plan_: Plan, pulls: Sequence[AbsorbPull], now: int) -> Plan:
@@ -328,11 +346,13 @@ class Activation:
         estimate: Callable[[SlurmJob], float],
         snapshot: PlanningSnapshot,
         plan_: Plan,
+        drawn_kw: FloatArray | None = None,
     ) -> tuple[AbsorbPull, ...]:
-        """The jobs to release now for the increase contracts in force (see :func:`absorb_pulls`)."""
+        """The jobs to release for the increase contracts in force or about to open (see
+        :func:`absorb_pulls`); ``drawn_kw``: what the sites planned before this one draw."""
         try:
             loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
-            return absorb_pulls(self.contracts(now), now, loads, snapshot, plan_, self.lookahead_s)
+            return absorb_pulls(self.contracts(now), now, loads, snapshot, plan_, self.lookahead_s, drawn_kw)
         except Exception as exc:  # soft: the plan stands as it was
             log.error("beckn_pulls_failed", error=str(exc))
             return ()
@@ -389,14 +409,16 @@ class Activation:
         snapshot: PlanningSnapshot | None,
         forecast: SignalSeries | None,
         mode: str,
+        other_kw: Sequence[float] = (),
     ) -> list[tuple[str, dict[str, object]]]:
-        """Suspend/resume for the contracts in force, record power, write the endpoint's input.
-        Returns ledger entries for what was done in Slurm."""
+        """Suspend/resume for the contracts in force, record power, write the endpoint's input
+        (``other_kw``: what the sites after the one ``snapshot`` is of plan to draw). Returns
+        ledger entries for what was done in Slurm."""
         entries: list[tuple[str, dict[str, object]]] = []
         try:
             loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
             if snapshot is not None:
-                write_flex_input(self.state_dir, snapshot, forecast, loads, now)
+                write_flex_input(self.state_dir, snapshot, forecast, loads, now, other_kw)
             by_id = {j.update_id: j for j in jobs}
             contracts = {c.id: c for c in self.contracts(now)}
             if mode == "enforce":

@@ -18,9 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import structlog
 
-from slurm_flex.beckn.activation import AbsorbPull, Activation, with_pulls
+from slurm_flex.beckn.activation import AbsorbPull, Activation, planned_draw, with_pulls
+from slurm_flex.beckn.flexibility import planned_power
 from slurm_flex.config import Config, NodeType, PowerConfig
 from slurm_flex.daemon import runs
 from slurm_flex.daemon.actions import Actions
@@ -272,7 +274,11 @@ class Cycle:
                 failed = frozenset(m[0] for m in made if m[5] != "applied")
                 entries.extend(self.activation.record_pulls(self._pulls, started, failed))
             if self.activation is not None:
+                # The endpoint quotes from the first site's queue; the others' planned work is
+                # part of the site's baseline.
                 first = next(iter(self._snapshots.values()), (None, None))
+                n_slots = first[0].free_by_limits.size if first[0] is not None else 0
+                other_kw = sum((planned_power(p, n_slots) for p in list(plans.values())[1:]), start=np.zeros(n_slots))
                 entries.extend(
                     self.activation.step(
                         jobs,
@@ -282,6 +288,7 @@ class Cycle:
                         first[0],
                         first[1],
                         mode,
+                        tuple(float(x) for x in other_kw) if len(plans) > 1 else (),
                     )
                 )
             deferred = sum(1 for r in records.values() if r.status == "deferred")
@@ -514,7 +521,9 @@ class Cycle:
         plans: dict[str, Plan] = {}
         planned_assessments: list[Assessment] = []
         priority_changes: list[PriorityChange] = []
-        # A contract's ceiling (and floor) is the site's; with several sites it bounds the first one.
+        # A contract's ceiling (and floor) is the whole site's, over all its sites: each site is
+        # planned under what the sites before it leave of the ceiling, and pulls forward what
+        # they leave of the floor.
         n_slots = int(self.policy.max_horizon_hours * 3600) // 1800 + 1
 
         def estimate(job: SlurmJob) -> float:
@@ -522,7 +531,7 @@ class Cycle:
 
         cap = self.activation.cap(now, n_slots, jobs, estimate) if self.activation is not None else None
         contract = self.activation.in_force(now) if self.activation is not None else ""
-        first_site = True
+        drawn = np.zeros(n_slots)  # what the sites planned so far draw, per slot from now
         self._pulls = ()
         for site in [*forecasts, *(s for s in sites if s not in forecasts)]:
             site_jobs = tuple(j for j in jobs if self._job_site(j) == site)
@@ -540,15 +549,17 @@ class Cycle:
                 now,
                 cap,
                 seen,
-                contract if first_site else "",
+                contract,
             )
-            cap = None
-            if first_site and self.activation is not None:
+            if cap is not None:
+                cap = np.where(np.isfinite(cap), np.maximum(0.0, cap - planned_power(planned_site.plan, n_slots)), cap)
+            if self.activation is not None and contract:
                 # An increase in force: deferred work is pulled forward to the contract's floor.
-                self._pulls = self.activation.pulls(now, jobs, estimate, planned_site.snapshot, planned_site.plan)
-                if self._pulls:
-                    planned_site = replace(planned_site, plan=with_pulls(planned_site.plan, self._pulls, now))
-            first_site = False
+                pulls = self.activation.pulls(now, jobs, estimate, planned_site.snapshot, planned_site.plan, drawn)
+                if pulls:
+                    planned_site = replace(planned_site, plan=with_pulls(planned_site.plan, pulls, now))
+                    self._pulls = (*self._pulls, *pulls)
+                drawn = drawn + planned_draw(planned_site.snapshot, planned_site.plan, n_slots)
             plans[site or NO_SITE] = planned_site.plan
             self._snapshots[site or NO_SITE] = (planned_site.snapshot, forecast)
             self._shaping[site or NO_SITE] = planned_site.shaping

@@ -506,3 +506,26 @@ def test_the_site_is_measured_by_its_meter_or_by_every_node_never_by_some() -> N
     assert site_kw(step({}), nodes) is None
     # a site meter is the site's power, whatever the nodes say
     assert site_kw(step({"n1": 300.0}, site=2500.0), nodes) == pytest.approx(2.5)
+
+
+def test_the_other_sites_planned_draw_is_part_of_every_quotes_baseline_never_moved() -> None:
+    # two 1 kW jobs planned into slots 2-3 at the site quoted from; the site's other part
+    # plans 0.5 kW throughout
+    snap = snapshot([job("a", 1.0, 2, 12), job("b", 1.0, 2, 12)])
+    fc = forecast(range(2, 4))
+    alone = flex_input(snap, fc)
+    both = FlexInput(snap, fc, (), float(NOW), other_kw=(0.5,) * N)
+    need = shapes_need(2, [2.0, 2.0], 0.3)
+    d1, offered1, _ = quote_need(alone, need, POLICY, 600, [])
+    d2, offered2, _ = quote_need(both, need, POLICY, 600, [])
+    assert d2.baseline_kw == pytest.approx(tuple(b + 0.5 for b in d1.baseline_kw))
+    assert offered2 == offered1 == (2.0, 2.0)  # what the quoted site can shed, no more
+    # an increase: the floor (baseline + committed) holds the other part's draw, which the
+    # pulls need not make up
+    snap, fc = pull_snapshot()
+    up_need = shapes_need(5, [6.0], -0.2)
+    d, offered, _ = quote_need(FlexInput(snap, fc, (), float(NOW), other_kw=(0.5,) * N), up_need, POLICY, 600, [])
+    assert offered == (6.0,) and d.baseline_kw == (0.5,)
+    first = contract("c1", ABSORB, 5, baseline=(0.5,), offered=(4.0,))
+    _, offered, _ = quote_need(FlexInput(snap, fc, (), float(NOW), other_kw=(0.5,) * N), up_need, POLICY, 600, [first])
+    assert offered == (2.0,)

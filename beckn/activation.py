@@ -305,6 +305,8 @@ class Activation:
         # begin time (the daemon's interval and a little more: the next cycle may come after it).
         self.lookahead_s = lookahead_s
         self._store: BecknStore | None = None
+        # Pulls to a window still ahead may be in the store (until a cycle without them forgets them).
+        self._pulls_ahead = True
 
     @property
     def store(self) -> BecknStore:
@@ -379,8 +381,11 @@ class Activation:
         starts, and return their ledger entries. Pulls to a window opening still ahead are
         decided again each cycle until it opens: the last decision stands."""
         out: list[tuple[str, dict[str, object]]] = []
+        if not pulls and not self._pulls_ahead:
+            return out
         try:
             self.store.forget_pulls_after(now)
+            self._pulls_ahead = any(p.start > now and p.job_id not in failed for p in pulls)
             for p in pulls:
                 if p.job_id in failed:
                     continue

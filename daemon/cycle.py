@@ -270,7 +270,9 @@ class Cycle:
                 self.actions.made.clear()
             errors += failed_errors
             updates = applied
-            if self.activation is not None and self._pulls and mode == "enforce":
+            # Every cycle, pulls or none: a pull to a window still ahead that this cycle did not
+            # make again is forgotten.
+            if self.activation is not None and mode == "enforce":
                 failed = frozenset(m[0] for m in made if m[5] != "applied")
                 entries.extend(self.activation.record_pulls(self._pulls, started, failed))
             if self.activation is not None:

@@ -226,6 +226,30 @@ def test_an_increase_window_opening_before_the_next_cycle_gets_its_jobs_as_it_op
     assert (env.slurm.job(relaxed).start_time or 0) > time.time() + 3600
 
 
+def test_a_pull_to_a_window_ahead_is_decided_again_until_it_opens(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(beckn={"subscriber_id": "hpc.test"}, daemon={"interval_seconds": 60})
+    config = env.load()
+    kw_one = power_model_from(config).estimate(Request(nodes=1, cpus=1), None) / 1000
+    job_id = env.submit_flexible(hours=9.5, minutes=60)
+    env.slurmflex("daemon", "--once")
+    deferred_to = env.slurm.job(job_id).start_time
+    assert deferred_to is not None and deferred_to > time.time() + 3600
+    opens = int(time.time()) + 30
+    store = BecknStore(config.daemon.state_dir)
+    up = absorb_contract("up", opens, 60, 2, 0.0, kw_one)
+    store.put_contract(up)
+    env.slurmflex("daemon", "--once")
+    assert env.slurm.job(job_id).start_time == opens
+    assert [j for _, j, *_ in store.pulled()] == [job_id]
+    # the buyer cancels before the window opens: the next cycle no longer pulls it, forgets the
+    # pull and puts the job back where the plan has it
+    store.put_contract(Contract(**{**up.__dict__, "status": "CANCELLED"}))
+    env.slurmflex("daemon", "--once")
+    assert store.pulled() == []
+    assert (env.slurm.job(job_id).start_time or 0) > time.time() + 3600
+
+
 def test_no_load_is_shaped_while_an_increase_is_asked(fake_env: FakeEnv) -> None:
     env = fake_env
     # The defaults: single-job windows off, load shaping alone moves work.

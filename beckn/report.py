@@ -111,9 +111,10 @@ def measured_offset(store: BecknStore, c: Contract) -> float | None:
 
 
 def delivery_report(store: BecknStore, c: Contract, now: float, seller_id: str) -> DeliveryReport:
-    """Per interval: USAGE measured where the daemon recorded the site's measured power in it,
-    else the power model's (labelled which); BASELINE the plan's, which for a measured interval
-    is put on the measured footing with :func:`measured_offset` (the plan models jobs only)."""
+    """Per interval: USAGE (its time mean, :func:`time_mean`) measured where the daemon recorded
+    the site's measured power in it, else the power model's (labelled which); BASELINE the
+    plan's, which for a measured interval is put on the measured footing with
+    :func:`measured_offset` (the plan models jobs only)."""
     plan_baseline = _baseline_per_interval(c)
     offset = measured_offset(store, c)
     baseline: list[float] = []
@@ -121,12 +122,13 @@ def delivery_report(store: BecknStore, c: Contract, now: float, seller_id: str) 
     bases: list[str] = []
     for i, base in enumerate(plan_baseline):
         start = c.window_start + i * c.interval_s
-        samples = store.usage(start, min(start + c.interval_s, now))
-        measured = [kw for _, kw, basis in samples if basis == MEASURED]
-        modelled = [kw for _, kw, basis in samples if basis != MEASURED]
+        end = min(start + c.interval_s, now)
+        samples = store.usage(start, end)
+        measured = [(ts, kw) for ts, kw, basis in samples if basis == MEASURED]
+        modelled = [(ts, kw) for ts, kw, basis in samples if basis != MEASURED]
         chosen = measured or modelled
         bases.append(MEASURED if measured else MODELLED if modelled else NONE)
-        usage.append(sum(chosen) / len(chosen) if chosen else None)
+        usage.append(time_mean(chosen, [ts for ts, _k, _b in samples], end) if chosen else None)
         baseline.append(base + (offset or 0.0) if measured else base)
     kinds = set(bases) - {NONE}
     basis = kinds.pop() if len(kinds) == 1 else NONE if not kinds else f"{MEASURED}+{MODELLED}"
@@ -212,6 +214,23 @@ def _usage_note(bases: Sequence[str], offset: float | None) -> str:
 
 def _ids(ids: Sequence[int]) -> str:
     return ", ".join(str(i) for i in ids)
+
+
+def time_mean(samples: Sequence[tuple[float, float]], cycles: Sequence[float], end: float) -> float:
+    """The mean power over the time ``samples`` (ts, kW) cover: each holds from its cycle to the
+    next cycle (any of ``cycles``, the times samples were recorded) or ``end``; a stretch after
+    a cycle that recorded none of these (a meter outage) is left out. A cycle just after a
+    window opens (before the work it releases draws) thus counts for the seconds until the
+    next one, not as much as a whole cycle interval."""
+    times = sorted({*cycles, end})
+    total = weight = 0.0
+    for ts, kw in samples:
+        nxt = next((t for t in times if t > ts), ts)
+        total += kw * (nxt - ts)
+        weight += nxt - ts
+    if weight <= 0:
+        return sum(kw for _, kw in samples) / len(samples)
+    return total / weight
 
 
 def delivered_kw(direction: str, baseline: Sequence[float], usage: Sequence[float | None]) -> tuple[float | None, ...]:

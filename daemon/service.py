@@ -44,6 +44,8 @@ PRUNE_EVERY_SECONDS = 86400
 # A cycle for a contract's window edge runs this long after it (Slurm's clock and ours may
 # differ a little; a begin time set for the edge has then passed).
 EDGE_DELAY_S = 1.0
+# ... and another this long after that one (work it released has started by then).
+EDGE_SETTLE_S = 15.0
 
 
 def make_sources(config: Config, grid: GridCache | None) -> dict[str, ForecastSource]:
@@ -149,6 +151,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.metrics = metrics
         self._failures_in_a_row = 0
+        self._edge_cycle = False  # the next cycle runs for a contract window's edge
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -214,6 +217,11 @@ class Daemon:
         """The wait, cut short to run a cycle just after a flexibility contract's window (or a
         half-hour of an increase's) opens or closes, rather than up to an interval later: its
         suspensions, resumptions and pulls are then on time (beckn.activation)."""
+        if self._edge_cycle:
+            # The last cycle ran at an edge: one more soon after, once what it released draws
+            # (the delivery proof weighs each power sample by the time to the next cycle).
+            self._edge_cycle = False
+            wait = min(wait, EDGE_SETTLE_S)
         try:
             edge = self.cycle.next_edge(time.time())
         except SlurmFlexError as exc:
@@ -221,7 +229,11 @@ class Daemon:
             return wait
         if edge is None:
             return wait
-        return min(wait, max(0.0, edge + EDGE_DELAY_S - time.time()))
+        until = max(0.0, edge + EDGE_DELAY_S - time.time())
+        if until < wait:
+            self._edge_cycle = True
+            return until
+        return wait
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep, feeding the watchdog; True when woken by a stop or reload request."""

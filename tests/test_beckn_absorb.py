@@ -529,3 +529,27 @@ def test_the_other_sites_planned_draw_is_part_of_every_quotes_baseline_never_mov
     first = contract("c1", ABSORB, 5, baseline=(0.5,), offered=(4.0,))
     _, offered, _ = quote_need(FlexInput(snap, fc, (), float(NOW), other_kw=(0.5,) * N), up_need, POLICY, 600, [first])
     assert offered == (2.0,)
+
+
+def test_usage_is_the_time_mean_of_the_samples_each_held_until_the_next_cycle(tmp_path: Path) -> None:
+    store = BecknStore(tmp_path)
+    up = contract("up", ABSORB, 0, baseline=(0.0,), offered=(1.0, 1.0), interval_s=600)
+    start = up.window_start
+    # interval 0: the cycle just after the opening saw nothing yet drawing; the one 15 s later
+    # (the settle cycle) and the rest saw the pulled work
+    for dt, kw in ((1, 0.0), (16, 2.0), (316, 2.0)):
+        store.record_usage(start + dt, kw, "modelled")
+    # interval 1: measured, with a meter outage in the middle (modelled only at +300 s)
+    for dt, kw, basis in (
+        (600, 1.0, "measured"),
+        (600, 0.9, "modelled"),
+        (900, 3.0, "modelled"),
+        (1100, 2.0, "measured"),
+    ):
+        store.record_usage(start + dt, kw, basis)
+    report = delivery_report(store, up, start + 1200, "hpc")
+    usage = report.usage_kw
+    assert usage[0] == pytest.approx((0.0 * 15 + 2.0 * 584) / 599)
+    # measured 1.0 held 300 s (to the next cycle), 2.0 held 100 s; the outage's 200 s left out
+    assert usage[1] == pytest.approx((1.0 * 300 + 2.0 * 100) / 400)
+    assert report.bases == ("modelled", "measured")

@@ -18,7 +18,7 @@ from slurm_flex.beckn.store import BecknStore
 from slurm_flex.cli import main
 from slurm_flex.config import load_config
 from slurm_flex.daemon.cycle import CycleResult
-from slurm_flex.daemon.service import EDGE_DELAY_S, Daemon
+from slurm_flex.daemon.service import EDGE_DELAY_S, EDGE_SETTLE_S, Daemon
 from slurm_flex.metrics import Metrics
 from slurm_flex.sdnotify import Notifier
 from slurm_flex.state import StateStore
@@ -111,6 +111,8 @@ def test_the_loop_runs_a_cycle_as_a_contract_window_opens_not_an_interval_later(
     # the next cycle runs just after the window opens (not up to 300 s later), ...
     wait = d._until_edge(300.0)
     assert opens - time.time() < wait <= opens + EDGE_DELAY_S - time.time() + 0.01
+    # ... the one after it soon after that, once the work it released draws, ...
+    assert d._until_edge(300.0) == EDGE_SETTLE_S
     # ... and never later than the interval would have it
     assert d._until_edge(30.0) == 30.0
     d.store.close()

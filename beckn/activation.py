@@ -11,8 +11,9 @@
 - suspends the opted-in running jobs the quote counted on when the window opens
   (``scontrol suspend``), and resumes them when it closes, when the contract is cancelled, or
   earlier if a job's deadline would otherwise be at risk (``scontrol resume``);
-- records the site's power each cycle (measured where [measure] has readings, else the power
-  model's estimate of the running jobs, labelled ``modelled``) for the delivery report;
+- records the site's power each cycle for the delivery report: the power model's estimate of the
+  running jobs (labelled ``modelled``) and, where [measure] has the whole site's (a site meter,
+  or every node measured), that too (labelled ``measured``);
 - writes the planning input the Beckn endpoint quotes from (beckn.inputs).
 
 It reads contracts from the store the endpoint writes; with the endpoint down, confirmed
@@ -99,13 +100,44 @@ def power_floor(
 
 @dataclass(frozen=True)
 class AbsorbPull:
-    """A pending job released now for an increase contract, and why."""
+    """A pending job released for an increase contract, and why: ``start`` is when (now, or the
+    moment a window or one of its half-hours opens, when that comes before the next cycle)."""
 
     job_id: str
     contract_id: str
     power_kw: float
     nodes: float
     reason: str
+    start: int = 0
+
+
+def absorb_moments(contracts: Sequence[Contract], now: int, lookahead_s: int = 0) -> list[int]:
+    """When the floors of the increase contracts are to be met, from now to ``now +
+    lookahead_s``: now, while a window is open, then each window opening and each half-hour
+    boundary inside a window (the floor changes there) in that span, in order."""
+    moments: set[int] = set()
+    for c in contracts:
+        if c.status != "ACTIVE" or c.direction != ABSORB or c.window_end <= now:
+            continue
+        if c.window_start <= now:
+            moments.add(now)
+        edges = [c.window_start, *range(floor_slot(c.window_start) + SLOT_SECONDS, c.window_end, SLOT_SECONDS)]
+        moments.update(t for t in edges if now < t <= now + lookahead_s and t < c.window_end)
+    return sorted(moments)
+
+
+def next_edge(contracts: Sequence[Contract], now: float) -> int | None:
+    """The next moment after ``now`` a contract in force changes what the site is to do: a
+    window opening or closing, or a half-hour boundary inside an increase's window (its floor
+    changes there). None: no such moment."""
+    edges: list[int] = []
+    for c in contracts:
+        if c.status != "ACTIVE" or c.window_end <= now:
+            continue
+        edges += [c.window_start, c.window_end]
+        if c.direction == ABSORB:
+            edges += range(floor_slot(c.window_start) + SLOT_SECONDS, c.window_end, SLOT_SECONDS)
+    return min((t for t in edges if t > now), default=None)
 
 
 def absorb_pulls(
@@ -114,62 +146,110 @@ def absorb_pulls(
     running: Sequence[RunningLoad],
     snapshot: PlanningSnapshot,
     plan_: Plan,
+    lookahead_s: int = 0,
+    drawn_kw: FloatArray | None = None,
 ) -> tuple[AbsorbPull, ...]:
-    """The jobs to release now so that the site draws at least the floor of the increase
-    contracts whose window is open (pure). The planned draw is the running work plus the
-    pending jobs the plan starts in this half-hour (by the power model); deferred jobs are
-    pulled forward by :func:`flexibility.pull_forward`: most urgent first, their earliest start
-    allowing, only onto nodes free for their whole run. Nothing is pulled before the window
-    opens: the first cycle in it does (so up to a cycle interval late)."""
+    """The jobs to release so that the site draws at least the floor of the increase contracts,
+    at each of :func:`absorb_moments` (pure): now while a window is open, and where a window
+    (or a half-hour of it) opens before ``now + lookahead_s``, at that moment: those jobs get it
+    as their begin time, so that Slurm starts them as the window opens rather than at the first
+    cycle in it. The planned draw is the running work plus the pending jobs the plan runs in
+    that half-hour (by the power model); deferred jobs are pulled forward by
+    :func:`flexibility.pull_forward`: most urgent first, their earliest start allowing, only
+    onto nodes free for their whole run. Nothing is pulled to start before a window opens.
+    ``drawn_kw`` (per slot from floor_slot(now)): what the site's other parts (sites planned
+    before this one) already draw toward the floor."""
+    out: list[AbsorbPull] = []
+    for at in absorb_moments(contracts, now, lookahead_s):
+        got = _pulls_at(contracts, now, at, running, snapshot, plan_, drawn_kw)
+        plan_ = with_pulls(plan_, got, now)
+        out.extend(got)
+    return tuple(out)
+
+
+def _pulls_at(
+    contracts: Sequence[Contract],
+    now: int,
+    at: int,
+    running: Sequence[RunningLoad],
+    snapshot: PlanningSnapshot,
+    plan_: Plan,
+    drawn_kw: FloatArray | None = None,
+) -> tuple[AbsorbPull, ...]:
+    """The jobs to start at ``at`` (now, or a later window opening) for the contracts open then."""
     live = [
-        c for c in contracts if c.status == "ACTIVE" and c.direction == ABSORB and c.window_start <= now < c.window_end
+        c for c in contracts if c.status == "ACTIVE" and c.direction == ABSORB and c.window_start <= at < c.window_end
     ]
     if not live:
         return ()
-    n = max(1, snapshot.free_by_limits.size)
+    slot0 = floor_slot(now)
+    t = (floor_slot(at) - slot0) // SLOT_SECONDS
+    n = max(t + 1, snapshot.free_by_limits.size)
     floor = power_floor(live, now, n, running)
-    if floor is None or floor[0] <= 1e-9:
+    if floor is None or floor[t] <= 1e-9:
         return ()
     movs = movables(snapshot, plan_)
     free, waiting = free_nodes(snapshot, movs, n)
     # Released work draws once it starts: not a job that finds no free nodes.
-    draw = sum(m.power_kw for m in movs if m.start <= 0 < m.start + m.slots and m.job_id not in waiting)
-    if draw + 1e-9 >= floor[0]:
+    draw = sum(m.power_kw for m in movs if m.start <= t < m.start + m.slots and m.job_id not in waiting)
+    if drawn_kw is not None and t < drawn_kw.size:
+        draw += float(drawn_kw[t])
+    if draw + 1e-9 >= floor[t]:
         return ()
-    pulled, _ = pull_forward(movs, free, [(0, float(floor[0]) - draw)])
+    pulled, _ = pull_forward(movs, free, [(t, float(floor[t]) - draw)])
     if not pulled:
         return ()
     # Credited to the contract that asks most of this half-hour.
-    slot0 = floor_slot(now)
+    slot = floor_slot(at)
     site_floor, owner = max(
         (
             (base + kw, c.id)
             for c in live
             for k, (base, kw) in enumerate(zip(c.baseline, c.committed_per_slot(), strict=True))
-            if floor_slot(c.window_start) + k * SLOT_SECONDS == slot0
+            if floor_slot(c.window_start) + k * SLOT_SECONDS == slot
         ),
-        default=(float(floor[0]), live[0].id),
+        default=(float(floor[t]), live[0].id),
     )
-    stays = site_floor - float(floor[0])
+    stays = site_floor - float(floor[t])
+    start = max(now, at)
+    when = f"; it starts as the window opens at {iso_utc(start)[11:19]} UTC" if start > now else ""
     why = (
         f"pulled forward for absorb contract {owner}: the site is to draw at least {site_floor:.3f} kW in the "
-        f"{iso_utc(slot0)[11:16]} UTC half-hour; running and released work drew {stays + draw:.3f} kW"
+        f"{iso_utc(slot)[11:16]} UTC half-hour; running and released work drew {stays + draw:.3f} kW{when}"
     )
-    return tuple(AbsorbPull(p.job_id, owner, p.power_kw, p.nodes, why) for p in pulled)
+    return tuple(AbsorbPull(p.job_id, owner, p.power_kw, p.nodes, why, start) for p in pulled)
+
+
+def planned_draw(snapshot: PlanningSnapshot, plan_: Plan, n_slots: int) -> FloatArray:
+    """kW per slot from floor_slot(now) the plan's pending flexible jobs draw once started (as
+    :func:`absorb_pulls` counts them toward a floor: not a job that finds no free nodes)."""
+    out = np.zeros(n_slots)
+    movs = movables(snapshot, plan_)
+    _, waiting = free_nodes(snapshot, movs, max(n_slots, snapshot.free_by_limits.size))
+    for m in movs:
+        if m.job_id not in waiting:
+            out[max(0, m.start) : min(n_slots, m.start + m.slots)] += m.power_kw
+    return out
 
 
 def with_pulls(plan_: Plan, pulls: Sequence[AbsorbPull], now: int) -> Plan:
-    """The plan with the pulled jobs starting now (pure): the cycle reconciles Slurm with it
-    (their begin time set to now), and records and plan files show why."""
+    """The plan with the pulled jobs starting when pulled (pure): now, or as a window opens
+    before the next cycle. The cycle reconciles Slurm with it (their begin time set to that),
+    and records and plan files show why."""
     by_id = {p.job_id: p for p in pulls}
     if not by_id:
         return plan_
+    slot0 = floor_slot(now)
+
+    def start(job_id: str) -> int:
+        return max(now, by_id[job_id].start)
+
     # It now runs at the signals of now: no saving is claimed for it.
     jobs = tuple(
         replace(
             j,
-            start=now,
-            deferred=False,
+            start=start(j.job_id),
+            deferred=start(j.job_id) > now,
             reason=by_id[j.job_id].reason,
             carbon_planned_g=j.carbon_now_g,
             mean_ci_planned=j.mean_ci_now,
@@ -181,7 +261,10 @@ def with_pulls(plan_: Plan, pulls: Sequence[AbsorbPull], now: int) -> Plan:
     )
     sol = plan_.solution
     if sol is not None:
-        sol = replace(sol, starts={k: (0 if k in by_id else v) for k, v in sol.starts.items()})
+        starts = {
+            k: ((floor_slot(start(k)) - slot0) // SLOT_SECONDS if k in by_id else v) for k, v in sol.starts.items()
+        }
+        sol = replace(sol, starts=starts)
     return replace(plan_, jobs=jobs, solution=sol)
 
 
@@ -205,14 +288,25 @@ def running_loads(
 
 class Activation:
     def __init__(
-        self, state_dir: Path, suspendable: str, margin_s: int, run: Runner, requeue: str = "flex=requeue"
+        self,
+        state_dir: Path,
+        suspendable: str,
+        margin_s: int,
+        run: Runner,
+        requeue: str = "flex=requeue",
+        lookahead_s: int = 0,
     ) -> None:
         self.state_dir = state_dir
         self.suspendable = suspendable
         self.requeue = requeue
         self.margin_s = margin_s
         self.run = run
+        # How far ahead a window opening is prepared for: jobs pulled for it get it as their
+        # begin time (the daemon's interval and a little more: the next cycle may come after it).
+        self.lookahead_s = lookahead_s
         self._store: BecknStore | None = None
+        # Pulls to a window still ahead may be in the store (until a cycle without them forgets them).
+        self._pulls_ahead = True
 
     @property
     def store(self) -> BecknStore:
@@ -234,6 +328,11 @@ class Activation:
         loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
         return power_cap(self.contracts(now), now, n_slots, loads)
 
+    def next_edge(self, now: float) -> int | None:
+        """When a contract's window (or a half-hour of an increase's) next opens or closes: the
+        daemon runs a cycle then rather than up to an interval later."""
+        return next_edge(self.contracts(now), now)
+
     def in_force(self, now: int) -> str:
         """ "absorb" while an increase contract's window is open, else "shed" while any
         contract's window is ahead or open, else ""."""
@@ -249,24 +348,27 @@ class Activation:
         estimate: Callable[[SlurmJob], float],
         snapshot: PlanningSnapshot,
         plan_: Plan,
+        drawn_kw: FloatArray | None = None,
     ) -> tuple[AbsorbPull, ...]:
-        """The jobs to release now for the increase contracts in force (see :func:`absorb_pulls`)."""
+        """The jobs to release for the increase contracts in force or about to open (see
+        :func:`absorb_pulls`); ``drawn_kw``: what the sites planned before this one draw."""
         try:
             loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
-            return absorb_pulls(self.contracts(now), now, loads, snapshot, plan_)
+            return absorb_pulls(self.contracts(now), now, loads, snapshot, plan_, self.lookahead_s, drawn_kw)
         except Exception as exc:  # soft: the plan stands as it was
             log.error("beckn_pulls_failed", error=str(exc))
             return ()
 
     def kept(self, now: float) -> dict[str, str]:
-        """Jobs pulled forward for an increase whose window is still open, and why: they are not
-        deferred again while it lasts (a pulled job never moves later)."""
+        """Jobs pulled forward for an increase whose window is open, and why: they are not
+        deferred again while it lasts (a pulled job never moves later). Not those pulled to the
+        opening of a window still ahead: each cycle before it decides them again."""
         try:
             contracts = {c.id: c for c in self.contracts(now)}
             return {
                 job: reason
-                for cid, job, _at, _kw, reason in self.store.pulled()
-                if (c := contracts.get(cid)) is not None and c.status == "ACTIVE" and now < c.window_end
+                for cid, job, at, _kw, reason in self.store.pulled()
+                if (c := contracts.get(cid)) is not None and c.status == "ACTIVE" and at <= now < c.window_end
             }
         except Exception as exc:
             log.error("beckn_pulls_failed", error=str(exc))
@@ -275,21 +377,30 @@ class Activation:
     def record_pulls(
         self, pulls: Sequence[AbsorbPull], now: float, failed: frozenset[str]
     ) -> list[tuple[str, dict[str, object]]]:
-        """Keep the pulls made in Slurm (those whose release did not fail) and return their
-        ledger entries."""
+        """Keep the pulls made in Slurm (those whose release did not fail), each with when it
+        starts, and return their ledger entries. Pulls to a window opening still ahead are
+        decided again each cycle until it opens: the last decision stands."""
         out: list[tuple[str, dict[str, object]]] = []
+        if not pulls and not self._pulls_ahead:
+            return out
         try:
+            self.store.forget_pulls_after(now)
+            self._pulls_ahead = any(p.start > now and p.job_id not in failed for p in pulls)
             for p in pulls:
                 if p.job_id in failed:
                     continue
-                self.store.mark_pulled(p.contract_id, p.job_id, now, p.power_kw, p.reason)
-                out.append(
-                    (
-                        "beckn.pull",
-                        {"contract": p.contract_id, "job": p.job_id, "kw": round(p.power_kw, 3), "why": p.reason},
-                    )
-                )
-                log.info("beckn_pull", contract=p.contract_id, job=p.job_id, kw=round(p.power_kw, 3))
+                at = max(now, float(p.start))
+                self.store.mark_pulled(p.contract_id, p.job_id, at, p.power_kw, p.reason)
+                entry: dict[str, object] = {
+                    "contract": p.contract_id,
+                    "job": p.job_id,
+                    "kw": round(p.power_kw, 3),
+                    "why": p.reason,
+                }
+                if at > now:
+                    entry["starts"] = int(at)
+                out.append(("beckn.pull", entry))
+                log.info("beckn_pull", contract=p.contract_id, job=p.job_id, kw=round(p.power_kw, 3), starts=int(at))
         except Exception as exc:
             log.error("beckn_pulls_failed", error=str(exc))
         return out
@@ -303,14 +414,16 @@ class Activation:
         snapshot: PlanningSnapshot | None,
         forecast: SignalSeries | None,
         mode: str,
+        other_kw: Sequence[float] = (),
     ) -> list[tuple[str, dict[str, object]]]:
-        """Suspend/resume for the contracts in force, record power, write the endpoint's input.
-        Returns ledger entries for what was done in Slurm."""
+        """Suspend/resume for the contracts in force, record power, write the endpoint's input
+        (``other_kw``: what the sites after the one ``snapshot`` is of plan to draw). Returns
+        ledger entries for what was done in Slurm."""
         entries: list[tuple[str, dict[str, object]]] = []
         try:
             loads = running_loads(jobs, estimate, self.suspendable, self.requeue)
             if snapshot is not None:
-                write_flex_input(self.state_dir, snapshot, forecast, loads, now)
+                write_flex_input(self.state_dir, snapshot, forecast, loads, now, other_kw)
             by_id = {j.update_id: j for j in jobs}
             contracts = {c.id: c for c in self.contracts(now)}
             if mode == "enforce":
@@ -318,10 +431,11 @@ class Activation:
                 entries += self._suspend(contracts, by_id, now)
             suspended = {job for _, job, _, _ in self.store.open_suspensions()}
             modelled = sum(ld.power_kw for ld in loads if ld.job_id not in suspended)
+            # Both, when measured: the pairs before a window tell the delivery proof how the
+            # measured site differs from the modelled jobs (idle nodes, the rest of the site).
+            self.store.record_usage(now, modelled, "modelled")
             if measured_kw is not None:
                 self.store.record_usage(now, measured_kw, "measured")
-            else:
-                self.store.record_usage(now, modelled, "modelled")
         except Exception as exc:  # soft: Slurm keeps being managed
             log.error("beckn_activation_failed", error=str(exc))
         return entries

@@ -258,26 +258,27 @@ def delivered_rows(contract: dict[str, Any]) -> list[dict[str, Any]]:
     prices = shapes._column(need, "PRICE") or []
     sign = -1.0 if prices and all(p < 0 for p in prices) else 1.0
     perf = (contract.get("performance") or [{}])[0].get("performanceAttributes", {})
-    meter = (perf.get("meters") or [{}])[0]
-    telemetry = meter.get("telemetry", {})
-    start = shapes.parse_time(telemetry.get("intervalPeriod", {}).get("start", "1970-01-01T00:00:00Z"))
-    step = shapes.parse_duration_s(telemetry.get("intervalPeriod", {}).get("duration", "PT30M"))
     rows = []
-    for iv in telemetry.get("intervals", []):
-        vals = {p["type"]: p["values"][0] for p in iv["payloads"]}
-        b, u = vals.get("BASELINE"), vals.get("USAGE")
-        rows.append(
-            {
-                "interval": iv["id"],
-                "start": iso_utc(start + iv["id"] * step),
-                "committed_kw": committed[iv["id"]] if iv["id"] < len(committed) else None,
-                "baseline_kw": b,
-                "usage_kw": u,
-                "delivered_kw": None if b is None or u is None else round(max(0.0, sign * (b - u)), 3),
-                "basis": meter.get("meterId", "").rsplit(":", 1)[-1],
-            }
-        )
-    return rows
+    # One meter per basis (measured, modelled), each with its intervals.
+    for meter in perf.get("meters") or []:
+        telemetry = meter.get("telemetry", {})
+        start = shapes.parse_time(telemetry.get("intervalPeriod", {}).get("start", "1970-01-01T00:00:00Z"))
+        step = shapes.parse_duration_s(telemetry.get("intervalPeriod", {}).get("duration", "PT30M"))
+        for iv in telemetry.get("intervals", []):
+            vals = {p["type"]: p["values"][0] for p in iv["payloads"]}
+            b, u = vals.get("BASELINE"), vals.get("USAGE")
+            rows.append(
+                {
+                    "interval": iv["id"],
+                    "start": iso_utc(start + iv["id"] * step),
+                    "committed_kw": committed[iv["id"]] if iv["id"] < len(committed) else None,
+                    "baseline_kw": b,
+                    "usage_kw": u,
+                    "delivered_kw": None if b is None or u is None else round(max(0.0, sign * (b - u)), 3),
+                    "basis": meter.get("meterId", "").rsplit(":", 1)[-1],
+                }
+            )
+    return sorted(rows, key=lambda r: int(r["interval"]))
 
 
 def run_activation(

@@ -92,6 +92,9 @@ class Commitments:
     paused: frozenset[str] = frozenset()
     shed_slots: frozenset[int] = frozenset()
     absorb_slots: frozenset[int] = frozenset()
+    # What the site's other parts (the sites planned after the one quoted from) plan to draw,
+    # per slot: part of every baseline, never moved by a quote.
+    other_kw: FloatArray | None = None
 
 
 NO_COMMITMENTS = Commitments()
@@ -127,6 +130,12 @@ def running_kw(running: Sequence[RunningLoad], slot0: int, n_slots: int) -> Floa
     return out
 
 
+def planned_power(plan_: Plan, n_slots: int) -> FloatArray:
+    """kW per slot from floor_slot(now) of the jobs the solver placed (what a power ceiling on
+    planned flexible work bounds)."""
+    return _planned_kw(plan_, n_slots)
+
+
 def _planned_kw(plan_: Plan, n_slots: int) -> FloatArray:
     out = np.zeros(n_slots)
     inst, sol = plan_.instance, plan_.solution
@@ -155,12 +164,14 @@ def baseline(
     committed: Commitments = NO_COMMITMENTS,
 ) -> Baseline:
     """The plan without the order being quoted, but with the confirmed ones (``committed``)
-    carried out: their ceiling on planned work, their suspended jobs off in their windows. (The
-    snapshot's own cap is the daemon's, from the contracts it knew when it wrote it: not used.)"""
+    carried out: their ceiling on planned work, their suspended jobs off in their windows; the
+    site's other parts' planned draw (``committed.other_kw``) counts as running. (The snapshot's
+    own cap is the daemon's, from the contracts it knew when it wrote it: not used.)"""
     plan_, _ = plan_step(replace(_windows_on(snapshot), power_cap_kw=committed.cap_kw), forecast, policy)
     slot0 = floor_slot(snapshot.now)
     run = running_kw(running, slot0, n_slots) - _fit(committed.paused_kw, n_slots, 0.0)
-    return Baseline(plan_, _planned_kw(plan_, n_slots), np.maximum(run, 0.0))
+    run = np.maximum(run, 0.0) + _fit(committed.other_kw, n_slots, 0.0)
+    return Baseline(plan_, _planned_kw(plan_, n_slots), run)
 
 
 def flex_slots(

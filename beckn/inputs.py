@@ -1,7 +1,8 @@
 """The daemon's planning inputs as the Beckn endpoint reads them: each cycle the daemon writes
 ``<state_dir>/beckn/flex-input.json`` (planning snapshot, forecast and running jobs of the
-site), so the endpoint quotes from the live plan without reading Slurm itself, and keeps
-answering (with what it last knew, and saying how old that is) while the daemon is down."""
+site, and with several sites what the others plan to draw), so the endpoint quotes from the
+live plan without reading Slurm itself, and keeps answering (with what it last knew, and
+saying how old that is) while the daemon is down."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ class FlexInput:
     forecast: SignalSeries | None
     running: tuple[RunningLoad, ...]
     written_at: float
+    # kW per slot from floor_slot(snapshot.now) the site's other parts plan to draw (with
+    # several [sites]: those after the first, whose snapshot this is); () with one site.
+    other_kw: tuple[float, ...] = ()
 
 
 def write_flex_input(
@@ -39,6 +43,7 @@ def write_flex_input(
     forecast: SignalSeries | None,
     running: Sequence[RunningLoad],
     written_at: float,
+    other_kw: Sequence[float] = (),
 ) -> None:
     folder = state_dir / "beckn"
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,6 +52,7 @@ def write_flex_input(
         "snapshot": snapshot_to_json(snapshot),
         "forecast": None if forecast is None else series_to_json(forecast, len(forecast)),
         "running": [asdict(r) for r in running],
+        "other_kw": [round(float(x), 6) for x in other_kw],
     }
     tmp = folder / f".{FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(doc, separators=(",", ":")))
@@ -64,4 +70,5 @@ def read_flex_input(state_dir: Path) -> FlexInput | None:
         forecast=None if doc["forecast"] is None else series_from_json(doc["forecast"]),
         running=tuple(RunningLoad(**r) for r in doc["running"]),
         written_at=float(doc["written_at"]),
+        other_kw=tuple(float(x) for x in doc.get("other_kw", ())),
     )

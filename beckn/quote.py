@@ -47,12 +47,14 @@ def committed_by(
     policy: Policy,
     running: Sequence[RunningLoad],
     n_slots: int,
+    other_kw: Sequence[float] = (),
 ) -> tuple[Commitments, PlanningSnapshot]:
     """What the ACTIVE contracts whose window is not over take from the queue, and the snapshot
     with the jobs their increases pull forward pinned where they go (pure). Reductions give the
     ceiling on planned work (:func:`activation.power_cap`, as the daemon applies it) and the
     suspended jobs, whose power is off in their windows; increases are pulled in window order,
-    each against the plan with the ones before it applied, as the daemon will pull them."""
+    each against the plan with the ones before it applied, as the daemon will pull them.
+    ``other_kw``: what the site's other parts plan to draw (part of every baseline and floor)."""
     now = snapshot.now
     slot0 = floor_slot(now)
     live = [c for c in contracts if c.status == "ACTIVE" and c.window_end > now]
@@ -76,7 +78,11 @@ def committed_by(
         paused=frozenset(paused),
         shed_slots=frozenset(t for c in shed for t in _slots(c, slot0, n_slots)),
         absorb_slots=frozenset(t for c in absorb for t in _slots(c, slot0, n_slots)),
+        other_kw=np.asarray(other_kw, dtype=np.float64) if len(other_kw) else None,
     )
+    others = np.zeros(n_slots)
+    k = min(n_slots, len(other_kw))
+    others[:k] = np.asarray(other_kw[:k], dtype=np.float64)
     for c in absorb:
         # As the daemon will: what its floor asks of pending work beyond what the plan already
         # runs in each half-hour (jobs it has pulled so far run now, and count as running).
@@ -86,7 +92,7 @@ def committed_by(
         base = baseline(snapshot, forecast, policy, running, n_slots, committed)
         movs = movables(snapshot, base.plan)
         free, waiting = free_nodes(snapshot, movs, n_slots)
-        draw = np.zeros(n_slots)
+        draw = others.copy()  # the other sites' planned work counts toward the floor
         for m in movs:
             if m.job_id not in waiting:
                 draw[max(0, m.start) : min(n_slots, m.start + m.slots)] += m.power_kw
@@ -122,7 +128,7 @@ def quote_need(
     first, per_slot, slot_of = slot_requests(need)
     n_slots = max(snapshot.free_by_limits.size, (first - floor_slot(snapshot.now)) // SLOT_SECONDS + len(per_slot) + 1)
     others = [c for c in contracts if c.id != exclude]
-    committed, pinned = committed_by(others, snapshot, flex.forecast, policy, flex.running, n_slots)
+    committed, pinned = committed_by(others, snapshot, flex.forecast, policy, flex.running, n_slots, flex.other_kw)
     start = max(first, need.window_start)
     if need.direction == ABSORB:
         d = absorbable(pinned, flex.forecast, policy, flex.running, start, per_slot, committed)
@@ -136,5 +142,7 @@ def with_commitments(
     flex: FlexInput, policy: Policy, contracts: Sequence[Contract], n_slots: int
 ) -> tuple[Commitments, FlexInput]:
     """The confirmed contracts applied to the daemon's planning input (for on_discover)."""
-    committed, pinned = committed_by(contracts, flex.snapshot, flex.forecast, policy, flex.running, n_slots)
+    committed, pinned = committed_by(
+        contracts, flex.snapshot, flex.forecast, policy, flex.running, n_slots, flex.other_kw
+    )
     return committed, replace(flex, snapshot=pinned)

@@ -1,7 +1,11 @@
 """Delivery proof per interval of an event: the baseline (what the plan would have drawn
 without the order, fixed when it was confirmed) against the power drawn, from the samples the
-daemon records each cycle (measured where [measure] has readings, otherwise the power model's
-estimate of the running jobs, labelled ``modelled``).
+daemon records each cycle: the power model's estimate of the running jobs (``modelled``) and,
+where [measure] gives the whole site's power, that too (``measured``). An interval is proved
+with measured power wherever some was recorded in it, with modelled power only where none was,
+and each interval says which (one meter per basis in the performance record); in a measured
+interval the plan's baseline is raised by what the site was measured to draw beyond the model
+in the hour before the window, so that both sides are on the same footing.
 
 BASELINE and USAGE are the site's power in kW either way; what was delivered is the drop below
 the baseline for a reduction, and the rise above it for an increase (a need with a negative
@@ -31,9 +35,15 @@ class DeliveryReport:
     named_baseline_kw: tuple[float, ...] | None = None
     named_performance: dict[str, Any] | None = None
     named_note: str = ""
+    bases: tuple[str, ...] = ()  # per interval: measured, modelled or none
+    # measured - modelled before the window, added to the plan's baseline in measured intervals
+    offset_kw: float | None = None
 
 
 DAY = 86400
+MEASURED, MODELLED, NONE = "measured", "modelled", "none"
+# Measured against modelled power is compared over this span before a window.
+OFFSET_SPAN_S = 3600
 # How far back like days are looked for (several times outOf: weekends and gaps are skipped).
 SEARCH_FACTOR = 3
 
@@ -60,7 +70,9 @@ def named_baseline(store: BecknStore, c: Contract) -> tuple[tuple[float, ...] | 
             t = start - d * DAY
             if _is_weekend(t) != weekend:
                 continue
-            samples = [kw for _, kw, _b in store.usage(t, t + c.interval_s)]
+            rows = store.usage(t, t + c.interval_s)
+            # One basis per day: measured where it was, else modelled (never both added up).
+            samples = [kw for _, kw, b in rows if b == MEASURED] or [kw for _, kw, _b in rows]
             if samples:
                 values.append(sum(samples) / len(samples))
             if len(values) == of:
@@ -87,25 +99,49 @@ def _baseline_per_interval(c: Contract) -> list[float]:
     return out
 
 
+def measured_offset(store: BecknStore, c: Contract) -> float | None:
+    """How much more the site was measured to draw than the power model gave its running jobs,
+    over the hour before the window (the mean over the cycles that recorded both): the idle
+    nodes, the rest of the site and the model's error then. None: nothing measured then."""
+    pairs: dict[float, dict[str, float]] = {}
+    for ts, kw, basis in store.usage(c.window_start - OFFSET_SPAN_S, c.window_start):
+        pairs.setdefault(ts, {})[basis] = kw
+    diffs = [d["measured"] - d["modelled"] for d in pairs.values() if "measured" in d and "modelled" in d]
+    return sum(diffs) / len(diffs) if diffs else None
+
+
 def delivery_report(store: BecknStore, c: Contract, now: float, seller_id: str) -> DeliveryReport:
-    baseline = _baseline_per_interval(c)
+    """Per interval: USAGE (its time mean, :func:`time_mean`) measured where the daemon recorded
+    the site's measured power in it, else the power model's (labelled which); BASELINE the
+    plan's, which for a measured interval is put on the measured footing with
+    :func:`measured_offset` (the plan models jobs only)."""
+    plan_baseline = _baseline_per_interval(c)
+    offset = measured_offset(store, c)
+    baseline: list[float] = []
     usage: list[float | None] = []
-    bases: set[str] = set()
-    for i in range(len(c.offered)):
+    bases: list[str] = []
+    for i, base in enumerate(plan_baseline):
         start = c.window_start + i * c.interval_s
-        samples = store.usage(start, min(start + c.interval_s, now))
-        measured = [kw for _, kw, basis in samples if basis == "measured"]
-        chosen = measured or [kw for _, kw, _b in samples]
-        bases.update({"measured"} if measured else {b for _, _k, b in samples})
-        usage.append(sum(chosen) / len(chosen) if chosen else None)
-    basis = "measured" if bases == {"measured"} else "modelled" if bases else "none"
+        end = min(start + c.interval_s, now)
+        samples = store.usage(start, end)
+        measured = [(ts, kw) for ts, kw, basis in samples if basis == MEASURED]
+        modelled = [(ts, kw) for ts, kw, basis in samples if basis != MEASURED]
+        chosen = measured or modelled
+        bases.append(MEASURED if measured else MODELLED if modelled else NONE)
+        usage.append(time_mean(chosen, [ts for ts, _k, _b in samples], end) if chosen else None)
+        baseline.append(base + (offset or 0.0) if measured else base)
+    kinds = set(bases) - {NONE}
+    basis = kinds.pop() if len(kinds) == 1 else NONE if not kinds else f"{MEASURED}+{MODELLED}"
     delivered = delivered_kw(c.direction, baseline, usage)
     over = now >= c.window_end
     status = (
         ("DELIVERY_COMPLETE" if _met(delivered, c.offered) else "DELIVERY_COMPLETE_PARTIAL") if over else "IN_PROGRESS"
     )
-    perf = shapes.performance(
-        c.id, f"{seller_id}:site:{basis}", c.window_start, baseline, usage, status, "PLAN_COUNTERFACTUAL", c.interval_s
+    perf = _by_basis(
+        shapes.performance(
+            c.id, f"{seller_id}:site", c.window_start, baseline, usage, status, "PLAN_COUNTERFACTUAL", c.interval_s
+        ),
+        bases,
     )
     named, note = named_baseline(store, c)
     what = (
@@ -114,23 +150,87 @@ def delivery_report(store: BecknStore, c: Contract, now: float, seller_id: str) 
         else "a reduction: delivered = BASELINE - USAGE"
     )
     perf["status"]["longDesc"] = (
-        f"{what}; BASELINE: what the plan would have drawn without the order; USAGE {basis}; {note}"
+        f"{what}; BASELINE: what the plan would have drawn without the order; {_usage_note(bases, offset)}; {note}"
     )
     named_perf = None
     if named is not None:
         method = c.baseline_method
-        named_perf = shapes.performance(
-            c.id,
-            f"{seller_id}:site:{basis}",
-            c.window_start,
-            named,
-            usage,
-            status,
-            f"{method.get('bestOf')}of{method.get('outOf')}",
-            c.interval_s,
+        named_perf = _by_basis(
+            shapes.performance(
+                c.id,
+                f"{seller_id}:site",
+                c.window_start,
+                named,
+                usage,
+                status,
+                f"{method.get('bestOf')}of{method.get('outOf')}",
+                c.interval_s,
+            ),
+            bases,
         )
         named_perf["id"] += "-named"
-    return DeliveryReport(tuple(baseline), tuple(usage), delivered, basis, perf, named, named_perf, note)
+    return DeliveryReport(
+        tuple(baseline), tuple(usage), delivered, basis, perf, named, named_perf, note, tuple(bases), offset
+    )
+
+
+def _by_basis(perf: dict[str, Any], bases: Sequence[str]) -> dict[str, Any]:
+    """The record with one meter per basis (``<seller>:site:measured``, ``...:modelled``,
+    ``...:none`` where nothing is recorded yet), each holding its intervals: every interval is
+    in exactly one meter, so a settlement summing meters per interval (the devkit's Rego)
+    counts each once, and each says how it was obtained."""
+    meter = perf["performanceAttributes"]["meters"][0]
+    meters = []
+    for kind in (MEASURED, MODELLED, NONE):
+        ids = {i for i, b in enumerate(bases) if b == kind}
+        if not ids:
+            continue
+        telemetry = {
+            **meter["telemetry"],
+            "intervals": [iv for iv in meter["telemetry"]["intervals"] if iv["id"] in ids],
+        }
+        meters.append({**meter, "meterId": f"{meter['meterId']}:{kind}", "telemetry": telemetry})
+    perf["performanceAttributes"]["meters"] = meters
+    return perf
+
+
+def _usage_note(bases: Sequence[str], offset: float | None) -> str:
+    measured = [i for i, b in enumerate(bases) if b == MEASURED]
+    modelled = [i for i, b in enumerate(bases) if b == MODELLED]
+    parts = []
+    if measured:
+        parts.append(
+            f"USAGE measured (site meter or every node) in intervals {_ids(measured)}, where BASELINE is the "
+            + (
+                f"plan's plus {offset:.3f} kW, the measured draw less the modelled over the hour before the window"
+                if offset is not None
+                else "plan's as modelled: nothing was measured before the window to put it on the measured footing"
+            )
+        )
+    if modelled:
+        parts.append(f"USAGE modelled (the power model's running jobs: nothing measured) in intervals {_ids(modelled)}")
+    return "; ".join(parts) or "no power recorded yet"
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ", ".join(str(i) for i in ids)
+
+
+def time_mean(samples: Sequence[tuple[float, float]], cycles: Sequence[float], end: float) -> float:
+    """The mean power over the time ``samples`` (ts, kW) cover: each holds from its cycle to the
+    next cycle (any of ``cycles``, the times samples were recorded) or ``end``; a stretch after
+    a cycle that recorded none of these (a meter outage) is left out. A cycle just after a
+    window opens (before the work it releases draws) thus counts for the seconds until the
+    next one, not as much as a whole cycle interval."""
+    times = sorted({*cycles, end})
+    total = weight = 0.0
+    for ts, kw in samples:
+        nxt = next((t for t in times if t > ts), ts)
+        total += kw * (nxt - ts)
+        weight += nxt - ts
+    if weight <= 0:
+        return sum(kw for _, kw in samples) / len(samples)
+    return total / weight
 
 
 def delivered_kw(direction: str, baseline: Sequence[float], usage: Sequence[float | None]) -> tuple[float | None, ...]:

@@ -687,7 +687,13 @@ def _final_reports(ep: Endpoint, outbox: Outbox) -> None:
         ep.store.put_contract(replace(final, final_report_sent=True, doc=doc))
         # Delivered: the reduction below the baseline, or for an increase the rise above it.
         sign = -1.0 if c.direction == ABSORB else 1.0
-        for row in doc["performance"][0]["performanceAttributes"]["meters"][0]["telemetry"]["intervals"]:
+        # One meter per basis (measured, modelled), each holding its intervals.
+        rows = sorted(
+            (row, meter["meterId"].rsplit(":", 1)[-1])
+            for meter in doc["performance"][0]["performanceAttributes"]["meters"]
+            for row in meter["telemetry"]["intervals"]
+        )
+        for row, basis in rows:
             vals = {p["type"]: p["values"][0] for p in row["payloads"]}
             ep.log(
                 events.activation(
@@ -695,6 +701,6 @@ def _final_reports(ep: Endpoint, outbox: Outbox) -> None:
                     f"{c.window_start + row['id'] * c.interval_s}",
                     c.offered[row["id"]],
                     None if "USAGE" not in vals else max(0.0, sign * (vals["BASELINE"] - vals["USAGE"])),
-                    doc["performance"][0]["performanceAttributes"]["meters"][0]["meterId"].rsplit(":", 1)[-1],
+                    basis,
                 )
             )

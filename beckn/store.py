@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS suspensions (
 CREATE TABLE IF NOT EXISTS pulls (
     contract_id TEXT NOT NULL,        -- the absorb contract the job was pulled forward for
     job_id TEXT NOT NULL,
-    pulled_at REAL NOT NULL,
+    pulled_at REAL NOT NULL,          -- when it was released to start (a window opening may be ahead)
     kw REAL NOT NULL,                 -- its planned power (the power model's)
     reason TEXT NOT NULL,
     PRIMARY KEY (contract_id, job_id)
@@ -327,6 +327,11 @@ class BecknStore:
                 "INSERT OR IGNORE INTO pulls (contract_id, job_id, pulled_at, kw, reason) VALUES (?, ?, ?, ?, ?)",
                 (contract_id, job_id, at, kw, reason),
             )
+
+    def forget_pulls_after(self, now: float) -> None:
+        """Drop the pulls to moments still ahead (a window not open yet): the cycle decides them again."""
+        with self._tx() as db:
+            db.execute("DELETE FROM pulls WHERE pulled_at > ?", (now,))
 
     def pulled(self, contract_id: str | None = None) -> list[tuple[str, str, float, float, str]]:
         """(contract, job, pulled_at, kW, reason) of the jobs pulled forward, oldest first."""

@@ -14,20 +14,23 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import structlog
 
 from slurm_flex.battery.model import Battery
 from slurm_flex.battery.planning import BatteryPlan
-from slurm_flex.beckn.activation import AbsorbPull, Activation, with_pulls
+from slurm_flex.beckn.activation import AbsorbPull, Activation, planned_draw, with_pulls
+from slurm_flex.beckn.flexibility import planned_power
 from slurm_flex.config import Config, NodeType, PowerConfig
 from slurm_flex.daemon import runs
 from slurm_flex.daemon.actions import Actions
 from slurm_flex.daemon.battery import BATTERY_SETTING, BatteryControl, running_load_kw
 from slurm_flex.daemon.decide import (
+    BEGIN_TOLERANCE_S,
     PRIORITY_KINDS,
     Assessment,
     Intent,
@@ -48,7 +51,7 @@ from slurm_flex.ledger.log import Ledger
 from slurm_flex.ledger.site import open_site_ledger
 from slurm_flex.planner.policy import Policy
 from slurm_flex.planner.queue import Plan, PlanningSnapshot, merge_plans
-from slurm_flex.power.ledger import PowerLedger
+from slurm_flex.power.ledger import PowerLedger, PowerStep
 from slurm_flex.power.model import NodePower, PowerModel
 from slurm_flex.power.readers.slurm_energy import SlurmEnergyReader
 from slurm_flex.power.sample import PowerReader
@@ -68,6 +71,10 @@ UNLOGGED_MAX = 50_000
 # Record kinds a cycle derives from what the ledger last logged (state settings written only
 # after a successful write): after a failed write the next cycle makes them again.
 REMADE_AFTER_A_FAILED_WRITE = frozenset({"config", "mode", "job-started", "job-ended"})
+
+# A window that opens less than this after the next cycle is due is prepared for now too
+# (pulled jobs get its opening as their begin time): cycles run late by their own duration.
+PREPARE_OVERLAP_S = 60
 
 DEFAULT_SITE = "default"
 NO_SITE = "(no site)"
@@ -177,6 +184,8 @@ class Cycle:
                 config.beckn.resume_margin_seconds,
                 backend.read_output,
                 config.beckn.requeue_comment,
+                # The next cycle is due within an interval (and a cycle's run) of this one.
+                lookahead_s=config.daemon.interval_seconds + PREPARE_OVERLAP_S,
             )
         # Jobs this cycle pulls forward for an increase contract (recorded once made in Slurm).
         self._pulls: tuple[AbsorbPull, ...] = ()
@@ -185,6 +194,10 @@ class Cycle:
         self.battery: BatteryControl | None = BatteryControl(config.battery) if config.battery.enabled else None
         self._battery_now: Battery | None = None
         self._battery_plans: dict[str, BatteryPlan | None] = {}
+
+    def next_edge(self, now: float) -> int | None:
+        """When a contract in force next changes what the site is to do (beckn.activation)."""
+        return self.activation.next_edge(now) if self.activation is not None else None
 
     def mode(self) -> str:
         """The mode in force: an admin's runtime choice (``slurmflex mode``) over the config."""
@@ -221,8 +234,9 @@ class Cycle:
                 started_ended, running = self._observe_runs(jobs, int(started))
                 entries.extend(started_ended)
             jobs_seen = len(jobs)
+            site_kw: float | None = None  # the site's measured power, for flexibility contracts
             if self.measured is not None:
-                measured_kw, power_errors = self._measure(started, jobs)
+                measured_kw, site_kw, power_errors = self._measure(started, jobs, nodes)
                 errors += power_errors
             forecasts: dict[str, SignalSeries | None] = {}
             notes: list[str] = []
@@ -268,20 +282,27 @@ class Cycle:
                 self.actions.made.clear()
             errors += failed_errors
             updates = applied
-            if self.activation is not None and self._pulls and mode == "enforce":
+            # Every cycle, pulls or none: a pull to a window still ahead that this cycle did not
+            # make again is forgotten.
+            if self.activation is not None and mode == "enforce":
                 failed = frozenset(m[0] for m in made if m[5] != "applied")
                 entries.extend(self.activation.record_pulls(self._pulls, started, failed))
             if self.activation is not None:
+                # The endpoint quotes from the first site's queue; the others' planned work is
+                # part of the site's baseline.
                 first = next(iter(self._snapshots.values()), (None, None))
+                n_slots = first[0].free_by_limits.size if first[0] is not None else 0
+                other_kw = sum((planned_power(p, n_slots) for p in list(plans.values())[1:]), start=np.zeros(n_slots))
                 entries.extend(
                     self.activation.step(
                         jobs,
                         started,
                         lambda j: _estimate(j, self.power) * self._power_factor(j),
-                        measured_kw,
+                        site_kw,
                         first[0],
                         first[1],
                         mode,
+                        tuple(float(x) for x in other_kw) if len(plans) > 1 else (),
                     )
                 )
             if self.battery is not None:
@@ -459,16 +480,20 @@ class Cycle:
             self.store.set_setting(runs.RUNNING_SETTING, runs.dump(running), by="daemon")
         return 0
 
-    def _measure(self, now: float, jobs: tuple[SlurmJob, ...]) -> tuple[float | None, int]:
-        """Ingest measured power and attribute it to running jobs; failures are soft."""
+    def _measure(
+        self, now: float, jobs: tuple[SlurmJob, ...], nodes: tuple[SlurmNode, ...]
+    ) -> tuple[float | None, float | None, int]:
+        """Ingest measured power and attribute it to running jobs; failures are soft. Returns
+        the measured nodes' kW, the site's measured kW (:func:`site_kw`) and the errors."""
         assert self.measured is not None
         estimates = {j.job_id: _estimate(j, self.power) for j in jobs if j.state == "RUNNING"}
         try:
             step = self.measured.step(now, jobs, estimates, also_read=self.slurm_energy)
         except SlurmFlexError as exc:
             log.warning("power_failed", error=str(exc))
-            return None, 1
-        return (step.cluster_watts / 1000 if step.nodes_measured else None), len(step.errors)
+            return None, None, 1
+        nodes_kw = step.cluster_watts / 1000 if step.nodes_measured else None
+        return nodes_kw, site_kw(step, nodes), len(step.errors)
 
     def _power_factor(self, job: SlurmJob) -> float:
         if self.measured is None or not self.config.measure.calibrate:
@@ -531,7 +556,9 @@ class Cycle:
         plans: dict[str, Plan] = {}
         planned_assessments: list[Assessment] = []
         priority_changes: list[PriorityChange] = []
-        # A contract's ceiling (and floor) is the site's; with several sites it bounds the first one.
+        # A contract's ceiling (and floor) is the whole site's, over all its sites: each site is
+        # planned under what the sites before it leave of the ceiling, and pulls forward what
+        # they leave of the floor.
         n_slots = int(self.policy.max_horizon_hours * 3600) // 1800 + 1
 
         def estimate(job: SlurmJob) -> float:
@@ -539,7 +566,7 @@ class Cycle:
 
         cap = self.activation.cap(now, n_slots, jobs, estimate) if self.activation is not None else None
         contract = self.activation.in_force(now) if self.activation is not None else ""
-        first_site = True
+        drawn = np.zeros(n_slots)  # what the sites planned so far draw, per slot from now
         self._pulls = ()
         order = [*forecasts, *(s for s in sites if s not in forecasts)]
         first_site_name = (order[0] or NO_SITE) if order else NO_SITE
@@ -563,19 +590,21 @@ class Cycle:
                 now,
                 cap,
                 seen,
-                contract if first_site else "",
+                contract,
                 battery=battery,
                 other_load_kw=running_load_kw(site_jobs, estimate, now, n_slots) if battery is not None else None,
             )
             if planned_site.battery is not None or battery is not None:
                 self._battery_plans[site or NO_SITE] = planned_site.battery
-            cap = None
-            if first_site and self.activation is not None:
+            if cap is not None:
+                cap = np.where(np.isfinite(cap), np.maximum(0.0, cap - planned_power(planned_site.plan, n_slots)), cap)
+            if self.activation is not None and contract:
                 # An increase in force: deferred work is pulled forward to the contract's floor.
-                self._pulls = self.activation.pulls(now, jobs, estimate, planned_site.snapshot, planned_site.plan)
-                if self._pulls:
-                    planned_site = replace(planned_site, plan=with_pulls(planned_site.plan, self._pulls, now))
-            first_site = False
+                pulls = self.activation.pulls(now, jobs, estimate, planned_site.snapshot, planned_site.plan, drawn)
+                if pulls:
+                    planned_site = replace(planned_site, plan=with_pulls(planned_site.plan, pulls, now))
+                    self._pulls = (*self._pulls, *pulls)
+                drawn = drawn + planned_draw(planned_site.snapshot, planned_site.plan, n_slots)
             plans[site or NO_SITE] = planned_site.plan
             self._snapshots[site or NO_SITE] = (planned_site.snapshot, forecast)
             self._shaping[site or NO_SITE] = planned_site.shaping
@@ -591,6 +620,7 @@ class Cycle:
             for job_id, reason in s.held.items()
         }
         intents = shape_intents(reconcile(assessments, merged, now), assessments, held)
+        intents = _pull_intents(intents, assessments, self._pulls, kept, now)
         records = job_records(assessments, merged, intents, previous, jobs, now, held)
         return plans, intents, records, [c for c in priority_changes if c.job_id in records]
 
@@ -612,6 +642,58 @@ class Cycle:
         """Each site's busy nodes this cycle: the history the arrival reserve is built from."""
         for site in self.sources:
             self.store.record_load(site, now, busy_nodes(managed_nodes(self._nodes_of(site, nodes), self.rules)))
+
+
+def site_kw(step: PowerStep, nodes: Sequence[SlurmNode]) -> float | None:
+    """The site's power as measured, for the delivery proof of flexibility contracts: the site
+    meter's reading when there is one, else the sum of the nodes' when every node Slurm reports
+    was measured. None (the delivery proof then uses the power model's figure, labelled
+    ``modelled``) when only some nodes were: part of the site measured, the rest left out,
+    would read as the site drawing less than it does."""
+    if step.site_watts is not None:
+        return step.site_watts / 1000
+    names = {n.name for n in nodes}
+    if not names or not names <= set(step.node_watts):
+        if step.node_watts:
+            log.info("site_power_not_measured", measured=len(names & set(step.node_watts)), nodes=len(names))
+        return None
+    return sum(step.node_watts[n] for n in names) / 1000
+
+
+def _pull_intents(
+    intents: list[Intent],
+    assessments: list[Assessment],
+    pulls: Sequence[AbsorbPull],
+    kept: Mapping[str, str],
+    now: int,
+) -> list[Intent]:
+    """The start-time changes for jobs pulled for an increase, made exact: a job pulled to a
+    window opening gets that moment as its begin time (the plan's rounding would release one
+    due within a minute at once, before the window), and a pulled job whose begin time has come
+    while Slurm has not looked at it yet (pending for "BeginTime": its scheduler passes are up
+    to a minute apart) is released again (StartTime=now), which makes Slurm schedule at once."""
+    ahead = {p.job_id: p for p in pulls if p.start > now}
+    started = {**kept, **{p.job_id: p.reason for p in pulls if p.start <= now}}
+    out = [i for i in intents if i.job_id not in ahead]
+    changed = {i.job_id for i in out}
+    for a in assessments:
+        job = a.job
+        if not job.pending:
+            continue
+        current = job.eligible_time
+        if (pull := ahead.get(job.update_id)) is not None:
+            if current is None or abs(current - pull.start) > BEGIN_TOLERANCE_S:
+                kind = "defer" if current is None or pull.start > current else "advance"
+                out.append(Intent(job.update_id, current, pull.start, kind, pull.reason))
+        elif (
+            job.update_id in started
+            and job.update_id not in changed
+            and job.state_reason == "BeginTime"
+            and current is not None
+            and current <= now
+        ):
+            out.append(Intent(job.update_id, current, None, "release", started[job.update_id]))
+    return out
 
 
 def _estimate(job: SlurmJob, model: PowerModel) -> float:

@@ -41,6 +41,11 @@ from slurm_flex.state import StateStore
 log = structlog.get_logger(__name__)
 
 PRUNE_EVERY_SECONDS = 86400
+# A cycle for a contract's window edge runs this long after it (Slurm's clock and ours may
+# differ a little; a begin time set for the edge has then passed).
+EDGE_DELAY_S = 1.0
+# ... and another this long after that one (work it released has started by then).
+EDGE_SETTLE_S = 15.0
 
 
 def make_sources(config: Config, grid: GridCache | None) -> dict[str, ForecastSource]:
@@ -146,6 +151,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.metrics = metrics
         self._failures_in_a_row = 0
+        self._edge_cycle = False  # the next cycle runs for a contract window's edge
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -207,6 +213,28 @@ class Daemon:
         backoff = interval * float(2 ** min(self._failures_in_a_row - 1, 20))
         return float(min(max(interval, backoff), float(self.config.daemon.max_backoff_seconds)))
 
+    def _until_edge(self, wait: float) -> float:
+        """The wait, cut short to run a cycle just after a flexibility contract's window (or a
+        half-hour of an increase's) opens or closes, rather than up to an interval later: its
+        suspensions, resumptions and pulls are then on time (beckn.activation)."""
+        if self._edge_cycle:
+            # The last cycle ran at an edge: one more soon after, once what it released draws
+            # (the delivery proof weighs each power sample by the time to the next cycle).
+            self._edge_cycle = False
+            wait = min(wait, EDGE_SETTLE_S)
+        try:
+            edge = self.cycle.next_edge(time.time())
+        except SlurmFlexError as exc:
+            log.warning("contract_edges_unknown", error=str(exc))
+            return wait
+        if edge is None:
+            return wait
+        until = max(0.0, edge + EDGE_DELAY_S - time.time())
+        if until < wait:
+            self._edge_cycle = True
+            return until
+        return wait
+
     def _sleep(self, seconds: float) -> bool:
         """Sleep, feeding the watchdog; True when woken by a stop or reload request."""
         deadline = time.monotonic() + seconds
@@ -239,6 +267,7 @@ class Daemon:
             if max_cycles is not None and done >= max_cycles:
                 break
             remaining = self.next_wait() - (time.monotonic() - started)
+            remaining = self._until_edge(remaining)
             if self._sleep(max(0.0, remaining)):
                 if self._reload_requested:
                     self._do_reload()

@@ -14,15 +14,25 @@ import numpy as np
 import pytest
 
 from slurm_flex.beckn import contract as shapes
-from slurm_flex.beckn.activation import absorb_pulls, power_cap, power_floor, with_pulls
+from slurm_flex.beckn.activation import (
+    absorb_moments,
+    absorb_pulls,
+    next_edge,
+    power_cap,
+    power_floor,
+    with_pulls,
+)
 from slurm_flex.beckn.errors import BecknError
 from slurm_flex.beckn.flexibility import RunningLoad, absorbable, baseline
 from slurm_flex.beckn.inputs import FlexInput
 from slurm_flex.beckn.quote import quote_need
 from slurm_flex.beckn.report import delivery_report
 from slurm_flex.beckn.store import ABSORB, SHED, BecknStore, Contract
+from slurm_flex.daemon.cycle import site_kw
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries
 from slurm_flex.planner.queue import FlexJob, PlanningSnapshot
+from slurm_flex.power.ledger import PowerStep
+from slurm_flex.slurm.parsers import SlurmNode
 from tests.test_beckn_flexibility import NOW, POLICY, N, forecast, job, snapshot
 
 
@@ -362,3 +372,184 @@ def test_pulls_are_kept_once(tmp_path: Path) -> None:
     assert store.pulled() == [("up", "7", 10.0, 1.0, "why")]
     assert store.pulled("other") == []
     assert math.isclose(store.pulled("up")[0][3], 1.0)
+
+
+# -- on time: a window opening before the next cycle is prepared for ---------------------------
+
+
+def test_a_window_opening_before_the_next_cycle_gets_its_pulls_as_begin_times() -> None:
+    snap, fc = pull_snapshot()
+    plan_ = baseline(snap, fc, POLICY, [], N).plan
+    running = [RunningLoad("r1", 0.5, NOW + 4 * SLOT_SECONDS, None, False)]
+    # the window opens 2 minutes into the next half-hour; the cycle runs 3 minutes before that
+    opens = NOW + SLOT_SECONDS + 120
+    up = contract("up", ABSORB, 1, baseline=(0.5,), offered=(2.0,))
+    up = Contract(**{**up.__dict__, "window_start": opens})
+    now = opens - 180
+    # no lookahead (the daemon as it was): nothing until the first cycle in the window
+    assert absorb_pulls([up], now, running, snap, plan_) == ()
+    pulls = absorb_pulls([up], now, running, snap, plan_, lookahead_s=240)
+    # the same jobs the first cycle in the window would pull, to start as it opens
+    late = absorb_pulls([up], opens + 200, running, snap, plan_)
+    assert [p.job_id for p in pulls] == [p.job_id for p in late] == ["y", "z"]
+    assert all(p.start == opens for p in pulls) and "starts as the window opens" in pulls[0].reason
+    # not when the opening is beyond the lookahead
+    assert absorb_pulls([up], now, running, snap, plan_, lookahead_s=120) == ()
+    # the cycle's plan defers them to the opening (their begin time), never earlier
+    pulled = with_pulls(plan_, pulls, now).by_id()
+    assert pulled["y"].start == opens and pulled["y"].deferred
+    assert pulled["x"].start == plan_.by_id()["x"].start
+
+
+def test_each_half_hour_of_an_increase_window_is_prepared_for_and_a_cycle_runs_at_each_edge() -> None:
+    snap, fc = pull_snapshot()
+    plan_ = baseline(snap, fc, POLICY, [], N).plan
+    # two half-hours from slot 1: 1 kW asked in the first, 3 kW in the second
+    up = contract("up", ABSORB, 1, baseline=(0.0, 0.0), offered=(1.0, 3.0))
+    now = NOW + SLOT_SECONDS - 60
+    assert absorb_moments([up], now, 0) == []
+    assert absorb_moments([up], now, 120) == [NOW + SLOT_SECONDS]
+    inside = NOW + 2 * SLOT_SECONDS - 30
+    assert absorb_moments([up], inside, 120) == [inside, NOW + 2 * SLOT_SECONDS]
+    pulls = absorb_pulls([up], inside, [], snap, plan_, lookahead_s=120)
+    # one job now for the first half-hour; for the second, one more as it opens (the one pulled
+    # now runs on into it, and the two idle nodes are then taken: x would find none)
+    assert [(p.job_id, p.start) for p in pulls] == [("y", inside), ("z", NOW + 2 * SLOT_SECONDS)]
+    # the daemon wakes at every edge: the opening, the half-hour inside, the end
+    assert next_edge([up], now) == NOW + SLOT_SECONDS
+    assert next_edge([up], NOW + SLOT_SECONDS) == NOW + 2 * SLOT_SECONDS
+    assert next_edge([up], NOW + 2 * SLOT_SECONDS) == NOW + 3 * SLOT_SECONDS
+    assert next_edge([up], NOW + 3 * SLOT_SECONDS) is None
+    down = contract("down", SHED, 5, baseline=(1.0,), offered=(1.0,))
+    assert next_edge([down], now) == NOW + 5 * SLOT_SECONDS
+    assert next_edge([Contract(**{**down.__dict__, "status": "CANCELLED"})], now) is None
+
+
+def test_pulls_to_a_window_ahead_are_decided_again_until_it_opens(tmp_path: Path) -> None:
+    store = BecknStore(tmp_path)
+    store.mark_pulled("up", "7", 100.0, 1.0, "to the opening")
+    store.forget_pulls_after(50.0)  # a cycle before the opening: decided again
+    assert store.pulled() == []
+    store.mark_pulled("up", "7", 100.0, 1.0, "to the opening")
+    store.forget_pulls_after(100.0)  # the opening has come: it stands
+    assert [j for _, j, *_ in store.pulled()] == ["7"]
+
+
+# -- delivery proved with measured power --------------------------------------------------------
+
+
+def test_measured_power_proves_delivery_on_the_measured_footing_and_modelled_only_where_none(
+    tmp_path: Path,
+) -> None:
+    store = BecknStore(tmp_path)
+    up = contract("up", ABSORB, 0, baseline=(1.0,), offered=(1.0, 1.0, 1.0), interval_s=600)
+    start = up.window_start
+    # before the window: the site measured 0.3 kW above the modelled jobs (idle nodes)
+    for ts, modelled, measured in ((start - 600, 1.0, 1.25), (start - 300, 1.0, 1.35)):
+        store.record_usage(ts, modelled, "modelled")
+        store.record_usage(ts, measured, "measured")
+    # interval 0 measured; interval 1 modelled only (the meter was down); interval 2 both
+    store.record_usage(start + 60, 2.2, "modelled")
+    store.record_usage(start + 60, 2.5, "measured")
+    store.record_usage(start + 660, 2.0, "modelled")
+    store.record_usage(start + 1260, 2.1, "modelled")
+    store.record_usage(start + 1260, 2.4, "measured")
+    report = delivery_report(store, up, start + 1800, "hpc")
+    assert report.bases == ("measured", "modelled", "measured")
+    assert report.basis == "measured+modelled"
+    assert report.offset_kw == pytest.approx(0.3)
+    # measured intervals: the plan's 1 kW baseline on the measured footing (1.3 kW)
+    assert report.baseline_kw == pytest.approx((1.3, 1.0, 1.3))
+    assert report.usage_kw == pytest.approx((2.5, 2.0, 2.4))
+    assert report.delivered_kw == pytest.approx((1.2, 1.0, 1.1))
+    # one meter per basis, each with its intervals, every interval in exactly one
+    meters = report.performance["performanceAttributes"]["meters"]
+    assert {m["meterId"]: [iv["id"] for iv in m["telemetry"]["intervals"]] for m in meters} == {
+        "hpc:site:measured": [0, 2],
+        "hpc:site:modelled": [1],
+    }
+    text = report.performance["status"]["longDesc"]
+    assert "measured (site meter or every node) in intervals 0, 2" in text and "modelled" in text
+    assert "plus 0.300 kW" in text
+
+
+def test_measured_power_without_history_before_the_window_says_its_baseline_is_not_adjusted(
+    tmp_path: Path,
+) -> None:
+    store = BecknStore(tmp_path)
+    down = contract("down", SHED, 0, baseline=(3.0,), offered=(1.0,), interval_s=1800)
+    store.record_usage(down.window_start + 60, 2.5, "modelled")
+    store.record_usage(down.window_start + 60, 1.8, "measured")
+    report = delivery_report(store, down, down.window_start + 1800, "hpc")
+    assert report.bases == ("measured",) and report.basis == "measured" and report.offset_kw is None
+    assert report.delivered_kw == pytest.approx((1.2,))
+    assert "nothing was measured before the window" in report.performance["status"]["longDesc"]
+    # nothing recorded at all: the interval says so
+    empty = delivery_report(BecknStore(tmp_path / "empty"), down, down.window_start + 60, "hpc")
+    assert empty.bases == ("none",) and empty.basis == "none"
+    assert [m["meterId"] for m in empty.performance["performanceAttributes"]["meters"]] == ["hpc:site:none"]
+
+
+def test_the_site_is_measured_by_its_meter_or_by_every_node_never_by_some() -> None:
+    def node(name: str) -> SlurmNode:
+        return SlurmNode(name, "IDLE", (), 2, 0, 1000, "", ("debug",))
+
+    nodes = [node("n1"), node("n2")]
+
+    def step(watts: dict[str, float], site: float | None = None) -> PowerStep:
+        return PowerStep(len(watts), len(watts), sum(watts.values()), site, 0, (), watts)
+
+    # every node measured: their sum (a node Slurm does not report, e.g. a login node, left out)
+    assert site_kw(step({"n1": 300.0, "n2": 500.0, "login": 90.0}), nodes) == pytest.approx(0.8)
+    # only one of the two: not the site's power (the proof falls back to the model)
+    assert site_kw(step({"n1": 300.0}), nodes) is None
+    assert site_kw(step({}), nodes) is None
+    # a site meter is the site's power, whatever the nodes say
+    assert site_kw(step({"n1": 300.0}, site=2500.0), nodes) == pytest.approx(2.5)
+
+
+def test_the_other_sites_planned_draw_is_part_of_every_quotes_baseline_never_moved() -> None:
+    # two 1 kW jobs planned into slots 2-3 at the site quoted from; the site's other part
+    # plans 0.5 kW throughout
+    snap = snapshot([job("a", 1.0, 2, 12), job("b", 1.0, 2, 12)])
+    fc = forecast(range(2, 4))
+    alone = flex_input(snap, fc)
+    both = FlexInput(snap, fc, (), float(NOW), other_kw=(0.5,) * N)
+    need = shapes_need(2, [2.0, 2.0], 0.3)
+    d1, offered1, _ = quote_need(alone, need, POLICY, 600, [])
+    d2, offered2, _ = quote_need(both, need, POLICY, 600, [])
+    assert d2.baseline_kw == pytest.approx(tuple(b + 0.5 for b in d1.baseline_kw))
+    assert offered2 == offered1 == (2.0, 2.0)  # what the quoted site can shed, no more
+    # an increase: the floor (baseline + committed) holds the other part's draw, which the
+    # pulls need not make up
+    snap, fc = pull_snapshot()
+    up_need = shapes_need(5, [6.0], -0.2)
+    d, offered, _ = quote_need(FlexInput(snap, fc, (), float(NOW), other_kw=(0.5,) * N), up_need, POLICY, 600, [])
+    assert offered == (6.0,) and d.baseline_kw == (0.5,)
+    first = contract("c1", ABSORB, 5, baseline=(0.5,), offered=(4.0,))
+    _, offered, _ = quote_need(FlexInput(snap, fc, (), float(NOW), other_kw=(0.5,) * N), up_need, POLICY, 600, [first])
+    assert offered == (2.0,)
+
+
+def test_usage_is_the_time_mean_of_the_samples_each_held_until_the_next_cycle(tmp_path: Path) -> None:
+    store = BecknStore(tmp_path)
+    up = contract("up", ABSORB, 0, baseline=(0.0,), offered=(1.0, 1.0), interval_s=600)
+    start = up.window_start
+    # interval 0: the cycle just after the opening saw nothing yet drawing; the one 15 s later
+    # (the settle cycle) and the rest saw the pulled work
+    for dt, kw in ((1, 0.0), (16, 2.0), (316, 2.0)):
+        store.record_usage(start + dt, kw, "modelled")
+    # interval 1: measured, with a meter outage in the middle (modelled only at +300 s)
+    for dt, kw, basis in (
+        (600, 1.0, "measured"),
+        (600, 0.9, "modelled"),
+        (900, 3.0, "modelled"),
+        (1100, 2.0, "measured"),
+    ):
+        store.record_usage(start + dt, kw, basis)
+    report = delivery_report(store, up, start + 1200, "hpc")
+    usage = report.usage_kw
+    assert usage[0] == pytest.approx((0.0 * 15 + 2.0 * 584) / 599)
+    # measured 1.0 held 300 s (to the next cycle), 2.0 held 100 s; the outage's 200 s left out
+    assert usage[1] == pytest.approx((1.0 * 300 + 2.0 * 100) / 400)
+    assert report.bases == ("modelled", "measured")

@@ -10,11 +10,15 @@ import time
 
 import pytest
 
+from slurm_flex.beckn.inputs import read_flex_input
 from slurm_flex.beckn.report import delivery_report
 from slurm_flex.beckn.store import ABSORB, BecknStore, Contract
-from slurm_flex.daemon.cycle import power_model_from
+from slurm_flex.daemon.cycle import Cycle, power_model_from
+from slurm_flex.daemon.service import slurm_backend
+from slurm_flex.grid.filesource import FileSource
 from slurm_flex.grid.series import SLOT_SECONDS, floor_slot
 from slurm_flex.power.model import Request
+from slurm_flex.state import StateStore
 from tests.fake_cluster import FakeEnv
 from tests.helpers import forecast_from_now
 
@@ -191,6 +195,61 @@ def test_absorb_contract_pulls_deferred_work_into_its_window(fake_env: FakeEnv) 
     assert all((env.slurm.job(j).start_time or 0) > time.time() + 3600 for j in (big, relaxed))
 
 
+def test_an_increase_window_opening_before_the_next_cycle_gets_its_jobs_as_it_opens(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(beckn={"subscriber_id": "hpc.test"}, daemon={"interval_seconds": 60})
+    config = env.load()
+    kw_one = power_model_from(config).estimate(Request(nodes=1, cpus=1), None) / 1000
+    jobs = [env.submit_flexible(hours=h, minutes=60) for h in (9.5, 10)]
+    env.slurmflex("daemon", "--once")
+    assert all((env.slurm.job(j).start_time or 0) > time.time() + 3600 for j in jobs)
+    # an increase of one job's power opens a few seconds from now: before the next cycle is due
+    opens = int(time.time()) + 6
+    store = BecknStore(config.daemon.state_dir)
+    store.put_contract(absorb_contract("up", opens, 60, 2, 0.0, kw_one))
+    env.slurmflex("daemon", "--once")
+    # the most urgent job's begin time is the opening (Slurm starts it then), the other stays
+    urgent, relaxed = jobs
+    assert env.slurm.job(urgent).start_time == opens
+    assert (env.slurm.job(relaxed).start_time or 0) > time.time() + 3600
+    entry = env.status()["jobs"][urgent]
+    assert entry["status"] == "deferred" and "starts as the window opens" in entry["reason"], entry
+    # in the window, Slurm has not looked at it yet (pending for BeginTime, its begin time
+    # past): the cycle releases it again, which makes Slurm schedule at once
+    while time.time() < opens + 1:
+        time.sleep(0.2)
+    env.slurm._find(urgent).reason = "BeginTime"
+    env.slurmflex("daemon", "--once")
+    assert (env.slurm.job(urgent).eligible_time or 0) > opens
+    assert [(c, j, at) for c, j, at, *_ in store.pulled()] == [("up", urgent, opens)]
+    assert env.slurm.schedule() == [urgent]
+    assert (env.slurm.job(relaxed).start_time or 0) > time.time() + 3600
+
+
+def test_a_pull_to_a_window_ahead_is_decided_again_until_it_opens(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(beckn={"subscriber_id": "hpc.test"}, daemon={"interval_seconds": 60})
+    config = env.load()
+    kw_one = power_model_from(config).estimate(Request(nodes=1, cpus=1), None) / 1000
+    job_id = env.submit_flexible(hours=9.5, minutes=60)
+    env.slurmflex("daemon", "--once")
+    deferred_to = env.slurm.job(job_id).start_time
+    assert deferred_to is not None and deferred_to > time.time() + 3600
+    opens = int(time.time()) + 30
+    store = BecknStore(config.daemon.state_dir)
+    up = absorb_contract("up", opens, 60, 2, 0.0, kw_one)
+    store.put_contract(up)
+    env.slurmflex("daemon", "--once")
+    assert env.slurm.job(job_id).start_time == opens
+    assert [j for _, j, *_ in store.pulled()] == [job_id]
+    # the buyer cancels before the window opens: the next cycle no longer pulls it, forgets the
+    # pull and puts the job back where the plan has it
+    store.put_contract(Contract(**{**up.__dict__, "status": "CANCELLED"}))
+    env.slurmflex("daemon", "--once")
+    assert store.pulled() == []
+    assert (env.slurm.job(job_id).start_time or 0) > time.time() + 3600
+
+
 def test_no_load_is_shaped_while_an_increase_is_asked(fake_env: FakeEnv) -> None:
     env = fake_env
     # The defaults: single-job windows off, load shaping alone moves work.
@@ -213,3 +272,79 @@ def test_no_load_is_shaped_while_an_increase_is_asked(fake_env: FakeEnv) -> None
     for job_id in jobs:
         assert (env.slurm.job(job_id).start_time or 0) <= time.time() + 2
         assert env.status()["jobs"][job_id]["status"] != "shaped"
+
+
+def _two_site_cycle(env: FakeEnv) -> tuple[Cycle, StateStore, BecknStore]:
+    """A cycle over two sites (partitions debug and batch), each planned on the same flat forecast."""
+    env.reconfigure(
+        beckn={"subscriber_id": "hpc.test"},
+        sites={
+            name: {"partitions": [partition], "carbon": {"provider": "neso", "region_id": 1}}
+            for name, partition in (("north", "debug"), ("south", "batch"))
+        },
+    )
+    config = env.load()
+    source = FileSource(env.forecast)
+    store = StateStore(config.state_db)
+    return (
+        Cycle(config, slurm_backend(config), {"north": source, "south": source}, store),
+        store,
+        BecknStore(config.daemon.state_dir),
+    )
+
+
+def test_with_two_sites_a_reduction_bounds_the_work_of_both(fake_env: FakeEnv) -> None:
+    env = fake_env
+    forecast_from_now(env.forecast, [200.0] * 96)  # flat: without an order, work runs now
+    cycle, store, beckn = _two_site_cycle(env)
+    try:
+        # one flexible job at each site, both run now
+        jobs = {
+            site: env.submit_flexible(hours=9, minutes=60, partition=p)
+            for site, p in (("north", "debug"), ("south", "batch"))
+        }
+        now = int(time.time())
+        # no flexible work may run in the next two half-hours (ceiling 0 once the order is carried out)
+        slot = floor_slot(now)
+        beckn.put_contract(contract("down", slot, 2, SLOT_SECONDS, (0.0, 0.0), ()))
+        assert cycle.run().ok
+        # both sites keep their flexible work out of the window, not just the first
+        for site, job_id in jobs.items():
+            begin = env.slurm.job(job_id).start_time
+            assert begin is not None and begin >= slot + 2 * SLOT_SECONDS, (site, begin)
+        # the endpoint quotes from the first site's queue, with the second's planned draw (its
+        # job, after the window) in the baseline
+        flex = read_flex_input(env.load().daemon.state_dir)
+        assert flex is not None and flex.other_kw[:2] == (0.0, 0.0) and max(flex.other_kw) > 0
+    finally:
+        store.close()
+
+
+def test_with_two_sites_an_increase_pulls_what_the_first_leaves_of_its_floor_at_the_second(fake_env: FakeEnv) -> None:
+    env = fake_env
+    cycle, store, beckn = _two_site_cycle(env)
+    config = env.load()
+    kw_one = power_model_from(config).estimate(Request(nodes=1, cpus=1), None) / 1000
+    try:
+        # one flexible job at each site, deferred to the clean window 4 h ahead
+        jobs = {
+            site: env.submit_flexible(hours=9, minutes=60, partition=p)
+            for site, p in (("north", "debug"), ("south", "batch"))
+        }
+        assert cycle.run().ok
+        assert all((env.slurm.job(j).start_time or 0) > time.time() + 3600 for j in jobs.values())
+        # the utility asks for one job's power more now: the first site's job is enough
+        now = int(time.time())
+        beckn.put_contract(absorb_contract("up", now - now % 60, 60, 5, 0.0, kw_one))
+        assert cycle.run().ok
+        assert [j for _, j, *_ in beckn.pulled()] == [jobs["north"]]
+        assert (env.slurm.job(jobs["south"]).start_time or 0) > time.time() + 3600
+        # two jobs' power: what the first site leaves of the floor is pulled at the second
+        beckn.put_contract(absorb_contract("up", now - now % 60, 60, 5, 0.0, 2 * kw_one))
+        assert cycle.run().ok
+        for job_id in jobs.values():
+            begin = env.slurm.job(job_id).start_time
+            assert begin is None or begin <= time.time() + 2
+        assert sorted(j for _, j, *_ in beckn.pulled()) == sorted(jobs.values())
+    finally:
+        store.close()

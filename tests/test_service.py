@@ -14,15 +14,17 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from slurm_flex.beckn.store import BecknStore
 from slurm_flex.cli import main
 from slurm_flex.config import load_config
 from slurm_flex.daemon.cycle import CycleResult
-from slurm_flex.daemon.service import Daemon
+from slurm_flex.daemon.service import EDGE_DELAY_S, EDGE_SETTLE_S, Daemon
 from slurm_flex.metrics import Metrics
 from slurm_flex.sdnotify import Notifier
 from slurm_flex.state import StateStore
 from tests.conftest import REPO
 from tests.helpers import write_config
+from tests.test_beckn_activation import absorb_contract
 
 
 @pytest.fixture
@@ -92,6 +94,27 @@ def test_backoff_doubles_while_slurm_is_away_and_resets(tmp_path: Path) -> None:
     assert d.next_wait() == 40
     d._failures_in_a_row = 9
     assert d.next_wait() == 60  # capped
+    d.store.close()
+
+
+def test_the_loop_runs_a_cycle_as_a_contract_window_opens_not_an_interval_later(tmp_path: Path) -> None:
+    d = Daemon(load_config(_config(tmp_path, interval_seconds=300), environ={}))
+    assert d._until_edge(300.0) == 300.0  # no Beckn: the interval
+    d.store.close()
+    config = _config(tmp_path, interval_seconds=300)
+    with config.open("a") as fh:
+        fh.write('\n[beckn]\nsubscriber_id = "hpc.test"\n')
+    d = Daemon(load_config(config, environ={}))
+    assert d._until_edge(300.0) == 300.0  # no contract
+    opens = int(time.time()) + 120
+    BecknStore(tmp_path / "state").put_contract(absorb_contract("up", opens, 60, 2, 0.0, 1.0))
+    # the next cycle runs just after the window opens (not up to 300 s later), ...
+    wait = d._until_edge(300.0)
+    assert opens - time.time() < wait <= opens + EDGE_DELAY_S - time.time() + 0.01
+    # ... the one after it soon after that, once the work it released draws, ...
+    assert d._until_edge(300.0) == EDGE_SETTLE_S
+    # ... and never later than the interval would have it
+    assert d._until_edge(30.0) == 30.0
     d.store.close()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
@@ -36,6 +36,8 @@ class PowerStep:
     site_watts: float | None
     jobs_attributed: int
     errors: tuple[str, ...]
+    # Each measured node's power (W), by node name.
+    node_watts: Mapping[str, float] = field(default_factory=dict)
 
 
 class PowerLedger:
@@ -110,6 +112,7 @@ class PowerLedger:
             site_watts=site[0] if site else None,
             jobs_attributed=len(increments),
             errors=tuple(errors),
+            node_watts=watts,
         )
         log.info(
             "power",

@@ -45,6 +45,7 @@ from slurm_flex.errors import PlanningError
 from slurm_flex.planner.instance import FloatArray, Instance, IntArray, LateReason, Solution
 from slurm_flex.planner.lagrange import (
     Candidates,
+    DualResult,
     best_starts,
     candidates,
     free_capacity,
@@ -55,14 +56,17 @@ from slurm_flex.planner.lagrange import (
     min_conflicts,
     price_out,
     repair,
+    select,
     smooth_dual,
     solve_lagrange,
     true_costs,
     window_min,
     window_sums,
     window_table,
+    within,
 )
 from slurm_flex.planner.lp import (
+    DiveResult,
     candidate_count,
     lp_bound,
     lp_deadlines_feasible,
@@ -107,7 +111,15 @@ WINDOW_SECONDS = 1.0
 WINDOW_SHARE = 0.6
 # ... and it stops this close to the LP bound (relative): each sweep costs seconds.
 WINDOW_GAP = 5e-4
-POLISH_GAP_LAGRANGE = 1e-3
+# ... and the lagrange method stops searching this close to its bound (relative; the target at
+# 10,000 jobs is 0.5 % of the LP bound, which its bound is at most).
+LAGRANGE_TARGET_GAP = 4.5e-3
+# Up to this many candidate starts, a lagrange plan further than that from its bound is tried
+# again from a restricted LP: each job's starts priced within this many slot-costs of its
+# cheapest at the dual prices, given at most this share of the time left.
+RESTRICTED_LP_MAX_CANDIDATES = 1_000_000
+RESTRICTED_MARGINS = (0.0005, 0.001)
+RESTRICTED_LP_SHARE = 0.5
 
 EPS = 1e-9
 
@@ -382,7 +394,6 @@ def _polish(
                 done[pool] = False
                 done[a] = True
     return out
-
 
 
 def _window_polish(
@@ -691,6 +702,134 @@ def _finish(
     return starts, late, proof
 
 
+def _plan_from_dive(
+    inst: Instance,
+    cands: Candidates,
+    dive: DiveResult,
+    clock: _Clock,
+    polish_seconds: float,
+    bound: float,
+    window_share: float,
+    polish_gap: float = POLISH_GAP_LP,
+    window_gap: float = WINDOW_GAP,
+) -> tuple[IntArray, list[int], str]:
+    """A plan from an LP dive: its plan when complete, else the best of priced repairs from
+    where it got to and from its first LP; then settled, searched locally and re-solved by
+    neighbourhoods (:func:`_finish`) and by time windows (:func:`_window_polish`, for
+    ``window_share`` of the time left) while more than ``polish_gap``/``window_gap`` above
+    ``bound``."""
+    lam, mu = dive.node_prices, dive.kw_prices
+    plans: list[tuple[IntArray, list[int]]] = []
+    if dive.complete:
+        plans.append((dive.preferred, []))
+    else:
+        # The dive got stuck: round from where it got to and from the first LP, in deadline
+        # order and biggest-for-its-window first, and keep the best.
+        w = inst.weights()
+        size = inst.nodes * inst.duration / np.maximum(inst.latest_start - inst.release + 1.0, 1.0)
+        roots = [(dive.preferred, dive.integral)]
+        if not np.array_equal(dive.preferred, dive.root_preferred):
+            roots.append((dive.root_preferred, dive.root_integral))
+        for pref, integral in roots:
+            for order in (
+                np.lexsort((-inst.nodes, inst.latest_start, ~integral)),
+                np.argsort(-size, kind="stable"),
+            ):
+                plans.append(repair(inst, pref, w, lam, mu, order=order))
+    best: tuple[int, float, IntArray, list[int], str] | None = None
+    for cand_starts, cand_late in plans:
+        s_, l_, p_ = _finish(inst, cands, cand_starts, cand_late, lam, mu, clock, 0.0)
+        key = (len(l_), evaluate(inst, s_)[3])
+        if best is None or key < best[:2]:
+            best = (*key, s_, l_, p_)
+    assert best is not None
+    starts, late, proof = _finish(
+        inst, cands, best[2], best[3], lam, mu, clock, polish_seconds, bound=bound, gap=polish_gap
+    )
+    if window_share > 0:
+        starts = _window_polish(inst, cands, starts, late, clock, window_share * clock.left(), bound, window_gap)
+    return starts, late, proof
+
+
+def _gap(inst: Instance, starts: IntArray, late: list[int], bound: float) -> float:
+    """How far the on-time jobs' objective is above ``bound`` (relative; inf with late jobs)."""
+    if late:
+        return float("inf")
+    value = evaluate(inst, starts)[3]
+    return (value - bound) / max(abs(bound), 1e-12)
+
+
+def _lagrange_plan(
+    inst: Instance, cands: Candidates, dual: DualResult, clock: _Clock
+) -> tuple[IntArray, list[int], str, float | None]:
+    """The plan of the ``lagrange`` method from the smoothed dual's prices, with its bound.
+
+    The prices' preferred starts are rounded as :func:`_round` does (without the exact
+    re-solves; its late jobs are settled only if no later plan does without them). If that
+    plan is further than :data:`LAGRANGE_TARGET_GAP` from the bound and the instance is not too
+    big, a restricted LP is solved by HiGHS: each job's starts priced within a margin of its
+    cheapest (a few per job instead of its whole window) and the plans' starts so far, rounded
+    by :func:`_plan_from_dive`; with a wider margin if still above the target. Its duals are
+    prices too, and the Lagrangian dual at them over every candidate start is a bound like the
+    smoothed one (at times a better one). The best plan is then searched locally while time
+    lasts and the gap is above the target."""
+    pref = _per_job(cands, dual.pricing.starts, inst.release.copy())
+    sure = _per_job(cands, dual.pricing.margin > 1e-3 * cands.scale, np.zeros(inst.n_jobs, dtype=bool))
+    big = cands.n_candidates > 2_000_000
+    bound = dual.bound
+    lam, mu = dual.lam, dual.mu
+    polish = 0.0 if big else _seconds(POLISH_SECONDS_LAGRANGE, inst)
+    order = np.lexsort((-inst.nodes, inst.latest_start, ~sure.astype(bool)))
+    w = inst.weights()
+    first = repair(inst, pref, w, lam, mu, order=order)
+    starts, late, proof = first[0], first[1], ""
+    settled = not late
+    if settled:
+        starts, late, proof = _finish(inst, cands, starts, late, lam, mu, clock, 0.0)
+    eligible = cands.n_candidates <= RESTRICTED_LP_MAX_CANDIDATES and not dual.infeasible
+    for margin in RESTRICTED_MARGINS if eligible else ():
+        if _gap(inst, starts, late, bound) <= LAGRANGE_TARGET_GAP or clock.left() < 0.25 * clock.limit:
+            break
+        # The columns: the starts priced near their job's cheapest, and the plans' so far (the
+        # restricted LP then has a solution whenever one of them is complete).
+        keep = within(cands, inst.n_slots, dual.lam, dual.mu, margin)
+        keep |= cands.start == first[0][cands.jobs[cands.job]]
+        keep |= cands.start == starts[cands.jobs[cands.job]]
+        rlp = lp_relaxation(inst, time_limit=max(0.1, RESTRICTED_LP_SHARE * clock.left()), cands=select(cands, keep))
+        if rlp is None or rlp.infeasible:
+            continue
+        bound = max(bound, price_out(inst, cands, rlp.node_prices, rlp.kw_prices).bound)
+        # Rounded as a dive that stopped at its first LP: from its heaviest starts, in deadline
+        # order and biggest-for-its-window first.
+        root = DiveResult(
+            rlp.preferred, rlp.integral, False, rlp.value, rlp.node_prices, rlp.kw_prices, rlp.preferred, rlp.integral
+        )
+        plan = (*_plan_from_dive(inst, cands, root, clock, 0.0, bound, 0.0), rlp.node_prices, rlp.kw_prices)
+        if plan[1]:
+            continue
+        # A wider margin makes the LP nearer the whole one, not its rounding better: it is
+        # tried only when this rounding came near the target.
+        widen = _gap(inst, plan[0], plan[1], bound) <= 2 * LAGRANGE_TARGET_GAP
+        if not settled or evaluate(inst, plan[0])[3] < evaluate(inst, starts)[3]:
+            # Complete and cheaper (the first plan's late jobs then need not be settled).
+            starts, late, proof, lam, mu = plan
+            settled = True
+        if not widen:
+            break
+    if first[1] and _gap(inst, starts, late, bound) > LAGRANGE_TARGET_GAP:
+        # The first plan's late jobs, settled: at times the better plan after all.
+        a_starts, a_late = _squeaky(inst, pref, dual.lam, dual.mu, clock, first, order)
+        a_starts, a_late, a_proof = _finish(inst, cands, a_starts, a_late, dual.lam, dual.mu, clock, 0.0)
+        if not settled or (len(a_late), evaluate(inst, a_starts)[3]) < (len(late), evaluate(inst, starts)[3]):
+            starts, late, proof, lam, mu = a_starts, a_late, a_proof, dual.lam, dual.mu
+    if polish > 0 and _gap(inst, starts, late, bound) > LAGRANGE_TARGET_GAP:
+        starts, late, proof = _finish(
+            inst, cands, starts, late, lam, mu, clock, polish, bound=bound, gap=LAGRANGE_TARGET_GAP
+        )
+    lower = bound if not late and not dual.infeasible else None
+    return starts, late, proof, lower
+
+
 def solve(
     inst: Instance,
     *,
@@ -760,33 +899,8 @@ def solve(
         cands = candidates(inst)
         dive = lp_dive(inst, cands, time_limit=max(0.1, clock.left() * 0.4))
         if dive is not None:
-            lam, mu = dive.node_prices, dive.kw_prices
-            plans: list[tuple[IntArray, list[int]]] = []
-            if dive.complete:
-                plans.append((dive.preferred, []))
-            else:
-                # The dive got stuck: round from where it got to and from the first LP, in
-                # deadline order and biggest-for-its-window first, and keep the best.
-                w = inst.weights()
-                size = inst.nodes * inst.duration / (inst.latest_start - inst.release + 1.0)
-                for pref, integral in ((dive.preferred, dive.integral), (dive.root_preferred, dive.root_integral)):
-                    for order in (
-                        np.lexsort((-inst.nodes, inst.latest_start, ~integral)),
-                        np.argsort(-size, kind="stable"),
-                    ):
-                        plans.append(repair(inst, pref, w, lam, mu, order=order))
-            best: tuple[int, float, IntArray, list[int], str] | None = None
-            for cand_starts, cand_late in plans:
-                s_, l_, p_ = _finish(inst, cands, cand_starts, cand_late, lam, mu, clock, 0.0)
-                key = (len(l_), evaluate(inst, s_)[3])
-                if best is None or key < best[:2]:
-                    best = (*key, s_, l_, p_)
-            assert best is not None
-            starts, late, proof = _finish(
-                inst, cands, best[2], best[3], lam, mu, clock, _seconds(POLISH_SECONDS_LP, inst), bound=dive.value
-            )
-            starts = _window_polish(
-                inst, cands, starts, late, clock, WINDOW_SHARE * clock.left(), dive.value, WINDOW_GAP
+            starts, late, proof = _plan_from_dive(
+                inst, cands, dive, clock, _seconds(POLISH_SECONDS_LP, inst), dive.value, WINDOW_SHARE
             )
             if not late:
                 lower = dive.value
@@ -829,23 +943,7 @@ def solve(
     elif method == "lagrange":
         cands = candidates(inst)
         dual = smooth_dual(inst, cands, time_limit=max(0.1, clock.left() * 0.4))
-        pref = _per_job(cands, dual.pricing.starts, inst.release.copy())
-        sure = _per_job(cands, dual.pricing.margin > 1e-3 * cands.scale, np.zeros(inst.n_jobs, dtype=bool))
-        big = cands.n_candidates > 2_000_000
-        starts, late, proof = _round(
-            inst,
-            cands,
-            pref,
-            sure,
-            dual.lam,
-            dual.mu,
-            clock,
-            0.0 if big else _seconds(POLISH_SECONDS_LAGRANGE, inst),
-            bound=dual.bound,
-            gap=POLISH_GAP_LAGRANGE,
-        )
-        if not late and not dual.infeasible:
-            lower = dual.bound
+        starts, late, proof, lower = _lagrange_plan(inst, cands, dual, clock)
     elif method == "milp":
         cands = candidates(inst)
         w = inst.weights()

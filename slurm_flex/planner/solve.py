@@ -124,6 +124,10 @@ RESTRICTED_LP_SHARE = 0.5
 # jobs under a power cap: 1.6 % above the LP bound against 1.1 %, for 2 s more).
 RESTRICTED_MAX_LATE_SHARE = 0.01
 
+# Share of the time left, and margin (slot-costs), of the reduced MILP after the LP's rounding.
+REDUCED_MILP_SHARE = 0.9
+REDUCED_MILP_MARGIN = 0.03
+
 EPS = 1e-9
 # HiGHS's absolute MIP gap (its default): an "optimal" MIP value is at most this above the optimum.
 HIGHS_MIP_ABS_GAP = 1e-6
@@ -768,6 +772,17 @@ def _plan_from_dive(
         )
     if window_share > 0:
         starts = _window_polish(inst, cands, starts, late, clock, window_share * clock.left(), bound, window_gap)
+    if window_share > 0 and REDUCED_MILP_SHARE > 0 and not late and _gap(inst, starts, late, bound) > window_gap:
+        # Then, with most of the time left, the exact MILP over the starts priced near each
+        # job's cheapest at the LP's prices (the LP optimum's support and its neighbours) and
+        # the plan's, started from it: the exchanges no one window holds.
+        keep = within(cands, inst.n_slots, lam, mu, REDUCED_MILP_MARGIN)
+        keep |= cands.start == starts[cands.jobs[cands.job]]
+        res = solve_milp(
+            inst, time_limit=REDUCED_MILP_SHARE * clock.left(), cands=cands, keep=keep, starts=starts, rel_gap=1e-5
+        )
+        if res.starts is not None and not res.late and evaluate(inst, res.starts)[3] < evaluate(inst, starts)[3]:
+            starts = res.starts
     return starts, late, proof
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slurm_flex.planner import Instance, Solution, instance_from_json, solve
-from slurm_flex.planner.lagrange import candidates, repair, smooth_dual
+from slurm_flex.planner.lagrange import candidates, price_out, repair, select, smooth_dual, within
 from slurm_flex.planner.lp import lp_bound, solve_milp
 from slurm_flex.planner.solve import apply_min_saving, evaluate, shift_to_earliest_tie, violations
 
@@ -166,8 +166,9 @@ def test_post_processing_never_pushes_a_plan_over_capacity(
     assert evaluate(inst, shifted)[3] <= evaluate(inst, starts)[3] + 1e-9
 
 
-def test_smoothed_dual_bound_matches_the_lp_bound() -> None:
-    rng = np.random.default_rng(3)
+def _capped_instance(seed: int) -> Instance:
+    """120 jobs on 48 slots with node capacity and a power cap that both bind."""
+    rng = np.random.default_rng(seed)
     n = 48
     carbon = list(200 + 150 * np.sin(np.arange(n) / n * 4 * np.pi) + rng.normal(0, 20, n))
     jobs = []
@@ -183,7 +184,11 @@ def test_smoothed_dual_bound_matches_the_lp_bound() -> None:
                 "deadline_slot": int(min(n, r + d + rng.integers(0, 30))),
             }
         )
-    inst = _instance(carbon, jobs, [20.0] * n, [18.0] * n)
+    return _instance(carbon, jobs, [20.0] * n, [18.0] * n)
+
+
+def test_smoothed_dual_bound_matches_the_lp_bound() -> None:
+    inst = _capped_instance(3)
     lp = lp_bound(inst)
     assert lp.ok and lp.value is not None
     dual = smooth_dual(inst, candidates(inst))
@@ -269,3 +274,35 @@ def test_fast_method_calls_no_job_late_on_a_real_tight_instance() -> None:
     assert violations(inst, starts).size == 0
     assert ((starts >= inst.release) & (starts <= inst.latest_start)).all()
     assert sol.lower_bound_gbp is not None and sol.lower_bound_gbp <= sol.objective_gbp
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_restricted_columns_keep_each_jobs_cheapest_start(seed: int) -> None:
+    inst = _capped_instance(seed)
+    cands = candidates(inst)
+    dual = smooth_dual(inst, cands)
+    keep = within(cands, inst.n_slots, dual.lam, dual.mu, 0.0005)
+    sub = select(cands, keep)
+    # Every job keeps at least one start, and its cheapest at the prices among them.
+    assert np.array_equal(np.unique(sub.jobs[sub.job]), cands.jobs)
+    assert (np.diff(sub.seg) >= 1).all()
+    full = price_out(inst, cands, dual.lam, dual.mu)
+    restricted = price_out(inst, sub, dual.lam, dual.mu)
+    assert np.allclose(full.priced, restricted.priced)
+    # A wider margin keeps a superset.
+    assert (within(cands, inst.n_slots, dual.lam, dual.mu, 0.01) >= keep).all()
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_lagrange_bound_stays_below_the_lp_bound(seed: int) -> None:
+    # The lagrange method may plan from a restricted LP (a few starts per job), whose optimum
+    # bounds nothing: the bound it reports must still be at most the whole LP's optimum.
+    inst = _capped_instance(seed)
+    lp = lp_bound(inst)
+    assert lp.ok and lp.value is not None
+    sol = solve(inst, method="lagrange", time_limit=10.0)
+    assert not sol.late
+    assert violations(inst, _starts(inst, sol)).size == 0
+    assert sol.lower_bound_gbp is not None
+    assert sol.lower_bound_gbp <= lp.value + 1e-9 * abs(lp.value)
+    assert lp.value <= sol.objective_gbp + 1e-9 * abs(sol.objective_gbp)

@@ -493,6 +493,12 @@ def prune(c: Candidates, n_slots: int, lam: FloatArray, mu: FloatArray, margin: 
     """The candidates priced within ``margin`` (in units of the job's ``scale``) of their job's
     cheapest at (λ, μ): the others weigh nothing in a soft minimum at a low temperature, and
     dropping them makes each evaluation proportionally cheaper. Every job keeps its cheapest."""
+    return select(c, within(c, n_slots, lam, mu, margin))
+
+
+def within(c: Candidates, n_slots: int, lam: FloatArray, mu: FloatArray, margin: float) -> npt.NDArray[np.bool_]:
+    """Per candidate: whether it is priced within ``margin`` (in units of its job's ``scale``)
+    of its job's cheapest at (λ, μ)."""
     lam_tab, mu_tab = _price_tables(c, n_slots, lam, mu)
     keep = np.zeros(c.n_candidates, dtype=bool)
     for a, b in c.chunks:
@@ -502,6 +508,11 @@ def prune(c: Candidates, n_slots: int, lam: FloatArray, mu: FloatArray, margin: 
         counts = np.diff(local)
         low = np.minimum.reduceat(score, local[:-1])
         keep[lo:hi] = score <= np.repeat(low + margin * c.scale[a:b], counts)
+    return keep
+
+
+def select(c: Candidates, keep: npt.NDArray[np.bool_]) -> Candidates:
+    """The candidates ``keep`` selects; every listed job must keep at least one."""
     idx = np.flatnonzero(keep)
     job = c.job[idx]
     new_job = np.ones(idx.size, dtype=bool)

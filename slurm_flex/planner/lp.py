@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
@@ -57,7 +58,7 @@ def formulate(
     jobs: IntArray | None = None,
     *,
     cands: Candidates | None = None,
-    keep: FloatArray | None = None,
+    keep: npt.NDArray[np.bool_] | None = None,
     capacity_nodes: FloatArray | None = None,
     power_cap_kw: FloatArray | None = None,
 ) -> Formulation:
@@ -226,7 +227,7 @@ def solve_milp(
     jobs: IntArray | None = None,
     fixed: IntArray | None = None,
     starts: IntArray | None = None,
-    keep: FloatArray | None = None,
+    keep: npt.NDArray[np.bool_] | None = None,
     allow_late: bool = False,
     feasibility: bool = False,
     cands: Candidates | None = None,

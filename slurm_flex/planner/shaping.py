@@ -17,8 +17,10 @@ the queue:
 The queue keeps its own order (no job overtakes another because of slurm-flex); only how much of
 it may start changes. ``u`` in the current slot is the **start budget**: jobs with deadlines start
 in queue order while they fit in it (the simulator's scheduler; the daemon gives the flexible jobs
-beyond it a begin time just after its next cycle), and a queue projection by time limits refuses
-any hold that would make a job late (the fluid model does not pack jobs). Pure; one small LP
+beyond it a begin time just after its next cycle), and a queue projection (by predicted run times,
+and by time limits for jobs wider than half the machine) refuses any hold that would make a job
+late (the fluid model does not pack jobs). Past a job's latest safe start the risk guard
+(planner.risk, by time limits) moves it up the queue whatever was held. Pure; one small LP
 (HiGHS) per planning step.
 """
 
@@ -177,6 +179,8 @@ def planned_hold(
     max_span_slots: int = 96,
     exempt_steps: int = 0,
     max_queue: int = 0,
+    guard_predicted: bool = False,
+    guard_wide_share: float = 0.5,
 ) -> Hold:
     """Processors to keep from the queue this slot.
 
@@ -186,10 +190,12 @@ def planned_hold(
     processors, each due ``arrival_due_slots`` after it arrives, typically running ``arrival_run_slots``), in the
     cleanest slots before it is due; a job started in a slot runs on, so a slot is weighed by the mean forecast over
     the queue's typical run time from it (at most ``max_span_slots``). What the plan leaves unused of this slot is
-    held back, if the queue in its order, by time limits, with that held back this slot and nothing from the next
-    one, still starts every job by its latest safe start less ``margin_slots``: each step is checked the same way,
-    so the queue stays able to meet every deadline. Work the start budget never holds (no deadline, or a latest
-    safe start within ``exempt_steps``) is projected without the hold: it may use what is held back."""
+    held back, if the queue in its order (by predicted run times with ``guard_predicted``, and by time limits for
+    jobs wider than ``guard_wide_share`` of the machine; else by time limits), with that held back this slot and
+    nothing from the next one, still starts every job by its latest safe start less ``margin_slots``: each step is
+    checked the same way, so the queue stays able to meet every deadline. Work the start budget never holds (no
+    deadline, or a latest safe start within ``exempt_steps``) is projected without the hold: it may use what is
+    held back."""
     h = weight.size
     if h == 0:
         return Hold(0.0, "no forecast")
@@ -227,31 +233,47 @@ def planned_hold(
     if max_queue and int(queue.has_deadline.sum()) > max_queue:
         return Hold(0.0, f"more than {max_queue} queued jobs with deadlines: too deep to hold back safely", served)
     exempt = ~queue.has_deadline | (queue.latest_step <= exempt_steps)
-    free_limits = capacity - _fit(running_limits, steps)
     limit = queue.latest_step - steps_per_slot * margin_slots
 
-    def late(start_budget: float) -> BoolArray:
-        starts = _place_holding(free_limits, queue, exempt, start_budget, steps_per_slot)
-        return queue.has_deadline & (((starts < 0) & (limit < steps)) | (starts > limit))
+    def made_late(running: FloatArray, lengths: IntArray) -> BoolArray:
+        """The jobs the hold makes late, with the queue projected by ``lengths`` and running
+        work by ``running``. A job near its latest safe start that the queue starts too late
+        anyway (one already due, say) is the risk guard's business and not held; any other job
+        late with the hold counts (late anyway or not: on CEA-Curie, holding past such jobs
+        missed deadlines)."""
+        free_steps = capacity - _fit(running, steps)
 
-    # A job near its latest safe start that the queue starts too late anyway (one already due,
-    # say) is the risk guard's business and not held; any other job late with the hold refuses it
-    # (late anyway by time limits or not: on CEA-Curie, holding past such jobs missed deadlines).
-    if (late(budget) & ~(late(math.inf) & exempt)).any():
+        def late(start_budget: float) -> BoolArray:
+            starts = _place_holding(free_steps, queue, exempt, start_budget, steps_per_slot, lengths)
+            return queue.has_deadline & (((starts < 0) & (limit < steps)) | (starts > limit))
+
+        return late(budget) & ~(late(math.inf) & exempt)
+
+    if guard_predicted:
+        pushed = made_late(running_planned, queue.planned_steps)
+        # Wide jobs wait for most of the machine: a projection that frees it too early (by
+        # predictions) starved KTH's near-whole-machine jobs, so they are held to time limits too.
+        wide = queue.procs > guard_wide_share * capacity
+        if wide.any() and not pushed.any():
+            pushed = wide & made_late(running_limits, queue.limit_steps)
+    else:
+        pushed = made_late(running_limits, queue.limit_steps)
+    if pushed.any():
         return Hold(0.0, "holding back would push a queued job past its latest safe start", served)
     return Hold(hold, "cleaner hours ahead can run the queue before its deadlines", served, limited=True)
 
 
 def _place_holding(
-    free: FloatArray, queue: QueuedWork, exempt: BoolArray, budget: float, budget_steps: int
+    free: FloatArray, queue: QueuedWork, exempt: BoolArray, budget: float, budget_steps: int, lengths: IntArray
 ) -> IntArray:
-    """The queue placed in its order at first fits (planner.risk.place_in_order), where jobs
-    other than the ``exempt`` ones start within the first ``budget_steps`` only while their
-    processors fit in what is left of ``budget`` (as the start budget lets them)."""
+    """The queue placed in its order at first fits (planner.risk.place_in_order), each job for
+    ``lengths`` steps, where jobs other than the ``exempt`` ones start within the first
+    ``budget_steps`` only while their processors fit in what is left of ``budget`` (as the
+    start budget lets them)."""
     left = np.array(free, dtype=np.float64, copy=True)
     starts = np.full(queue.procs.size, -1, dtype=np.int64)
     for i in range(queue.procs.size):
-        size, length = float(queue.procs[i]), int(queue.limit_steps[i])
+        size, length = float(queue.procs[i]), int(lengths[i])
         k = first_fit(left, size, length)
         if 0 <= k < budget_steps and not exempt[i]:
             if size <= budget + 1e-9:
@@ -317,6 +339,8 @@ def hold_from_snapshot(snapshot: ShapingSnapshot, policy: Policy) -> Hold:
         policy.shape_span_slots,
         exempt_steps=exempt_steps(policy, SLOT_SECONDS / s.steps_per_slot),
         max_queue=policy.shape_max_queue,
+        guard_predicted=policy.shape_guard_runtime == "predicted",
+        guard_wide_share=policy.shape_guard_wide_share,
     )
 
 

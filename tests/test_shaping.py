@@ -412,3 +412,33 @@ def test_nothing_is_held_behind_a_queue_deeper_than_the_backfill_plans() -> None
     assert planned_hold(*args, max_queue=3).holding
     deep = planned_hold(*args, max_queue=2)
     assert not deep.holding and "too deep" in deep.reason
+
+
+def test_the_guard_projects_by_predictions_and_wide_jobs_by_time_limits_too() -> None:
+    # Capacity 8, nothing running; the next half-hour is cleaner. A 6-processor job (1 slot
+    # predicted, 4 by its time limit, due late) and a 4-processor job due to start by slot 2
+    # (latest 3, margin 1). Held this slot by predictions, the first runs in slot 1 and the second
+    # in slot 2: in time. By time limits the first holds 6 processors through slot 4 and the
+    # second starts at 5: late, so the time-limit guard refuses the hold.
+    weight = np.array([400.0, 300.0] + [50.0] * 10)
+
+    def hold(procs: list[float], predicted: bool) -> Hold:
+        return planned_hold(
+            weight, np.zeros(12), np.zeros(12), 8.0, _queue(procs, [1, 1], [4, 1], [10, 3]), 0.0, 0, 1, 1, 1,
+            max_span_slots=1, guard_predicted=predicted, guard_wide_share=0.5,
+        )  # fmt: skip
+
+    assert hold([6.0, 4.0], predicted=False).procs == 0.0
+    by_predictions = hold([6.0, 4.0], predicted=True)
+    # The wide job (6 > half of 8) is checked by its time limit as well: it is not made late.
+    assert by_predictions.procs > 0 and by_predictions.start_budget == 0.0
+    # A wide job the hold makes late by time limits refuses it, predictions or not: the
+    # 5-processor job behind a 4-processor one starts at slot 5 by time limits.
+    wide_late = hold([4.0, 5.0], predicted=True)
+    assert wide_late.procs == 0.0 and "past its latest safe start" in wide_late.reason
+    # Below the wide share it would have been held (by predictions it starts at slot 2).
+    narrow = planned_hold(
+        weight, np.zeros(12), np.zeros(12), 8.0, _queue([4.0, 5.0], [1, 1], [4, 1], [10, 3]), 0.0, 0, 1, 1, 1,
+        max_span_slots=1, guard_predicted=True, guard_wide_share=1.0,
+    )  # fmt: skip
+    assert narrow.procs > 0

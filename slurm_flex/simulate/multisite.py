@@ -437,6 +437,8 @@ def simulate_sites(
         starts = np.zeros(n)
         for s, site in enumerate(sites):
             idx = np.flatnonzero(site_of == s)
+            if not idx.size:  # every job moved away
+                continue
             moved_in = idx[home[idx] != s]
             arrive = submit[idx].copy()
             arrive[home[idx] != s] = b_start[moved_in]

@@ -79,7 +79,14 @@ def main() -> int:
                 start = datetime.fromtimestamp(align_start(traces[0], y2020, None), UTC)
                 t0 = time.perf_counter()
                 result = simulate_sites(
-                    traces, sites, args.rule, cfg, start, move_threshold=args.move_threshold, bound=True
+                    traces,
+                    sites,
+                    args.rule,
+                    cfg,
+                    start,
+                    move_threshold=args.move_threshold,
+                    policies=("time", "space", "both", "space-oracle"),
+                    bound=True,
                 )
                 took = time.perf_counter() - t0
                 doc = result.to_json()

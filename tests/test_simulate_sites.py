@@ -122,14 +122,26 @@ def test_random_loads_never_miss_a_deadline_in_space_and_respect_the_bounds(seed
             rng.integers(1, 9, n).astype(float).tolist(),
         )
 
-    result = simulate_sites([random_trace(), random_trace()], sites, "24h", start=START)
+    policies = ("time", "space", "both", "space-oracle")
+    result = simulate_sites([random_trace(), random_trace()], sites, "24h", start=START, policies=policies)
     space, both, time_only = (result.policies[k] for k in ("space", "both", "time"))
+    # The time policy is the single-site simulator at each site: same carbon, same misses.
+    engine = result.site_results
+    assert time_only.carbon_kg == pytest.approx(sum(r.flex.metrics["carbon_kg"] for r in engine), abs=1e-5)
+    assert result.baseline_kg == pytest.approx(sum(r.baseline.metrics["carbon_kg"] for r in engine), abs=1e-5)
+    assert time_only.metrics["new_deadline_misses"] == sum(
+        r.flex.metrics["deadline_misses_not_missed_as_submitted"] for r in engine
+    )
+    # Judging room by actual run times (the oracle) keeps every start too: no misses, and its
+    # schedule is one the space bound covers.
+    assert result.policies["space-oracle"].metrics["new_deadline_misses"] == 0
     # Space starts every job when Slurm alone did, so it can miss nothing.
     assert space.metrics["new_deadline_misses"] == 0
     assert space.metrics["mean_delay_h"] == pytest.approx(result.baseline_metrics["mean_delay_h"])
     # Its schedule is one the space bound covers: the bound is below it.
     assert space.bound is not None and both.bound is not None and time_only.bound is not None
     assert space.bound.minimum <= space.carbon_kg * (1 + REL)
+    assert space.bound.minimum <= result.policies["space-oracle"].carbon_kg * (1 + REL)
     # More freedom can only lower the bound: both <= space <= baseline, both <= time.
     assert both.bound.minimum <= space.bound.minimum * (1 + REL) + 1e-12
     assert space.bound.minimum <= result.baseline_kg * (1 + REL)

@@ -18,13 +18,15 @@ machine meets without slurm-flex). A job is *flexible* when that deadline leaves
   whatever the run times). Otherwise it stays at home. No job waits longer than Slurm alone made
   it wait, so no deadline can be missed.
 * **both** (two stages): first the site, like the daemon's site dimension (planner/sites.py):
-  in order of ``b``, a flexible job goes to the site whose best window (least forecast carbon
-  over its time limit, starting at a tick in ``[b, latest safe start]``) is cheapest, when that
-  beats home's best window by more than ``move_threshold`` and the ledger above has room there
-  at that window. Then the time: each site runs the jobs it now holds through the single-site
-  simulator and policy; a moved job arrives at its new site at ``b`` (the move is decided then).
-  Its deadline there is the engine's, from Slurm alone at that site, which may differ from the
-  home deadline; misses are counted against the home deadline.
+  in order of ``b``, a flexible job goes to the other site with the cheapest start that has room
+  (least forecast carbon over its time limit, starting at a tick in ``[b, latest safe start]``,
+  where the ledger above has room for its whole time limit), when that beats the best window at
+  home (room there not checked: the job holds its place) by more than ``move_threshold``; it is
+  booked there at that start. Then the time: each site runs the jobs it now holds through the
+  single-site simulator and policy; a moved job arrives at its new site at ``b`` (the move is
+  decided then), so the site's own planner, not the booked start, decides when it runs. Its
+  deadline there is the engine's, from Slurm alone at that site, which may differ from the home
+  deadline; misses are counted against the home deadline.
 
 Every policy is charged per second on the actual series of the site that ran the job. Bounds:
 time = the single-site clairvoyant bound per site, summed; space and both =
@@ -404,26 +406,30 @@ def simulate_sites(
                 cands = b_start[j] + TICK * np.arange(int((latest[j] - b_start[j]) // TICK) + 1)
             else:
                 cands = np.array([b_start[j]])
-            best: list[tuple[float, float]] = []  # per site: (forecast kg, start)
+            hj, pj, b0 = int(hold[j]), float(procs[j]), int(b_tick[j])
+
+            kw_j, req_j = np.full(cands.size, kw[j]), np.full(cands.size, requested[j])
+            home_best = float(_charge(kw_j, cands, req_j, forecast[h]).min())
+            options: list[tuple[float, int, float]] = []  # (forecast kg, site, start) with room there
             for s in range(n_sites):
-                if procs[j] > capacities[s] + 1e-9:
-                    best.append((math.inf, b_start[j]))
+                if s == h or pj > capacities[s] + 1e-9:
                     continue
-                per_start = _charge(np.full(cands.size, kw[j]), cands, np.full(cands.size, requested[j]), forecast[s])
-                i = int(np.argmin(per_start))
-                best.append((float(per_start[i]), float(cands[i])))
-            ranked = sorted((s for s in range(n_sites) if s != h), key=lambda s: best[s][0])
-            for s in ranked:
-                site_kg, t0 = best[s]
-                if not site_kg < best[h][0] * (1 - move_threshold) - 1e-12:
-                    break
-                tick = round(t0 / TICK)
-                ledger.use[h, int(b_tick[j]) : int(b_tick[j] + hold[j])] -= procs[j]
-                if ledger.fits(s, tick, int(hold[j]), float(procs[j])):
-                    ledger.book(s, tick, int(hold[j]), float(procs[j]))
-                    site_of[j], booked[j] = s, t0
-                    break
-                ledger.book(h, int(b_tick[j]), int(hold[j]), float(procs[j]))
+                per_start = _charge(kw_j, cands, req_j, forecast[s])
+                span = ledger.use[s, b0 : b0 + cands.size - 1 + hj]
+                if span.size < cands.size - 1 + hj:
+                    span = np.pad(span, (0, cands.size - 1 + hj - span.size), constant_values=np.inf)
+                peak = np.lib.stride_tricks.sliding_window_view(span, hj).max(axis=1)[: cands.size]
+                room = peak + pj <= capacities[s] + 1e-9
+                if room.any():
+                    i = int(np.argmin(np.where(room, per_start, np.inf)))
+                    options.append((float(per_start[i]), s, float(cands[i])))
+            if not options:
+                continue
+            site_kg, s, t0 = min(options)
+            if site_kg < home_best * (1 - move_threshold) - 1e-12:
+                ledger.use[h, b0 : b0 + hj] -= pj
+                ledger.book(s, round(t0 / TICK), hj, pj)
+                site_of[j], booked[j] = s, t0
         return site_of, booked
 
     carbon_actual = [np.asarray(a, dtype=np.float64) for a in actual]

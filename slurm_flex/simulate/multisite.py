@@ -246,7 +246,7 @@ def _charge(kw: FloatArray, start_s: FloatArray, runtime_s: FloatArray, series: 
 
 
 class _Ledger:
-    """Processors booked per site and tick, each job for its whole time limit."""
+    """Processors booked per site and tick (each job for its time limit, or its run time)."""
 
     def __init__(self, capacities: Sequence[float], n_ticks: int) -> None:
         self.cap = np.asarray(capacities, dtype=np.float64)
@@ -254,11 +254,6 @@ class _Ledger:
 
     def book(self, site: int, tick: int, ticks: int, procs: float) -> None:
         self.use[site, tick : tick + ticks] += procs
-
-    def fits(self, site: int, tick: int, ticks: int, procs: float) -> bool:
-        if tick + ticks > self.use.shape[1]:
-            return False
-        return bool((self.use[site, tick : tick + ticks] + procs <= self.cap[site] + 1e-9).all())
 
 
 def simulate_sites(

@@ -7,7 +7,8 @@ planner (about 1 min; 3 min without --quick), daemon_cycle (10,000 jobs on a 32-
 cluster, about 3 min), hook_throughput (2,000 submissions per configuration, about 10 min),
 power_readers (well under a minute), power_ingest (1,000 nodes' pushes, about 1 min),
 simulate (three real traces against GB 2023 grid data, about 45 min; needs ../shared),
-ledger (100,000 records appended and verified, about a minute).
+ledger (100,000 records appended and verified, about a minute), simulate_sites (KTH on two
+sites, GB/FR and GB/DE 2020: space vs time vs both, about 15 min; needs ../shared).
 Each prints as it goes; the header line records when and on what the figures were taken.
 """
 
@@ -32,6 +33,7 @@ BENCHES = {
     "simulate": ["simulate_traces.py"],
     "ledger": ["ledger_bench.py"],
     "battery": ["battery_bench.py"],
+    "simulate_sites": ["simulate_sites.py"],
 }
 
 

@@ -231,8 +231,34 @@ def plan(instance_path: Path, as_json: bool, method: str, time_limit: float) -> 
     "--carbon",
     "carbon_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    required=True,
-    help="Half-hourly carbon intensity CSV (NESO forecast+actual, or one intensity column).",
+    default=None,
+    help="Half-hourly carbon intensity CSV (NESO forecast+actual, or one intensity column); "
+    "one site (or use --site).",
+)
+@click.option(
+    "--site",
+    "site_texts",
+    multiple=True,
+    metavar="NAME=CARBON_CSV[:SCALE]",
+    help="Several sites (repeat, at least two): each its own carbon series and SCALE times the traced "
+    "machine's processors (default 1); the trace is split across them (--split) and moving work in "
+    "space, in time and both is compared, with the clairvoyant bound of each.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["hash", "roundrobin", "windows"]),
+    default="hash",
+    show_default=True,
+    help="With --site: each job's home site by a seeded hash of its index, round-robin, or one "
+    "consecutive window of --days per site (each site the traced machine's load, laid over the same dates).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="With --split hash.")
+@click.option(
+    "--move-threshold",
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="With --site: move a job only when the other site's forecast carbon is lower by this fraction.",
 )
 @click.option(
     "--price",
@@ -330,7 +356,11 @@ def plan(instance_path: Path, as_json: bool, method: str, time_limit: float) -> 
 def simulate(
     obj: _Ctx,
     trace_path: Path,
-    carbon_path: Path,
+    carbon_path: Path | None,
+    site_texts: tuple[str, ...],
+    split: str,
+    seed: int,
+    move_threshold: float,
     price_path: Path | None,
     slack_rules: tuple[str, ...],
     start_text: str | None,
@@ -369,13 +399,44 @@ def simulate(
             start = datetime.fromtimestamp(parse_iso_utc(start_text), UTC)
         except ValueError as exc:
             raise SlurmFlexError(f"--start: {exc}") from exc
+    if site_texts and carbon_path is not None:
+        raise click.UsageError("give either --carbon (one site) or --site (several), not both")
+    if not site_texts and carbon_path is None:
+        raise click.UsageError("give --carbon CSV (one site) or --site NAME=CSV[:SCALE] at least twice")
+    specs = None
+    if site_texts:
+        from slurm_flex.simulate.multisite import parse_site
+
+        if len(site_texts) < 2:
+            raise click.UsageError(f"several sites need at least two --site, got {len(site_texts)}")
+        if price_path is not None:
+            raise click.UsageError("--price is for one site; several sites compare carbon only")
+        specs = [parse_site(text) for text in site_texts]
+        if split == "windows" and days is None:
+            raise click.UsageError("--split windows needs --days (the window each site gets)")
     trace = read_trace(trace_path)
-    if first_day or days:
+    if specs is not None and split == "windows":
+        trace = trace.window(first_day, 1e9) if first_day else trace
+    elif first_day or days:
         trace = trace.window(first_day, days if days is not None else 1e9)
     if trace.n_jobs == 0:
         raise SlurmFlexError("no jobs in the chosen window of the trace")
     if capacity_scale != 1.0:
         trace = dataclasses.replace(trace, capacity_procs=trace.capacity_procs * capacity_scale)
+    if specs is not None:
+        config = load_config(policy_config or obj.config_path)
+        policy = replace(
+            Policy.from_mapping(config.policy.model_dump()),
+            solver="fast" if solver == "fast" else "auto",
+            expedite_at_risk=expedite,
+        )
+        policy = with_objective(policy, "carbon" if objective == "policy" else objective, has_price=False)
+        if horizon_hours is not None:
+            policy = replace(policy, max_horizon_hours=horizon_hours)
+        sim_cfg = SimConfig(policy=policy, watts_per_proc=watts_per_proc)
+        _simulate_sites(trace, specs, split, seed, days, slack_rules, start, move_threshold, bound, as_json, sim_cfg)
+        return
+    assert carbon_path is not None
     signals = load_signals(carbon_path, price_path)
     config = load_config(policy_config or obj.config_path)
     policy = replace(
@@ -440,6 +501,56 @@ def simulate(
             )
         click.echo(f"  planned for: {r.objective}")
     click.echo(f"report: {report}")
+
+
+def _simulate_sites(
+    trace: Any,
+    specs: Any,
+    split: str,
+    seed: int,
+    days: float | None,
+    slack_rules: tuple[str, ...],
+    start: datetime | None,
+    move_threshold: float,
+    bound: bool,
+    as_json: bool,
+    cfg: Any,
+) -> None:
+    """``slurmflex simulate --site ...``: time only, space only and both, per slack rule."""
+    from slurm_flex.simulate.multisite import format_table, load_sites, simulate_sites, split_trace
+
+    sites = load_sites(specs)
+    traces = split_trace(trace, len(sites), split, days or 0.0, seed)
+    console = Console(stderr=True)
+    docs = []
+    for rule in slack_rules:
+        progress = None if as_json or not console.is_terminal else console.log
+        result = simulate_sites(
+            traces, sites, rule, cfg, start, move_threshold=move_threshold, bound=bound, progress=progress
+        )
+        if as_json:
+            docs.append(result.to_json())
+            continue
+        click.echo(
+            f"{len(sites)} sites | slack {rule} from the Slurm-alone start | {result.n_flexible} of "
+            f"{result.n_jobs} jobs flexible (portable) | {result.days:.0f} days from "
+            f"{result.to_json()['start']} | split {split} | move threshold {move_threshold:g}"
+        )
+        for name, t, sig, cap, util in zip(
+            result.sites, result.traces, result.signals, result.capacities, result.utilisation, strict=True
+        ):
+            click.echo(f"  {name}: {t}, {cap:g} processors, {util:.0%} utilised | {sig}")
+        if any("perfect foresight" in sig for sig in result.signals):
+            click.echo("  (a single carbon series is both forecast and actual: planning with perfect foresight)")
+        b = result.baseline_metrics
+        click.echo(
+            f"  Slurm alone at home: {result.baseline_kg:.1f} kg, mean delay {b['mean_delay_h']:.2f} h, "
+            f"{b['deadline_misses']} deadline misses"
+        )
+        for line in format_table(result):
+            click.echo("  " + line)
+    if as_json:
+        click.echo(json.dumps({"results": docs}, indent=2, default=lambda v: None))
 
 
 def _progress_updater(bar: Any, task: Any) -> Callable[[int, int], None]:

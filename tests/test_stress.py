@@ -213,3 +213,49 @@ def test_stress_command_is_checked_and_recorded(tmp_path: Path) -> None:
     ledger = (tmp_path / "state" / "ledger").glob("records-*.jsonl")
     kinds = [json.loads(line).get("kind") for f in ledger for line in f.read_text().splitlines() if line.strip()]
     assert kinds.count("admin.stress") == 1 and kinds.count("admin.stress-cancel") == 1
+
+
+# -- the real federation (scripts/fedcluster) ---------------------------------------------------
+
+
+@pytest.mark.slurm
+def test_stress_event_on_the_real_federation(federation: Any, tmp_path: Path) -> None:
+    """A stress event at Cambridge: a pending portable job moves to Manchester and runs there
+    before its deadline; an opted-in running job at Cambridge is suspended in the window and
+    resumed after it."""
+    from tests.test_federation import _daemon, _fed_config
+
+    # Manchester dirtier all day: only the stress event moves work there.
+    config = _fed_config(tmp_path, federation, [60.0] * 96, [300.0] * 96)
+    running = federation.sbatch(
+        "-M", "cambridge", "-t", "10", "--deadline=now+4hours", "--comment=flex=suspendable",
+        script="#!/bin/bash\nsleep 300\n",
+    )  # fmt: skip
+    federation.wait(running, "cambridge", {"RUNNING"})
+    deadline = int(time.time()) + 4 * 3600
+    portable = federation.sbatch(
+        "--clusters=cambridge,manchester", "--begin=now+1hour", "-t", "10", "--deadline=now+4hours",
+        script="#!/bin/bash\nsleep 3\n",
+    )  # fmt: skip
+    federation.tag_as_hook(portable)
+    out = _cli(config, "stress", "--site", "cambridge", "--kw", "0.1", "--from", "now", "--to", "now+30s").stdout
+    end = time.time() + 30
+    proc = _daemon(config, federation, "--once")
+    assert proc.returncode == 0, proc.stderr
+    # Moved to Manchester, released there, and run before its deadline.
+    federation.wait(portable, "manchester", {"RUNNING", "COMPLETING", "COMPLETED"}, timeout=60)
+    rec = federation.records(portable)
+    assert rec["cambridge"]["job_state"] == "REVOKED" and rec["manchester"]["start_time"] < deadline
+    # The opted-in job is suspended for the window.
+    assert federation.records(running)["cambridge"]["job_state"] == "SUSPENDED"
+    status = json.loads(_cli(config, "status", "--json").stdout)
+    (event,) = status["stress"]["events"]
+    assert event["id"] in out and event["moved"][portable]["to"] == "manchester"
+    assert event["paused"][running]["how"] == "suspend"
+    # After the window the next cycle resumes it.
+    time.sleep(max(0.0, end - time.time()) + 1)
+    proc = _daemon(config, federation, "--once")
+    assert proc.returncode == 0, proc.stderr
+    assert federation.records(running)["cambridge"]["job_state"] == "RUNNING"
+    status = json.loads(_cli(config, "status", "--json").stdout)
+    assert status["stress"]["events"][0]["paused"][running]["resumed_why"] == "window over"

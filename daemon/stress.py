@@ -4,8 +4,8 @@ other site.
 
 An event comes from an admin (``slurmflex stress --site S --kw K --from T1 --to T2``, recorded
 in the state store and the ledger like the other admin commands). Its ceiling is the site's
-draw when a cycle first saw the event (running jobs and pending jobs already eligible, by the
-power model: its *baseline*) less the kW to shed. Each cycle while the window is open, at the
+draw when a cycle first saw the event (its running jobs, by the power model: its *baseline*)
+less the kW to shed. Each cycle while the window is open, at the
 stressed site:
 
 - pending jobs allowed at another site are moved there through the federation's safe move path
@@ -152,14 +152,10 @@ def cancel_event(store: StateStore, event_id: str, by: str) -> StressEvent:
     return cancelled
 
 
-def site_load_kw(jobs: Iterable[SlurmJob], estimate: Estimate, now: float) -> float:
-    """kW the site draws now or is about to: running jobs and pending ones already eligible."""
-    total = 0.0
-    for j in jobs:
-        eligible = j.pending and not j.held and (j.eligible_time is None or j.eligible_time <= now)
-        if j.state in RUNNING or eligible:
-            total += estimate(j) / 1000.0
-    return total
+def site_load_kw(jobs: Iterable[SlurmJob], estimate: Estimate) -> float:
+    """kW the site draws now: its running jobs (pending work, even eligible, draws nothing until
+    the site has room for it)."""
+    return sum(estimate(j) / 1000.0 for j in jobs if j.state in RUNNING)
 
 
 @dataclass(frozen=True)
@@ -220,7 +216,7 @@ class StressShed:
         for e in self.events:
             fixed = e
             if e.baseline_kw is None and not e.cancelled and e.start - lookahead_s <= now < e.end:
-                base = site_load_kw((j for j in jobs if site_of(j) == e.site), estimate, now)
+                base = site_load_kw((j for j in jobs if site_of(j) == e.site), estimate)
                 fixed = replace(e, baseline_kw=round(base, 6))
                 changed = True
                 log.info("stress_baseline", stress_event=e.id, site=e.site, baseline_kw=fixed.baseline_kw,

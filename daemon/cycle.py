@@ -213,8 +213,12 @@ class Cycle:
         self._stress_jobs: tuple[SlurmJob, ...] = ()
 
     def next_edge(self, now: float) -> int | None:
-        """When a contract in force next changes what the site is to do (beckn.activation)."""
-        return self.activation.next_edge(now) if self.activation is not None else None
+        """When a contract in force (beckn.activation) or a stress event (daemon.stress) next
+        changes what the site is to do: the daemon's loop runs a cycle just after it."""
+        edges = [self.activation.next_edge(now) if self.activation is not None else None]
+        if self.stress is not None:
+            edges.append(self.stress.next_edge(now))
+        return min((e for e in edges if e is not None), default=None)
 
     def mode(self) -> str:
         """The mode in force: an admin's runtime choice (``slurmflex mode``) over the config."""
@@ -457,6 +461,9 @@ class Cycle:
         mode = self.mode()
         stress = self.stress
         stress.load(now)
+        site = self.config.federation.beckn_stress_site
+        if site and self.activation is not None:
+            stress.adopt(self.activation.contracts(now), site, now)
         stress.fix_baselines(
             jobs, self._estimate_w, self._job_site, now, self.config.daemon.interval_seconds + PREPARE_OVERLAP_S
         )

@@ -3,7 +3,10 @@ window the site must draw less, so its load is shed there and, where it can, car
 other site.
 
 An event comes from an admin (``slurmflex stress --site S --kw K --from T1 --to T2``, recorded
-in the state store and the ledger like the other admin commands). Its ceiling is the site's
+in the state store and the ledger like the other admin commands) or, with ``[federation]
+beckn_stress_site``, from each ACTIVE Beckn reduction contract (:meth:`StressShed.adopt`: an
+event at that site over the contract's window, shedding the most it committed; cancelled when
+the contract no longer is). Its ceiling is the site's
 draw when a cycle first saw the event (its running jobs, by the power model: its *baseline*)
 less the kW to shed. Each cycle while the window is open, at the
 stressed site:
@@ -41,6 +44,7 @@ import numpy as np
 import structlog
 
 from slurm_flex.beckn.activation import running_loads
+from slurm_flex.beckn.store import ABSORB
 from slurm_flex.errors import SlurmFlexError
 from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, iso_utc
 from slurm_flex.planner.instance import FloatArray
@@ -200,6 +204,38 @@ class StressShed:
 
     def save(self) -> None:
         self.store.set_setting(STATE_SETTING, json.dumps(self.state, sort_keys=True), by="daemon")
+
+    def adopt(self, contracts: Iterable[Any], site: str, now: float) -> None:
+        """Beckn reduction contracts (beckn.store.Contract) as stress events at ``site``: one per
+        ACTIVE contract whose window is not over, ``beckn:<id>``; one whose contract is gone or
+        no longer ACTIVE is cancelled."""
+        live = {
+            f"beckn:{c.id}": c
+            for c in contracts
+            if c.status == "ACTIVE" and c.direction != ABSORB and c.window_end > now
+        }
+        known = {e.id for e in self.events}
+        out = [
+            replace(e, cancelled=True) if e.id.startswith("beckn:") and e.id not in live and e.end > now and not
+            e.cancelled else e
+            for e in self.events
+        ]  # fmt: skip
+        for eid, c in live.items():
+            if eid not in known:
+                kw = max(c.committed_per_slot(), default=0.0)
+                if kw > 0:
+                    out.append(StressEvent(eid, site, float(kw), int(c.window_start), int(c.window_end), "beckn",
+                                           f"Beckn contract {c.id} with {c.counterparty}", int(now)))  # fmt: skip
+                    log.info("stress_from_beckn", contract=c.id, site=site, kw=kw)
+        if out != self.events:
+            self.events = out
+            save_events(self.store, out, "daemon")
+
+    def next_edge(self, now: float) -> int | None:
+        """The next moment an event's window opens or closes (from the store: an event recorded
+        since the last cycle counts)."""
+        events = load_events(self.store)
+        return min((t for e in events if not e.cancelled for t in (e.start, e.end) if t > now), default=None)
 
     def open_events(self, now: float) -> list[StressEvent]:
         return [e for e in self.events if e.open_at(now)]

@@ -162,6 +162,10 @@ class FederationConfig(_Section):
     # site's "portable by default"); other jobs move only among the clusters they were submitted
     # to (``sbatch --clusters=a,b``, as Slurm shows it).
     portable_partitions: tuple[str, ...] = ()
+    # A site whose grid-stress events also come from Beckn: each ACTIVE reduction contract is a
+    # stress event there over its window (daemon.stress), shedding the most it committed; empty:
+    # stress events come from `slurmflex stress` only.
+    beckn_stress_site: str = ""
 
 
 class SignalsConfig(_Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,9 @@ def test_a_stress_event_sheds_the_site_onto_the_other_one(tmp_path: Path) -> Non
             grid = open_grid_cache(cfg)
             assert grid is not None
             cycle = Cycle(cfg, fed, make_sources(cfg, grid), store)
+            # The daemon's loop runs a cycle as the window closes.
+            event_end = json.loads(_cli(config_path, "stress", "list", "--json").stdout)["events"][0]["end"]
+            assert cycle.next_edge(now + 1) == parse_when(event_end, now)
             result = cycle.run(now=now + 1)
             assert result.ok, result.message
 
@@ -195,6 +199,40 @@ def test_a_stress_event_sheds_the_site_onto_the_other_one(tmp_path: Path) -> Non
                 sum(s["moved_kw"] for s in inside) / len(inside), abs=1e-3
             )
         assert "Moved kW" in _cli(config_path, "report", "stress").stdout
+
+
+def test_a_beckn_reduction_contract_is_a_stress_event_at_its_site(tmp_path: Path) -> None:
+    from slurm_flex.beckn.store import BecknStore
+    from tests.test_beckn_activation import contract
+
+    config_path = _config(tmp_path, None)
+    text = config_path.read_text().replace("[federation]\n", '[federation]\nbeckn_stress_site = "cambridge"\n')
+    config_path.write_text(text + '\n[beckn]\nsubscriber_id = "hpc.test"\n')
+    cfg = load_config(config_path, environ={})
+    fed = FakeFederation()
+    now = int(time.time())
+    busy = [_submit(fed, cfg, "cambridge", ("cambridge",), cpus=2) for _ in range(2)]
+    for j in busy:
+        fed.fakes["cambridge"].start(j)
+    pending = _submit(fed, cfg, "cambridge", BOTH, deadline=now + 10 * HOUR, time_limit_s=HOUR)
+    # A contract whose window (two half-hours) is open now.
+    c = contract("c-stress", floor_slot(now), 2, SLOT_SECONDS, (0.0, 0.0), ())
+    BecknStore(cfg.daemon.state_dir).put_contract(c)
+    with closing(StateStore(cfg.state_db)) as store:
+        grid = open_grid_cache(cfg)
+        assert grid is not None
+        cycle = Cycle(cfg, fed, make_sources(cfg, grid), store)
+        assert cycle.run(now=now).ok
+        assert fed.where(pending) == "manchester"
+        doc = json.loads(_cli(config_path, "stress", "list", "--json").stdout)
+        (event,) = doc["events"]
+        assert event["id"] == "beckn:c-stress" and event["site"] == "cambridge"
+        assert event["kw"] == max(c.committed_per_slot()) and event["phase"] == "open"
+        assert "c-stress" in event["moved"][pending]["why"] or "beckn:c-stress" in event["moved"][pending]["why"]
+        # The contract cancelled: so is the event.
+        BecknStore(cfg.daemon.state_dir).put_contract(replace(c, status="CANCELLED"))
+        assert cycle.run(now=now + 60).ok
+        assert json.loads(_cli(config_path, "stress", "list", "--json").stdout)["events"][0]["phase"] == "cancelled"
 
 
 def test_stress_command_is_checked_and_recorded(tmp_path: Path) -> None:

@@ -260,16 +260,22 @@ def test_stress_command_is_checked_and_recorded(tmp_path: Path) -> None:
 def test_stress_event_on_the_real_federation(federation: Any, tmp_path: Path) -> None:
     """A stress event at Cambridge: a pending portable job moves to Manchester and runs there
     before its deadline; an opted-in running job at Cambridge is suspended in the window and
-    resumed after it."""
+    resumed after it; a checkpointing one (its partition portable) is requeued and carries on at
+    Manchester (Slurm 22.05 takes the move of a held job and makes it at its release)."""
     from tests.test_federation import _daemon, _fed_config
 
     # Manchester dirtier all day: only the stress event moves work there.
-    config = _fed_config(tmp_path, federation, [60.0] * 96, [300.0] * 96)
+    config = _fed_config(tmp_path, federation, [60.0] * 96, [300.0] * 96, federation={"portable_partitions": ["batch"]})
     running = federation.sbatch(
         "-M", "cambridge", "-t", "10", "--deadline=now+4hours", "--comment=flex=suspendable",
         script="#!/bin/bash\nsleep 300\n",
     )  # fmt: skip
+    checkpointing = federation.sbatch(
+        "-M", "cambridge", "-t", "10", "--deadline=now+4hours", "--comment=flex=requeue",
+        script="#!/bin/bash\nsleep 300\n",
+    )  # fmt: skip
     federation.wait(running, "cambridge", {"RUNNING"})
+    federation.wait(checkpointing, "cambridge", {"RUNNING"})
     deadline = int(time.time()) + 4 * 3600
     portable = federation.sbatch(
         "--clusters=cambridge,manchester", "--begin=now+1hour", "-t", "10", "--deadline=now+4hours",
@@ -284,12 +290,18 @@ def test_stress_event_on_the_real_federation(federation: Any, tmp_path: Path) ->
     federation.wait(portable, "manchester", {"RUNNING", "COMPLETING", "COMPLETED"}, timeout=60)
     rec = federation.records(portable)
     assert rec["cambridge"]["job_state"] == "REVOKED" and rec["manchester"]["start_time"] < deadline
-    # The opted-in job is suspended for the window.
+    # The opted-in job is suspended for the window; the checkpointing one goes on at Manchester
+    # (pending there after its requeue: Slurm gives a requeued job a begin time a little ahead).
     assert federation.records(running)["cambridge"]["job_state"] == "SUSPENDED"
+    federation.wait(checkpointing, "manchester", {"PENDING", "RUNNING", "COMPLETING", "COMPLETED"}, timeout=30)
+    assert federation.live_copies(checkpointing).keys() == {"manchester"}
+    assert federation.records(checkpointing)["manchester"]["priority"] != 0  # released, not held
     status = json.loads(_cli(config, "status", "--json").stdout)
     (event,) = status["stress"]["events"]
     assert event["id"] in out and event["moved"][portable]["to"] == "manchester"
     assert event["paused"][running]["how"] == "suspend"
+    assert event["paused"][checkpointing]["how"] == "requeue"
+    assert event["paused"][checkpointing]["moved_to"] == "manchester"
     # After the window the next cycle resumes it.
     time.sleep(max(0.0, end - time.time()) + 1)
     proc = _daemon(config, federation, "--once")

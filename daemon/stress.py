@@ -203,6 +203,10 @@ class StressShed:
         return [e for e in events if not e.cancelled and e.end > now]
 
     def save(self) -> None:
+        """Keep what was done, for the events still stored (older ones are dropped with them)."""
+        known = {e.id for e in self.events}
+        for key in ("paused", "moved", "blocked"):
+            self.state[key] = {k: v for k, v in self.state.get(key, {}).items() if v.get("event") in known}
         self.store.set_setting(STATE_SETTING, json.dumps(self.state, sort_keys=True), by="daemon")
 
     def adopt(self, contracts: Iterable[Any], site: str, now: float) -> None:

@@ -504,6 +504,14 @@ class Config(_Section):
             raise ValueError(f"[battery] site {self.battery.site!r} is not a site; known: {known}")
         return self
 
+    @model_validator(mode="after")
+    def _beckn_stress_site(self) -> Config:
+        site = self.federation.beckn_stress_site
+        if site and site not in self.sites:
+            known = ", ".join(sorted(self.sites)) or "none: no [sites] are configured, leave it empty"
+            raise ValueError(f"[federation] beckn_stress_site {site!r} is not a site; known: {known}")
+        return self
+
     def site_of_cluster(self, cluster: str) -> str | None:
         """The site that is this federation cluster (None: no site names it)."""
         return next((name for name, site in self.sites.items() if site.cluster and site.cluster == cluster), None)

@@ -235,6 +235,17 @@ def test_a_beckn_reduction_contract_is_a_stress_event_at_its_site(tmp_path: Path
         assert json.loads(_cli(config_path, "stress", "list", "--json").stdout)["events"][0]["phase"] == "cancelled"
 
 
+def test_beckn_stress_site_must_be_a_site(tmp_path: Path) -> None:
+    from slurm_flex.errors import ConfigError
+
+    config_path = _config(tmp_path, None)
+    config_path.write_text(
+        config_path.read_text().replace("[federation]\n", '[federation]\nbeckn_stress_site = "leeds"\n')
+    )
+    with pytest.raises(ConfigError, match="leeds"):
+        load_config(config_path, environ={})
+
+
 def test_stress_command_is_checked_and_recorded(tmp_path: Path) -> None:
     config_path = _config(tmp_path, None)
     result = CliRunner().invoke(

@@ -952,8 +952,11 @@ def report(
     first, last = parse_range(period)
     if not cfg.state_db.exists():
         raise SlurmFlexError(f"no state at {cfg.state_db}: has the daemon run with this state_dir?")
+    from slurm_flex.daemon.stress import STATE_SETTING, half_hours
+
     with StateStore(cfg.state_db) as store:
         jobs = list(store.jobs().values())
+        stress_state = json.loads(store.setting(STATE_SETTING) or "{}")
     accounts: dict[str, str] = {}
     power_db = cfg.daemon.state_dir / POWER_DB
     if power_db.exists():
@@ -967,6 +970,7 @@ def report(
         read_carbon(cfg.daemon.state_dir / "plans"),
         user=user,
         account=account,
+        cross_site=half_hours(stress_state.get("samples", [])),
     )
     if fmt == "table":
         render.to_table(doc, Console(width=max(Console().width, 120)))

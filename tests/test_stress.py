@@ -199,6 +199,11 @@ def test_a_stress_event_sheds_the_site_onto_the_other_one(tmp_path: Path) -> Non
                 sum(s["moved_kw"] for s in inside) / len(inside), abs=1e-3
             )
         assert "Moved kW" in _cli(config_path, "report", "stress").stdout
+        # The report of the days around carries the same rows.
+        days = "..".join(time.strftime("%Y-%m-%d", time.gmtime(now + d * 86400)) for d in (-1, 1))
+        doc = json.loads(_cli(config_path, "report", "--period", days, "--format", "json").stdout)
+        assert doc["cross_site"] == rows
+        assert "kW moved across sites" in _cli(config_path, "report", "--period", days).stdout
 
 
 def test_a_beckn_reduction_contract_is_a_stress_event_at_its_site(tmp_path: Path) -> None:

@@ -639,7 +639,10 @@ class Cycle:
                 assessments.append(a)
         stressed: frozenset[str] = frozenset()
         if self.stress is not None:
-            assessments, jobs, stressed = self._stress_shed(assessments, jobs, now)
+            try:
+                assessments, jobs, stressed = self._stress_shed(assessments, jobs, now)
+            except SlurmFlexError as exc:  # soft: the sites are planned as without the event
+                log.error("stress_failed", error=str(exc))
             self._stress_jobs = jobs
         if self.mover is not None:
             assessments, jobs = self.mover.apply(assessments, jobs, nodes, forecasts, now, self.mode(), stressed)

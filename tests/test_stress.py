@@ -240,6 +240,26 @@ def test_a_beckn_reduction_contract_is_a_stress_event_at_its_site(tmp_path: Path
         assert json.loads(_cli(config_path, "stress", "list", "--json").stdout)["events"][0]["phase"] == "cancelled"
 
 
+def test_in_shadow_mode_a_stress_event_changes_nothing_in_slurm(tmp_path: Path) -> None:
+    config_path = _config(tmp_path, None)
+    config_path.write_text(config_path.read_text().replace('mode = "enforce"', 'mode = "shadow"'))
+    cfg = load_config(config_path, environ={})
+    fed = FakeFederation()
+    now = int(time.time())
+    opted = _submit(fed, cfg, "cambridge", ("cambridge",), deadline=now + 20 * HOUR, cpus=2, comment="flex=suspendable")
+    fed.fakes["cambridge"].start(opted)
+    pending = _submit(fed, cfg, "cambridge", BOTH, deadline=now + 10 * HOUR, time_limit_s=HOUR)
+    _cli(config_path, "stress", "--site", "cambridge", "--kw", "0.1", "--from", "now", "--to", "now+1h")
+    with closing(StateStore(cfg.state_db)) as store:
+        grid = open_grid_cache(cfg)
+        assert grid is not None
+        assert Cycle(cfg, fed, make_sources(cfg, grid), store).run(now=now + 1).ok
+    assert fed.moves == [] and fed.where(pending) == "cambridge"
+    assert fed.fakes["cambridge"]._find(opted).state == "RUNNING"
+    (event,) = json.loads(_cli(config_path, "status", "--json").stdout)["stress"]["events"]
+    assert event["blocked"][pending]["status"] == "would-move" and not event["paused"] and not event["moved"]
+
+
 def test_beckn_stress_site_must_be_a_site(tmp_path: Path) -> None:
     from slurm_flex.errors import ConfigError
 

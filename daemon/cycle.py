@@ -43,7 +43,7 @@ from slurm_flex.daemon.decide import (
 from slurm_flex.daemon.moves import Mover
 from slurm_flex.daemon.records import job_records, planned_kw, shaping_summary, write_plan_file
 from slurm_flex.daemon.site_planning import SitePlanner, SiteShaping, busy_nodes, managed_nodes
-from slurm_flex.daemon.stress import StressShed
+from slurm_flex.daemon.stress import Pause, StressShed
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
 from slurm_flex.grid.report import signal_summary
 from slurm_flex.grid.series import ForecastSource, SignalSeries
@@ -211,6 +211,7 @@ class Cycle:
         )
         self._stress_entries: list[events.Entry] = []
         self._stress_jobs: tuple[SlurmJob, ...] = ()
+        self._stress_pauses: list[Pause] = []
 
     def next_edge(self, now: float) -> int | None:
         """When a contract in force (beckn.activation) or a stress event (daemon.stress) next
@@ -307,6 +308,9 @@ class Cycle:
                 self.actions.made.clear()
             errors += failed_errors
             updates = applied
+            if self.stress is not None:
+                # After the moves and start-time changes: a suspended job's CPUs are free at once.
+                entries.extend(self._stress_pause(self._stress_jobs, mode, int(started)))
             # Every cycle, pulls or none: a pull to a window still ahead that this cycle did not
             # make again is forgotten.
             if self.activation is not None and mode == "enforce":
@@ -453,10 +457,12 @@ class Cycle:
     def _stress_shed(
         self, assessments: list[Assessment], jobs: tuple[SlurmJob, ...], now: int
     ) -> tuple[list[Assessment], tuple[SlurmJob, ...], frozenset[str]]:
-        """Stress events (daemon.stress): resume what a closed window paused, pause opted-in
-        running jobs at a stressed site, move its pending portable work (and requeued portable
-        jobs) to the other site. Returns the assessments and jobs as they now are, and the
-        stressed sites (no job is moved to them)."""
+        """Stress events (daemon.stress), before the sites are planned: resume what a closed
+        window paused, choose the opted-in running jobs to pause at a stressed site (planned as
+        paused; :meth:`_stress_pause` pauses them once the cycle's moves and start-time changes
+        are made: Slurm may give a suspended job's CPUs to pending work at once), and move the
+        site's pending portable work to the other site. Returns the assessments and jobs as they
+        now are, and the stressed sites (no job is moved to them)."""
         assert self.stress is not None
         mode = self.mode()
         stress = self.stress
@@ -468,16 +474,29 @@ class Cycle:
             jobs, self._estimate_w, self._job_site, now, self.config.daemon.interval_seconds + PREPARE_OVERLAP_S
         )
         self._stress_entries.extend(stress.resume(jobs, now, mode))
-        paused_entries, paused = stress.pause(jobs, self._job_site, now, mode, self._estimate_w)
-        self._stress_entries.extend(paused_entries)
-        if paused:  # not drawing any more: planned as such this cycle
-            jobs = tuple(replace(j, state="SUSPENDED") if j.update_id in paused else j for j in jobs)
+        self._stress_pauses = stress.to_pause(jobs, self._job_site, now, self._estimate_w) if mode == "enforce" else []
+        pausing = {p.job_id for p in self._stress_pauses}
+        if pausing:  # not drawing once paused: planned as such this cycle
+            jobs = tuple(replace(j, state="SUSPENDED") if j.update_id in pausing else j for j in jobs)
         stressed = stress.stressed_sites(now)
         if self.mover is None or not stressed:
             return assessments, jobs, stressed
-        requeued = frozenset(
-            k for k, v in stress.state["paused"].items() if v["how"] == "requeue" and v.get("resumed") is None
+        moved = self._stress_moves(jobs, stressed, now, mode, stress.requeued())
+        if not moved:
+            return assessments, jobs, stressed
+        return (
+            [replace(a, job=_at(a.job, moved)) for a in assessments],
+            tuple(_at(j, moved) for j in jobs),
+            stressed,
         )
+
+    def _stress_moves(
+        self, jobs: tuple[SlurmJob, ...], stressed: frozenset[str], now: int, mode: str, requeued: frozenset[str]
+    ) -> dict[str, str]:
+        """Move the stressed sites' pending portable jobs (and ``requeued``: jobs requeued held
+        for an event, released once moved) to another site; returns job id -> target cluster."""
+        assert self.stress is not None and self.mover is not None
+        stress = self.stress
         kw = {j.update_id: self._estimate_w(j) / 1000.0 for j in jobs}
         moved: dict[str, str] = {}
         for event in stress.open_events(now):
@@ -492,18 +511,26 @@ class Cycle:
                 self._stress_entries.append(("stress.move", detail))
                 if o.job_id in requeued:
                     self._stress_entries.extend(stress.carried_on(o.job_id, o.target, now))
-        if not moved:
-            return assessments, jobs, stressed
+        return moved
 
-        def at_target(job: SlurmJob) -> SlurmJob:
-            target = moved.get(job.update_id)
-            if target is None:
-                return job
-            # A requeued job moved is released there: pending at its new cluster.
-            state = "PENDING" if job.update_id in requeued else job.state
-            return replace(job, cluster=target, siblings_viable=(target,), state=state)
-
-        return [replace(a, job=at_target(a.job)) for a in assessments], tuple(at_target(j) for j in jobs), stressed
+    def _stress_pause(self, jobs: tuple[SlurmJob, ...], mode: str, now: int) -> list[events.Entry]:
+        """Pause the jobs :meth:`_stress_shed` chose; a requeued one allowed at another site is
+        moved there and released at once (it carries on there)."""
+        assert self.stress is not None
+        self._stress_entries = []
+        try:
+            self._stress_entries.extend(self.stress.pause(self._stress_pauses, now, mode))
+            requeued = frozenset(p.job_id for p in self._stress_pauses if p.how == "requeue") & self.stress.requeued()
+            stressed = self.stress.stressed_sites(now)
+            if requeued and self.mover is not None and stressed:
+                as_held = tuple(replace(j, state="PENDING") if j.update_id in requeued else j for j in jobs)
+                moved = self._stress_moves(as_held, stressed, now, mode, requeued)
+                self._stress_jobs = tuple(_at(j, moved) for j in self._stress_jobs)
+        except SlurmFlexError as exc:  # soft: what was not paused runs on
+            log.error("stress_failed", error=str(exc))
+        finally:
+            self._stress_pauses = []
+        return self._stress_entries
 
     def _command_battery(self, now: int, mode: str) -> int:
         """Command the battery for the current slot and record its summary for status; returns
@@ -810,6 +837,15 @@ def _pull_intents(
         ):
             out.append(Intent(job.update_id, current, None, "release", started[job.update_id]))
     return out
+
+
+def _at(job: SlurmJob, moved: Mapping[str, str]) -> SlurmJob:
+    """The job at the cluster it was moved to (a requeued one released there: pending)."""
+    target = moved.get(job.update_id)
+    if target is None:
+        return job
+    state = "PENDING" if job.state == "SUSPENDED" else job.state
+    return replace(job, cluster=target, siblings_viable=(target,), state=state)
 
 
 def _estimate(job: SlurmJob, model: PowerModel) -> float:

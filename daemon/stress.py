@@ -163,6 +163,17 @@ def site_load_kw(jobs: Iterable[SlurmJob], estimate: Estimate) -> float:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """A running job to suspend (``how`` "suspend") or requeue held ("requeue") for an event."""
+
+    event: StressEvent
+    job_id: str
+    how: str
+    kw: float
+    end_at: int | None
+
+
+@dataclass(frozen=True)
 class Ceilings:
     """Per slot from floor_slot(now): the most planned flexible work may draw at the site, and
     the most its meter may show (the battery covers what the running work draws above it)."""
@@ -286,39 +297,54 @@ class StressShed:
         return Ceilings(planned, meter)
 
     # -- suspending and resuming ---------------------------------------------------------------
-    def pause(self, jobs: Sequence[SlurmJob], site_of: Callable[[SlurmJob], str | None], now: int, mode: str,
-              estimate: Estimate) -> tuple[list[tuple[str, dict[str, object]]], dict[str, str]]:  # fmt: skip
-        """Suspend (or requeue held) the opted-in running jobs at the sites of the open events
-        whose deadlines allow it. Returns ledger entries and job id -> how (suspend, requeue)."""
-        entries: list[tuple[str, dict[str, object]]] = []
-        done: dict[str, str] = {}
-        if mode != "enforce":
-            return entries, done
+    def to_pause(self, jobs: Sequence[SlurmJob], site_of: Callable[[SlurmJob], str | None], now: int,
+                 estimate: Estimate) -> list[Pause]:  # fmt: skip
+        """The opted-in running jobs at the sites of the open events whose deadlines allow a
+        pause to the window's end (pure: :meth:`pause` makes them)."""
+        out: list[Pause] = []
         paused = self.state["paused"]
         for e in self.open_events(now):
-            candidates = [
-                j for j in jobs if j.state == "RUNNING" and site_of(j) == e.site and j.update_id not in paused
-            ]
-            for load in running_loads(candidates, estimate, self.suspendable, self.requeue):
-                if not load.can_pause(int(e.end - now), self.margin_s):
-                    continue
-                verb = "requeuehold" if load.how == "requeue" else "suspend"
-                if not self._scontrol(verb, load.job_id):
-                    continue
-                job = next(j for j in candidates if j.update_id == load.job_id)
-                paused[load.job_id] = {
-                    "event": e.id,
-                    "site": e.site,
-                    "how": load.how,
-                    "at": now,
-                    "end_at": job.end_time,
-                    "kw": round(load.power_kw, 6),
-                    "why": f"{'requeued' if load.how == 'requeue' else 'suspended'} for {e.describe()}",
-                }
-                done[load.job_id] = load.how
-                entries.append((f"stress.{load.how}", {"event": e.id, "job": load.job_id, "until": e.end}))
-                log.info("stress_paused", stress_event=e.id, job=load.job_id, how=load.how, kw=round(load.power_kw, 3))
-        return entries, done
+            candidates = {
+                j.update_id: j
+                for j in jobs
+                if j.state == "RUNNING" and site_of(j) == e.site and j.update_id not in paused
+            }
+            for load in running_loads(list(candidates.values()), estimate, self.suspendable, self.requeue):
+                if load.can_pause(int(e.end - now), self.margin_s):
+                    out.append(Pause(e, load.job_id, load.how, load.power_kw, candidates[load.job_id].end_time))
+        return out
+
+    def pause(self, pauses: Sequence[Pause], now: int, mode: str) -> list[tuple[str, dict[str, object]]]:
+        """Suspend (or requeue held) the jobs :meth:`to_pause` chose; returns ledger entries.
+        Made after the cycle's moves and start-time changes: Slurm may give a suspended job's
+        CPUs to pending work at once."""
+        entries: list[tuple[str, dict[str, object]]] = []
+        if mode != "enforce":
+            return entries
+        for p in pauses:
+            if not self._scontrol("requeuehold" if p.how == "requeue" else "suspend", p.job_id):
+                continue
+            e = p.event
+            self.state["paused"][p.job_id] = {
+                "event": e.id,
+                "site": e.site,
+                "how": p.how,
+                "at": now,
+                "end_at": p.end_at,
+                "kw": round(p.kw, 6),
+                "why": f"{'requeued' if p.how == 'requeue' else 'suspended'} for {e.describe()}",
+            }
+            entries.append((f"stress.{p.how}", {"event": e.id, "job": p.job_id, "until": e.end}))
+            log.info("stress_paused", stress_event=e.id, job=p.job_id, how=p.how, kw=round(p.kw, 3))
+        return entries
+
+    def requeued(self) -> frozenset[str]:
+        """Jobs requeued held for an event and neither moved nor released yet."""
+        return frozenset(
+            k
+            for k, v in self.state["paused"].items()
+            if v["how"] == "requeue" and v.get("resumed") is None and not v.get("moved_to")
+        )
 
     def carried_on(self, job_id: str, target: str, now: int) -> list[tuple[str, dict[str, object]]]:
         """A requeued job moved to ``target``: released there at once (it carries on)."""
@@ -515,6 +541,7 @@ __all__ = [
     "EVENTS_SETTING",
     "STATE_SETTING",
     "Ceilings",
+    "Pause",
     "StressError",
     "StressEvent",
     "StressShed",

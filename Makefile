@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 # chroot, see scripts/devcluster) or both (tests only; the demo then uses 22.05).
 export SLURMFLEX_SLURM ?= both
 
-.PHONY: demo demo-beckn test unit venv lint typecheck bench cluster-up cluster-down fed-up fed-down clean
+.PHONY: demo demo-beckn demo-stress test unit venv lint typecheck bench cluster-up cluster-down fed-up fed-down clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: venv
 # A grid operator buys "reduce 2 kW" over Beckn v2 (DEG demand flex) and watches it delivered.
 demo-beckn: venv
 	scripts/demo-beckn
+
+# Seed 004's day on the two-cluster federation: a stress event at Cambridge moves load to
+# Manchester, the SunSpec battery covers the gap, and the two orders are settled.
+demo-stress: venv
+	scripts/demo-stress
 
 # `devcluster up` first installs the host's Slurm, munge and lua5.1 (the Lua tests check for
 # lua5.1 when they are collected); the cluster tests then bring up their own clusters

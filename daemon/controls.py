@@ -1,6 +1,7 @@
-"""What an admin tells the daemon between cycles (``slurmflex release``, ``resume`` and ``mode``):
-recorded in the state store, which every cycle reads (a release exempts jobs in
-``decide.assess``; the mode is ``Cycle.mode``), and, for a release, made in Slurm at once.
+"""What an admin tells the daemon between cycles (``slurmflex release``, ``resume``, ``mode`` and
+``stress``): recorded in the state store, which every cycle reads (a release exempts jobs in
+``decide.assess``; the mode is ``Cycle.mode``; a stress event is carried out by
+``daemon.stress``), and, for a release, made in Slurm at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import structlog
 
 from slurm_flex.config import Config
 from slurm_flex.daemon.service import slurm_backend
+from slurm_flex.daemon.stress import StressEvent, add_event, cancel_event
 from slurm_flex.errors import SlurmFlexError
 from slurm_flex.ledger import events
 from slurm_flex.ledger.site import open_site_ledger
@@ -101,6 +103,25 @@ def set_mode(config: Config, new_mode: str | None, by: str, clear: bool = False)
     if clear or new_mode:
         _record(config, events.admin("mode", by, mode=new_mode, clear=clear))
     return current or config.daemon.mode, bool(current)
+
+
+def stress(config: Config, site: str, kw: float, start: int, end: int, reason: str, by: str) -> StressEvent:
+    """Record a grid-stress event at one site: from ``start`` to ``end`` the daemon sheds ``kw``
+    there (daemon.stress), moving what it can to the other site."""
+    with StateStore(config.state_db) as store:
+        event = add_event(store, config.sites, site, kw, start, end, by, reason)
+    log.warning("stress", by=by, stress_event=event.id, site=site, kw=kw, start=start, end=end, reason=reason)
+    _record(config, events.admin("stress", by, event=event.id, site=site, kw=kw, start=start, end=end, reason=reason))
+    return event
+
+
+def cancel_stress(config: Config, event_id: str, by: str) -> StressEvent:
+    """Cancel a stress event: the next cycle resumes what it paused."""
+    with StateStore(config.state_db) as store:
+        event = cancel_event(store, event_id, by)
+    log.warning("stress_cancel", by=by, stress_event=event_id)
+    _record(config, events.admin("stress-cancel", by, event=event_id))
+    return event
 
 
 def _record(config: Config, entry: events.Entry) -> None:

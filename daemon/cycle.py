@@ -43,6 +43,7 @@ from slurm_flex.daemon.decide import (
 from slurm_flex.daemon.moves import Mover
 from slurm_flex.daemon.records import job_records, planned_kw, shaping_summary, write_plan_file
 from slurm_flex.daemon.site_planning import SitePlanner, SiteShaping, busy_nodes, managed_nodes
+from slurm_flex.daemon.stress import Pause, StressShed
 from slurm_flex.errors import ForecastError, SlurmError, SlurmFlexError
 from slurm_flex.grid.report import signal_summary
 from slurm_flex.grid.series import ForecastSource, SignalSeries
@@ -194,10 +195,31 @@ class Cycle:
         self.battery: BatteryControl | None = BatteryControl(config.battery) if config.battery.enabled else None
         self._battery_now: Battery | None = None
         self._battery_plans: dict[str, BatteryPlan | None] = {}
+        # Grid-stress events at one site (daemon.stress): its load shed there and carried on at
+        # the other site; None without sites.
+        self.stress: StressShed | None = (
+            StressShed(
+                store,
+                config.site_clusters,
+                config.beckn.suspendable_comment,
+                config.beckn.requeue_comment,
+                config.beckn.resume_margin_seconds,
+                backend.read_output,
+            )
+            if config.sites
+            else None
+        )
+        self._stress_entries: list[events.Entry] = []
+        self._stress_jobs: tuple[SlurmJob, ...] = ()
+        self._stress_pauses: list[Pause] = []
 
     def next_edge(self, now: float) -> int | None:
-        """When a contract in force next changes what the site is to do (beckn.activation)."""
-        return self.activation.next_edge(now) if self.activation is not None else None
+        """When a contract in force (beckn.activation) or a stress event (daemon.stress) next
+        changes what the site is to do: the daemon's loop runs a cycle just after it."""
+        edges = [self.activation.next_edge(now) if self.activation is not None else None]
+        if self.stress is not None:
+            edges.append(self.stress.next_edge(now))
+        return min((e for e in edges if e is not None), default=None)
 
     def mode(self) -> str:
         """The mode in force: an admin's runtime choice (``slurmflex mode``) over the config."""
@@ -268,7 +290,11 @@ class Cycle:
             if self.battery is not None:
                 self._battery_now, battery_errors = self.battery.read()
                 errors += battery_errors
-            plans, intents, records, priorities = self._decide(jobs, nodes, forecasts, int(started))
+            self._stress_entries, self._stress_jobs = [], jobs
+            try:
+                plans, intents, records, priorities = self._decide(jobs, nodes, forecasts, int(started))
+            finally:  # what was done in Slurm for a stress event is recorded even if the cycle fails
+                entries.extend(self._stress_entries)
             plan_ = merge_plans(plans.values(), int(started))
             flexible = sum(1 for r in records.values() if r.status in ("deferred", "shaped", "runs-now", "late"))
             made: list[tuple[str, int | None, int | None, str, str, str]] = []
@@ -282,6 +308,9 @@ class Cycle:
                 self.actions.made.clear()
             errors += failed_errors
             updates = applied
+            if self.stress is not None:
+                # After the moves and start-time changes: a suspended job's CPUs are free at once.
+                entries.extend(self._stress_pause(self._stress_jobs, mode, int(started)))
             # Every cycle, pulls or none: a pull to a window still ahead that this cycle did not
             # make again is forgotten.
             if self.activation is not None and mode == "enforce":
@@ -307,6 +336,8 @@ class Cycle:
                 )
             if self.battery is not None:
                 errors += self._command_battery(int(started), mode)
+            if self.stress is not None:
+                errors += self._stress_sample(int(started))
             deferred = sum(1 for r in records.values() if r.status == "deferred")
             expedited = sum(
                 1 for r in records.values() if r.priority_before is not None and r.status in PENDING_STATUSES
@@ -404,6 +435,102 @@ class Cycle:
             measured_kw=measured_kw,
             expedited=expedited,
         )
+
+    def _stress_sample(self, now: int) -> int:
+        """Record this cycle's sample of each open stress event and keep what was done; a soft
+        failure (returns 1) if it cannot be kept."""
+        assert self.stress is not None
+        discharge = {
+            site: max(0.0, -p.setpoint_kw(now)) for site, p in self._battery_plans.items() if p is not None
+        }
+        try:
+            self.stress.sample(self._stress_jobs, self._estimate_w, self._job_site, now, discharge)
+            self.stress.save()
+        except SlurmFlexError as exc:
+            log.error("stress_record_failed", error=str(exc))
+            return 1
+        return 0
+
+    def _estimate_w(self, job: SlurmJob) -> float:
+        return _estimate(job, self.power) * self._power_factor(job)
+
+    def _stress_shed(
+        self, assessments: list[Assessment], jobs: tuple[SlurmJob, ...], now: int
+    ) -> tuple[list[Assessment], tuple[SlurmJob, ...], frozenset[str]]:
+        """Stress events (daemon.stress), before the sites are planned: resume what a closed
+        window paused, choose the opted-in running jobs to pause at a stressed site (planned as
+        paused; :meth:`_stress_pause` pauses them once the cycle's moves and start-time changes
+        are made: Slurm may give a suspended job's CPUs to pending work at once), and move the
+        site's pending portable work to the other site. Returns the assessments and jobs as they
+        now are, and the stressed sites (no job is moved to them)."""
+        assert self.stress is not None
+        mode = self.mode()
+        stress = self.stress
+        stress.load(now)
+        site = self.config.federation.beckn_stress_site
+        if site and self.activation is not None:
+            stress.adopt(self.activation.contracts(now), site, now)
+        stress.fix_baselines(
+            jobs, self._estimate_w, self._job_site, now, self.config.daemon.interval_seconds + PREPARE_OVERLAP_S
+        )
+        self._stress_entries.extend(stress.resume(jobs, now, mode))
+        self._stress_pauses = stress.to_pause(jobs, self._job_site, now, self._estimate_w) if mode == "enforce" else []
+        pausing = {p.job_id for p in self._stress_pauses}
+        if pausing:  # not drawing once paused: planned as such this cycle
+            jobs = tuple(replace(j, state="SUSPENDED") if j.update_id in pausing else j for j in jobs)
+        stressed = stress.stressed_sites(now)
+        if self.mover is None or not stressed:
+            return assessments, jobs, stressed
+        moved = self._stress_moves(jobs, stressed, now, mode, stress.requeued())
+        if not moved:
+            return assessments, jobs, stressed
+        return (
+            [replace(a, job=_at(a.job, moved)) for a in assessments],
+            tuple(_at(j, moved) for j in jobs),
+            stressed,
+        )
+
+    def _stress_moves(
+        self, jobs: tuple[SlurmJob, ...], stressed: frozenset[str], now: int, mode: str, requeued: frozenset[str]
+    ) -> dict[str, str]:
+        """Move the stressed sites' pending portable jobs (and ``requeued``: jobs requeued held
+        for an event, released once moved) to another site; returns job id -> target cluster."""
+        assert self.stress is not None and self.mover is not None
+        stress = self.stress
+        kw = {j.update_id: self._estimate_w(j) / 1000.0 for j in jobs}
+        moved: dict[str, str] = {}
+        for event in stress.open_events(now):
+            outcomes = self.mover.shed(event.site, event.describe(), jobs, stressed, now, mode, requeued)
+            stress.note_moves(outcomes, event, kw, now)
+            for o in outcomes:
+                if o.status != "moved":
+                    continue
+                moved[o.job_id] = self.config.site_clusters[o.target]
+                detail: dict[str, object] = {"event": event.id, "job": o.job_id, "from": o.source, "to": o.target}
+                detail["kw"] = round(kw.get(o.job_id, 0.0), 6)
+                self._stress_entries.append(("stress.move", detail))
+                if o.job_id in requeued:
+                    self._stress_entries.extend(stress.carried_on(o.job_id, o.target, now))
+        return moved
+
+    def _stress_pause(self, jobs: tuple[SlurmJob, ...], mode: str, now: int) -> list[events.Entry]:
+        """Pause the jobs :meth:`_stress_shed` chose; a requeued one allowed at another site is
+        moved there and released at once (it carries on there)."""
+        assert self.stress is not None
+        self._stress_entries = []
+        try:
+            self._stress_entries.extend(self.stress.pause(self._stress_pauses, now, mode))
+            requeued = frozenset(p.job_id for p in self._stress_pauses if p.how == "requeue") & self.stress.requeued()
+            stressed = self.stress.stressed_sites(now)
+            if requeued and self.mover is not None and stressed:
+                as_held = tuple(replace(j, state="PENDING") if j.update_id in requeued else j for j in jobs)
+                moved = self._stress_moves(as_held, stressed, now, mode, requeued)
+                self._stress_jobs = tuple(_at(j, moved) for j in self._stress_jobs)
+        except SlurmFlexError as exc:  # soft: what was not paused runs on
+            log.error("stress_failed", error=str(exc))
+        finally:
+            self._stress_pauses = []
+        return self._stress_entries
 
     def _command_battery(self, now: int, mode: str) -> int:
         """Command the battery for the current slot and record its summary for status; returns
@@ -537,8 +664,15 @@ class Cycle:
             )
             if a is not None:
                 assessments.append(a)
+        stressed: frozenset[str] = frozenset()
+        if self.stress is not None:
+            try:
+                assessments, jobs, stressed = self._stress_shed(assessments, jobs, now)
+            except SlurmFlexError as exc:  # soft: the sites are planned as without the event
+                log.error("stress_failed", error=str(exc))
+            self._stress_jobs = jobs
         if self.mover is not None:
-            assessments, jobs = self.mover.apply(assessments, jobs, nodes, forecasts, now, self.mode())
+            assessments, jobs = self.mover.apply(assessments, jobs, nodes, forecasts, now, self.mode(), stressed)
         # Jobs pulled forward for an increase whose window is open stay released.
         kept = self.activation.kept(now) if self.activation is not None else {}
         if kept:
@@ -580,6 +714,14 @@ class Cycle:
             battery = None
             if self._battery_now is not None and (self.config.battery.site or first_site_name) == (site or NO_SITE):
                 battery = self._battery_now
+            # A stress event at the site: its own ceiling over the window, on top of a contract's.
+            site_cap, meter = cap, None
+            if self.stress is not None and site is not None:
+                staying = running_load_kw(site_jobs, estimate, now, n_slots)
+                ceilings = self.stress.ceilings(site, staying, now, n_slots)
+                if ceilings is not None:
+                    site_cap = ceilings.planned_kw if cap is None else np.minimum(cap, ceilings.planned_kw)
+                    meter = ceilings.meter_kw
             planned_site = self.site_planner.plan(
                 site or NO_SITE,
                 sites.get(site, []),
@@ -588,11 +730,12 @@ class Cycle:
                 forecast,
                 previous,
                 now,
-                cap,
+                site_cap,
                 seen,
                 contract,
                 battery=battery,
                 other_load_kw=running_load_kw(site_jobs, estimate, now, n_slots) if battery is not None else None,
+                meter_ceiling_kw=meter,
             )
             if planned_site.battery is not None or battery is not None:
                 self._battery_plans[site or NO_SITE] = planned_site.battery
@@ -694,6 +837,15 @@ def _pull_intents(
         ):
             out.append(Intent(job.update_id, current, None, "release", started[job.update_id]))
     return out
+
+
+def _at(job: SlurmJob, moved: Mapping[str, str]) -> SlurmJob:
+    """The job at the cluster it was moved to (a requeued one released there: pending)."""
+    target = moved.get(job.update_id)
+    if target is None:
+        return job
+    state = "PENDING" if job.state == "SUSPENDED" else job.state
+    return replace(job, cluster=target, siblings_viable=(target,), state=state)
 
 
 def _estimate(job: SlurmJob, model: PowerModel) -> float:

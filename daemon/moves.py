@@ -84,9 +84,11 @@ class Mover:
         forecasts: Mapping[str, SignalSeries | None],
         now: int,
         mode: str,
+        avoid: frozenset[str] = frozenset(),
     ) -> tuple[list[Assessment], tuple[SlurmJob, ...]]:
         """Choose and make the moves; returns the assessments and jobs as they now are (moved
-        jobs at their new cluster, so that site's planner plans them)."""
+        jobs at their new cluster, so that site's planner plans them). ``avoid``: sites no job
+        is moved to (a stress event's, while its window is open)."""
         memory = self.memory()
         live = {j.update_id for j in jobs}
         memory = {k: v for k, v in memory.items() if k in live}  # finished jobs are forgotten
@@ -108,7 +110,8 @@ class Mover:
                 now,
                 self.config.federation.move_threshold,
             )
-            outcomes = self._move([c for c in choices if c.moves], by_id, portables, memory, now, mode)
+            wanted = [c for c in choices if c.moves and c.target not in avoid]
+            outcomes = self._move(wanted, by_id, portables, memory, now, mode)
         self.last = outcomes
         self.store.set_setting(MOVES_SETTING, json.dumps(memory, sort_keys=True) if memory else None, by="daemon")
         moved = {o.job_id: self.clusters[o.target] for o in outcomes if o.status == "moved"}
@@ -120,6 +123,84 @@ class Mover:
             return job if target is None else replace(job, cluster=target, siblings_viable=(target,))
 
         return [replace(a, job=at_target(a.job)) for a in assessments], tuple(at_target(j) for j in jobs)
+
+    def shed(
+        self,
+        site: str,
+        why: str,
+        jobs: Sequence[SlurmJob],
+        avoid: frozenset[str],
+        now: int,
+        mode: str,
+        requeued: frozenset[str] = frozenset(),
+    ) -> list[MoveOutcome]:
+        """A stress event at ``site``: move its pending jobs allowed at another site (not one in
+        ``avoid``) there, by the same checks and memory as :meth:`apply`. ``requeued``: jobs the
+        daemon has just requeued held for the event (held only until moved, so "held" does not
+        keep them). Returns what was done; the moved jobs are at their target next cycle."""
+        cluster = self.clusters.get(site)
+        if cluster is None:
+            return []
+        memory = self.memory()
+        live = {j.update_id for j in jobs}
+        memory = {k: v for k, v in memory.items() if k in live}
+        wanted: list[tuple[SlurmJob, str, tuple[str, ...]]] = []
+        for job in jobs:
+            if job.cluster != cluster or not (job.pending or job.update_id in requeued):
+                continue
+            allowed = self.allowed_sites(job, memory.get(job.update_id))
+            targets = [s for s in allowed if s != site and s not in avoid and s in self.clusters]
+            if targets:
+                wanted.append((job, targets[0], allowed))
+        outcomes: list[MoveOutcome] = []
+        views = self.backend.federation_views() if wanted else {}
+        targets_by_job: dict[str, str] = {}
+        by_id: dict[str, SlurmJob] = {}
+        for job, target, allowed in wanted[: self.config.federation.max_moves_per_cycle]:
+            as_pending = replace(job, state="PENDING") if job.update_id in requeued else job
+            blockers = [
+                b
+                for b in move_blockers(as_pending, self.clusters[target], [self.clusters[s] for s in allowed],
+                                       views.get(job.origin or job.cluster))
+                if not (b == "held" and job.update_id in requeued)
+            ]  # fmt: skip
+            entry = memory.setdefault(job.update_id, {"allowed": list(allowed)})
+            if blockers:
+                stays = "stays: " + "; ".join(blockers)
+                outcomes.append(MoveOutcome(job.update_id, site, target, "blocked", stays))
+                entry.update(last=f"{why}; {stays}", at=now)
+                continue
+            if mode != "enforce":
+                outcomes.append(MoveOutcome(job.update_id, site, target, "would-move", why))
+                entry.update(last=f"would move to {target} ({mode}): {why}", at=now)
+                continue
+            targets_by_job[job.update_id] = self.clusters[target]
+            by_id[job.update_id] = job
+            entry.update(moving_to=target, reason=why, at=now)
+        if targets_by_job:
+            self.store.set_setting(MOVES_SETTING, json.dumps(memory, sort_keys=True), by="daemon")
+            try:
+                failed: Mapping[str, str] = self.backend.move(targets_by_job).failed
+            except SlurmError as exc:
+                log.error("move_failed", jobs=sorted(targets_by_job), error=str(exc))
+                failed = dict.fromkeys(targets_by_job, str(exc))
+            for job_id, target_cluster in targets_by_job.items():
+                target = self.sites[target_cluster]
+                entry = memory[job_id]
+                entry.pop("moving_to", None)
+                if job_id in failed:
+                    outcomes.append(MoveOutcome(job_id, site, target, "failed", failed[job_id]))
+                    entry.update(last=f"move to {target} failed: {failed[job_id]}")
+                    continue
+                history = [*entry.get("moves", []), {"from": site, "to": target, "at": now}]
+                entry.update(moves=history, last=f"moved {site} -> {target}: {why}")
+                outcomes.append(MoveOutcome(job_id, site, target, "moved", why))
+                log.info("job_moved", job=job_id, source=site, target=target, reason=why)
+        for o in outcomes:
+            if o.status != "moved":
+                log.info("job_not_moved", job=o.job_id, target=o.target, status=o.status, reason=o.reason)
+        self.store.set_setting(MOVES_SETTING, json.dumps(memory, sort_keys=True) if memory else None, by="daemon")
+        return outcomes
 
     def _options(
         self,

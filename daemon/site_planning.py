@@ -127,6 +127,7 @@ class SitePlanner:
         contract: str = "",
         battery: Battery | None = None,
         other_load_kw: FloatArray | None = None,
+        meter_ceiling_kw: FloatArray | None = None,
     ) -> SitePlan:
         """One site's plan (its jobs, on its nodes, with its signals), the priority changes that
         keep its queued deadlines and, when the policy shapes the load, the jobs held back until
@@ -138,7 +139,8 @@ class SitePlanner:
         ``battery``: the site's battery as read this cycle, planned with the jobs
         (slurm_flex.battery.planning: its deliverable discharge raises ``power_cap`` for the job
         plan, then its schedule covers the gap); ``other_load_kw`` the rest of the site's load
-        per slot (running work), which its schedule may also cover."""
+        per slot (running work), which its schedule may also cover; ``meter_ceiling_kw`` a
+        ceiling on the site's meter (a stress event's), the battery covering the gap under it."""
         usable = len(managed_nodes(nodes, self.rules))
         # A flexibility contract's window is planned job by job whatever defer_to_windows says.
         windows = bool(contract) or (power_cap is not None and bool(np.isfinite(power_cap).any()))
@@ -185,7 +187,7 @@ class SitePlanner:
             plan_, risky = plan_step(snapshot, forecast, self.policy)
         else:
             plan_, risky, snapshot, battery_plan = plan_step_with_battery(
-                snapshot, forecast, self.policy, battery, other_load_kw
+                snapshot, forecast, self.policy, battery, other_load_kw, meter_ceiling_kw
             )
         if risky:
             assessments = [

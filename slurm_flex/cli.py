@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import numpy as np
 from rich.console import Console
+from rich.table import Table
 
 from slurm_flex import __version__
 from slurm_flex.config import Config, load_config
@@ -110,11 +111,16 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
         )
         moves = store.setting("federation.moves")  # daemon.moves.MOVES_SETTING
         battery = store.setting("battery")  # daemon.battery.BATTERY_SETTING
+        from slurm_flex.daemon.stress import STATE_SETTING, load_events, summary
+
+        stress = summary(load_events(store), json.loads(store.setting(STATE_SETTING) or "{}"), time.time())
     doc["power"] = _measured_power(cfg)
     # Portable jobs of a federation: where each was moved, and why (or why it stays).
     doc["moves"] = json.loads(moves) if moves else {}
     # The on-site battery ([battery]): its state, this slot's command and its plan, in one line.
     doc["battery"] = _stored_signals(battery) if cfg.battery.enabled else {}
+    # Stress events at a site (daemon.stress): what moved, what was paused, and why.
+    doc["stress"] = stress
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -126,6 +132,10 @@ def status(obj: _Ctx, as_json: bool, include_finished: bool) -> None:
             from slurm_flex.daemon.battery import battery_line
 
             console.print(f"  {battery_line(doc['battery'])}", soft_wrap=True)
+        from slurm_flex.daemon.stress import status_lines
+
+        for line in status_lines(doc["stress"]):
+            console.print(f"  {line}", soft_wrap=True)
 
 
 def _measured_power(cfg: Config) -> dict[str, Any] | None:
@@ -746,6 +756,62 @@ def mode_command(obj: _Ctx, new_mode: str | None, clear: bool) -> None:
     click.echo(f"mode: {mode} ({'set at runtime' if at_runtime else 'from the config'})")
 
 
+@main.group("stress", invoke_without_command=True)
+@click.option("--site", default=None, help="The stressed site (a [sites] name).")
+@click.option("--kw", type=float, default=None, help="kW to shed at the site during the window.")
+@click.option("--from", "start", default=None, help="now, now+30min, or an ISO time (UTC if no zone).")
+@click.option("--to", "end", default=None, help="As --from.")
+@click.option("--reason", default="", help="Recorded with the event.")
+@click.pass_context
+@_fail_cleanly
+def stress_group(
+    ctx: click.Context, site: str | None, kw: float | None, start: str | None, end: str | None, reason: str
+) -> None:
+    """Record a grid-stress event at one site: for its window the daemon sheds load there, moving
+    pending portable work to the other site, suspending (or requeuing) opted-in running jobs, and
+    planning the site's battery to cover what is left. `slurmflex stress list` shows them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if site is None or kw is None or start is None or end is None:
+        raise click.UsageError("give --site, --kw, --from and --to (or a subcommand: list, cancel)")
+    from slurm_flex.daemon.controls import stress
+    from slurm_flex.daemon.stress import parse_when
+
+    now = time.time()
+    event = stress(ctx.obj.config(), site, kw, parse_when(start, now), parse_when(end, now), reason, _operator())
+    click.echo(f"recorded {event.describe()} (id {event.id})")
+
+
+@stress_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@_fail_cleanly
+def stress_list(obj: _Ctx, as_json: bool) -> None:
+    """Stress events of the last day and ahead, and what the daemon did for each."""
+    from slurm_flex.daemon.stress import STATE_SETTING, load_events, status_lines, summary
+    from slurm_flex.state import StateStore
+
+    with StateStore(obj.config().state_db) as store:
+        doc = summary(load_events(store), json.loads(store.setting(STATE_SETTING) or "{}"), time.time())
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for line in status_lines(doc) or ["no stress events"]:
+        click.echo(line)
+
+
+@stress_group.command("cancel")
+@click.argument("event_id")
+@click.pass_obj
+@_fail_cleanly
+def stress_cancel(obj: _Ctx, event_id: str) -> None:
+    """Cancel a stress event (the next cycle resumes what it paused)."""
+    from slurm_flex.daemon.controls import cancel_stress
+
+    cancel_stress(obj.config(), event_id, _operator())
+    click.echo(f"cancelled stress event {event_id}")
+
+
 @main.group()
 def hook() -> None:
     """The Slurm submit hook (job_submit/lua)."""
@@ -997,8 +1063,11 @@ def report(
     first, last = parse_range(period)
     if not cfg.state_db.exists():
         raise SlurmFlexError(f"no state at {cfg.state_db}: has the daemon run with this state_dir?")
+    from slurm_flex.daemon.stress import STATE_SETTING, half_hours
+
     with StateStore(cfg.state_db) as store:
         jobs = list(store.jobs().values())
+        stress_state = json.loads(store.setting(STATE_SETTING) or "{}")
     accounts: dict[str, str] = {}
     power_db = cfg.daemon.state_dir / POWER_DB
     if power_db.exists():
@@ -1012,6 +1081,7 @@ def report(
         read_carbon(cfg.daemon.state_dir / "plans"),
         user=user,
         account=account,
+        cross_site=half_hours(stress_state.get("samples", [])),
     )
     if fmt == "table":
         render.to_table(doc, Console(width=max(Console().width, 120)))
@@ -1022,6 +1092,50 @@ def report(
     else:
         out.write_text(text, encoding="utf-8")
         click.echo(f"wrote {out}", err=True)
+
+
+@report.command("stress")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.pass_obj
+@_fail_cleanly
+def report_stress(obj: _Ctx, fmt: str) -> None:
+    """kW moved across sites per half-hour during stress events (with kW paused, the battery's
+    discharge and what the stressed site still drew), from the daemon's per-cycle samples."""
+    import csv
+    import io
+
+    from slurm_flex.daemon.stress import STATE_SETTING, half_hours
+    from slurm_flex.state import StateStore
+
+    cfg = obj.config()
+    if not cfg.state_db.exists():
+        raise SlurmFlexError(f"no state at {cfg.state_db}: has the daemon run with this state_dir?")
+    with StateStore(cfg.state_db) as store:
+        state = json.loads(store.setting(STATE_SETTING) or "{}")
+    rows = half_hours(state.get("samples", []))
+    if fmt == "json":
+        click.echo(json.dumps({"periods": rows}, indent=2))
+        return
+    if not rows:
+        click.echo("no stress event samples")
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        click.echo(buf.getvalue(), nl=False)
+        return
+    table = Table(title="Stress events: kW moved across sites per half-hour (UTC)", title_justify="left")
+    for col in ("Half-hour", "Event", "From", "To", "Moved kW", "Moved, pending kW", "Paused kW", "Battery kW",
+                "Site kW", "Ceiling kW"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("Half-hour", "Event", "From", "To") else "right")
+    for r in rows:
+        ceiling = "-" if r["kw_ceiling"] is None else f"{r['kw_ceiling']:.3f}"
+        table.add_row(r["period_start"][:16].replace("T", " "), r["event"], r["from"], r["to"],
+                      f"{r['kw_moved_across_sites']:.3f}", f"{r['kw_moved_pending']:.3f}", f"{r['kw_paused']:.3f}",
+                      f"{r['kw_battery']:.3f}", f"{r['kw_site']:.3f}", ceiling)  # fmt: skip
+    Console(width=max(Console().width, 120)).print(table)
 
 
 @report.command("settlement")

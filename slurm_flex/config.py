@@ -162,6 +162,10 @@ class FederationConfig(_Section):
     # site's "portable by default"); other jobs move only among the clusters they were submitted
     # to (``sbatch --clusters=a,b``, as Slurm shows it).
     portable_partitions: tuple[str, ...] = ()
+    # A site whose grid-stress events also come from Beckn: each ACTIVE reduction contract is a
+    # stress event there over its window (daemon.stress), shedding the most it committed; empty:
+    # stress events come from `slurmflex stress` only.
+    beckn_stress_site: str = ""
 
 
 class SignalsConfig(_Section):
@@ -503,6 +507,14 @@ class Config(_Section):
         if self.battery.site and self.battery.site not in self.sites:
             known = ", ".join(sorted(self.sites)) or "none: no [sites] are configured, leave site empty"
             raise ValueError(f"[battery] site {self.battery.site!r} is not a site; known: {known}")
+        return self
+
+    @model_validator(mode="after")
+    def _beckn_stress_site(self) -> Config:
+        site = self.federation.beckn_stress_site
+        if site and site not in self.sites:
+            known = ", ".join(sorted(self.sites)) or "none: no [sites] are configured, leave it empty"
+            raise ValueError(f"[federation] beckn_stress_site {site!r} is not a site; known: {known}")
         return self
 
     def site_of_cluster(self, cluster: str) -> str | None:

@@ -123,13 +123,17 @@ def plan_step_with_battery(
     policy: Policy,
     battery: Battery,
     other_load_kw: Sequence[float] | FloatArray | None = None,
+    meter_ceiling_kw: Sequence[float] | FloatArray | None = None,
 ) -> tuple[Plan, frozenset[str], PlanningSnapshot, BatteryPlan | None]:
     """:func:`planner.queue.plan_step` with the battery (the two stages of the module
     docstring). Returns the plan, the jobs found at risk, the snapshot the jobs were planned on
     (its ceiling raised by the battery's headroom: the one to record for a replay) and the
     battery's plan (None without a usable forecast: the battery is then left alone).
     ``other_load_kw``: the rest of the site's load per slot from floor_slot(now) (running jobs,
-    idle nodes), which the battery may also cover; the ceiling stays on the planned work."""
+    idle nodes), which the battery may also cover; the ceiling stays on the planned work.
+    ``meter_ceiling_kw``: a ceiling on the whole site's meter per slot (a stress event's,
+    daemon.stress), which the other load may exceed: the battery is dispatched to cover that
+    gap first, so none of its energy is promised to planned work in slots where there is one."""
     slot0 = floor_slot(snapshot.now)
     n = int(policy.max_horizon_hours * 3600) // SLOT_SECONDS + 1
     if forecast is not None and forecast.covers(snapshot.now):
@@ -141,7 +145,11 @@ def plan_step_with_battery(
     ceiling = None if snapshot.power_cap_kw is None else _fit(snapshot.power_cap_kw, n, np.inf)
     headroom = np.zeros(n)
     planned_on = snapshot
-    if ceiling is not None and np.isfinite(ceiling).any():
+    other = _fit(np.asarray(other_load_kw, dtype=np.float64) if other_load_kw is not None else None, n, 0.0)
+    other = np.maximum(other, 0.0)
+    meter_cap = None if meter_ceiling_kw is None else _fit(np.asarray(meter_ceiling_kw, dtype=np.float64), n, np.inf)
+    gap = meter_cap is not None and bool((other > meter_cap + 1e-9).any())
+    if ceiling is not None and np.isfinite(ceiling).any() and not gap:
         try:
             headroom = deliverable(battery, ceiling, weight, time_limit=policy.solve_time_limit)
         except PlanningError as exc:  # the jobs are planned as without a battery
@@ -153,10 +161,10 @@ def plan_step_with_battery(
         planned_on = replace(snapshot, power_cap_kw=raised)
     plan_, risky = plan_step(planned_on, forecast, policy)
     flexible = planned_load_kw(plan_, n)
-    other = _fit(np.asarray(other_load_kw, dtype=np.float64) if other_load_kw is not None else None, n, 0.0)
-    other = np.maximum(other, 0.0)
     # The ceiling bounds planned flexible work; at the meter it sits on top of the other load.
     meter_ceiling = None if ceiling is None else ceiling + other
+    if meter_cap is not None:
+        meter_ceiling = meter_cap if meter_ceiling is None else np.minimum(meter_ceiling, meter_cap)
     try:
         schedule = dispatch(battery, flexible + other, weight, meter_ceiling, time_limit=policy.solve_time_limit)
     except PlanningError as exc:  # the job plan stands; the battery is left to itself

@@ -49,8 +49,10 @@ def build(
     carbon: Mapping[int, float],
     user: str | None = None,
     account: str | None = None,
+    cross_site: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The report document (what every format renders)."""
+    """The report document (what every format renders); ``cross_site``: the stress events' rows
+    per half-hour (daemon.stress.half_hours), those in the window kept."""
     selected = [
         r
         for r in jobs
@@ -105,6 +107,12 @@ def build(
         "by_user": table(by_user, "user"),
         "by_account": table(by_account, "account"),
         "flexibility": periods,
+        # kW moved from a stressed site to the other per half-hour (stress events).
+        "cross_site": [
+            dict(r)
+            for r in cross_site
+            if window.holds(int(datetime.fromisoformat(str(r["period_start"]).replace("Z", "+00:00")).timestamp()))
+        ],
         "revenue": {cur: round(v, 6) for cur, v in revenue.items()},
         "timeline": [
             {"start_utc": iso_utc(t), "load_kw": round(load.get(t, 0.0), 6), "carbon_g_per_kwh": carbon.get(t)}

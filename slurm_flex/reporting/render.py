@@ -29,6 +29,20 @@ CSV_FIELDS = (
 )
 
 
+CROSS_SITE = (
+    "period_start",
+    "event",
+    "from",
+    "to",
+    "kw_moved_across_sites",
+    "kw_moved_pending",
+    "kw_paused",
+    "kw_battery",
+    "kw_site",
+    "kw_ceiling",
+)
+
+
 def to_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2)
 
@@ -64,6 +78,13 @@ def to_table(doc: dict[str, Any], console: Console) -> None:
             p["period"], p["order"], *(str(p[c]) for c in ("offered_kw", "delivered_kw", "net", "delivery_basis"))
         )
     console.print(t)
+    if doc.get("cross_site"):
+        t = Table(title="kW moved across sites per half-hour (stress events)")
+        for col in CROSS_SITE:
+            t.add_column(col)
+        for r in doc["cross_site"]:
+            t.add_row(*(str(r[c]) for c in CROSS_SITE))
+        console.print(t)
     console.print("revenue: " + (", ".join(f"{v:.2f} {c}" for c, v in doc["revenue"].items()) or "none"))
 
 
@@ -154,6 +175,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
             ("period", "order", "offered_kw", "delivered_kw", "eligible_kw", "pay", "penalty", "net", "delivery_basis"),
         )
     }
+<h2>kW moved across sites per half-hour (stress events)</h2>{rows(doc.get("cross_site", []), CROSS_SITE)}
 <ul>{"".join(f"<li>{e(n)}</li>" for n in doc["notes"])}</ul>
 <script>
 // Mark the page rendered once every plot has decoded (a check for headless browsers).

@@ -241,10 +241,9 @@ class PolicyConfig(_Section):
     # Hold nothing back while more queued jobs with deadlines wait than this (0: no limit; at most
     # Slurm's bf_max_job_test makes the guard's projection sound, at a cost in saving).
     shape_max_queue: int = Field(0, ge=0, le=100000)
-    # The guard projects the queue by predicted run times ("predicted") or by time limits
-    # ("limit"); jobs wider than shape_guard_wide_share of the machine are always also projected
-    # by time limits.
-    shape_guard_runtime: Literal["limit", "predicted"] = "predicted"
+    # The guard projects the queue by time limits ("limit") or by predicted run times
+    # ("predicted"; jobs wider than shape_guard_wide_share of the machine then by time limits too).
+    shape_guard_runtime: Literal["limit", "predicted"] = "limit"
     shape_guard_wide_share: float = Field(0.5, ge=0.0, le=1.0)
     # Also plan single flexible jobs into their cleanest windows (a begin time until then).
     defer_to_windows: bool = False

@@ -76,12 +76,14 @@ class Policy:
     # bf_max_job_test; 100 cut LLNL's next-workday misses from 892 to 71 in 42 days but its
     # share of the bound at 24 h from 24 % to 8 % (and Curie's from 20 % to 7 %): off by default.
     shape_max_queue: int = 0
-    # What the guard projects the queue by: predicted run times, or time limits. By time limits
-    # it refused almost every hold where users ask for far more time than they use (CEA-Curie:
-    # median run 4 % of the limit; 31 % of the bound at x2, 56 % by predictions, no new miss).
-    # Jobs wider than ``shape_guard_wide_share`` of the machine are also guarded by time limits:
-    # by predictions alone KTH's near-whole-machine jobs missed (4 new misses in 42 days).
-    shape_guard_runtime: RuntimeBasis = "predicted"
+    # What the guard projects the queue by: time limits, or predicted run times. By time limits
+    # it refuses almost every hold where users ask for far more time than they use (CEA-Curie:
+    # median run 4 % of the limit; 31 % of the bound at x2, 56 % by predictions, no new miss at
+    # 24 h). By predictions, jobs wider than ``shape_guard_wide_share`` of the machine are also
+    # guarded by time limits (by predictions alone KTH's near-whole-machine jobs missed: 4 in 42
+    # days). Not the default: under next-workday deadlines it missed more (LLNL-Thunder 2,899 new
+    # misses in 42 days against 892 by time limits; bench/results/simulate.txt).
+    shape_guard_runtime: RuntimeBasis = "limit"
     shape_guard_wide_share: float = 0.5
     # Also plan single flexible jobs into their cleanest windows (held with a begin time until
     # then), as before load shaping. Off by default: with load shaping it took less of the

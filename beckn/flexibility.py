@@ -30,9 +30,9 @@ import numpy as np
 
 from slurm_flex.beckn.store import ABSORB, SHED
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot
-from slurm_flex.planner.instance import FloatArray
+from slurm_flex.planner.instance import FloatArray, fit_slots
 from slurm_flex.planner.policy import WINDOWS_OFF, Policy
-from slurm_flex.planner.queue import FlexJob, Plan, PlanningSnapshot, plan_step
+from slurm_flex.planner.queue import FlexJob, Plan, PlanningSnapshot, placed_kw, plan_step
 
 # Offers are in steps of this many kW (a quote of 1.2345 kW promises precision nobody measures).
 KW_STEP = 0.001
@@ -100,15 +100,6 @@ class Commitments:
 NO_COMMITMENTS = Commitments()
 
 
-def _fit(values: FloatArray | None, n: int, fill: float) -> FloatArray:
-    """A per-slot array cut or padded with ``fill`` to ``n`` slots."""
-    out = np.full(n, fill)
-    if values is not None:
-        k = min(n, len(values))
-        out[:k] = values[:k]
-    return out
-
-
 @dataclass(frozen=True)
 class Baseline:
     """The plan without any order: power per slot of the planned flexible jobs and of running work."""
@@ -127,23 +118,6 @@ def running_kw(running: Sequence[RunningLoad], slot0: int, n_slots: int) -> Floa
     for r in running:
         end = n_slots if r.end is None else max(0, min(n_slots, math.ceil((r.end - slot0) / SLOT_SECONDS)))
         out[:end] += r.power_kw
-    return out
-
-
-def planned_power(plan_: Plan, n_slots: int) -> FloatArray:
-    """kW per slot from floor_slot(now) of the jobs the solver placed (what a power ceiling on
-    planned flexible work bounds)."""
-    return _planned_kw(plan_, n_slots)
-
-
-def _planned_kw(plan_: Plan, n_slots: int) -> FloatArray:
-    out = np.zeros(n_slots)
-    inst, sol = plan_.instance, plan_.solution
-    if inst is None or sol is None:
-        return out
-    for j, job_id in enumerate(inst.job_ids):
-        s = int(sol.starts[job_id])
-        out[max(0, s) : min(n_slots, s + int(inst.duration[j]))] += float(inst.power_kw[j])
     return out
 
 
@@ -169,9 +143,9 @@ def baseline(
     own cap is the daemon's, from the contracts it knew when it wrote it: not used.)"""
     plan_, _ = plan_step(replace(_windows_on(snapshot), power_cap_kw=committed.cap_kw), forecast, policy)
     slot0 = floor_slot(snapshot.now)
-    run = running_kw(running, slot0, n_slots) - _fit(committed.paused_kw, n_slots, 0.0)
-    run = np.maximum(run, 0.0) + _fit(committed.other_kw, n_slots, 0.0)
-    return Baseline(plan_, _planned_kw(plan_, n_slots), run)
+    run = running_kw(running, slot0, n_slots) - fit_slots(committed.paused_kw, n_slots, 0.0)
+    run = np.maximum(run, 0.0) + fit_slots(committed.other_kw, n_slots, 0.0)
+    return Baseline(plan_, placed_kw(plan_, n_slots), run)
 
 
 def flex_slots(
@@ -311,7 +285,7 @@ def deliverable(
         want_pending[:] = 0.0
         reason = "no flexible pending work is planned (or no forecast): only suspension can deliver"
     # Outside the window the confirmed contracts' ceiling still holds.
-    outside = _fit(committed.cap_kw, horizon, np.inf)
+    outside = fit_slots(committed.cap_kw, horizon, np.inf)
     for _ in range(12):
         take = np.minimum(want_pending * scale, planned)
         cap = outside.copy()

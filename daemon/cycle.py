@@ -24,7 +24,6 @@ import structlog
 from slurm_flex.battery.model import Battery
 from slurm_flex.battery.planning import BatteryPlan
 from slurm_flex.beckn.activation import AbsorbPull, Activation, planned_draw, with_pulls
-from slurm_flex.beckn.flexibility import planned_power
 from slurm_flex.config import Config, NodeType, PowerConfig
 from slurm_flex.daemon import runs
 from slurm_flex.daemon.actions import Actions
@@ -51,7 +50,7 @@ from slurm_flex.ledger import events
 from slurm_flex.ledger.log import Ledger
 from slurm_flex.ledger.site import open_site_ledger
 from slurm_flex.planner.policy import Policy
-from slurm_flex.planner.queue import Plan, PlanningSnapshot, merge_plans
+from slurm_flex.planner.queue import Plan, PlanningSnapshot, merge_plans, placed_kw
 from slurm_flex.power.ledger import PowerLedger, PowerStep
 from slurm_flex.power.model import NodePower, PowerModel
 from slurm_flex.power.readers.slurm_energy import SlurmEnergyReader
@@ -321,7 +320,7 @@ class Cycle:
                 # part of the site's baseline.
                 first = next(iter(self._snapshots.values()), (None, None))
                 n_slots = first[0].free_by_limits.size if first[0] is not None else 0
-                other_kw = sum((planned_power(p, n_slots) for p in list(plans.values())[1:]), start=np.zeros(n_slots))
+                other_kw = sum((placed_kw(p, n_slots) for p in list(plans.values())[1:]), start=np.zeros(n_slots))
                 entries.extend(
                     self.activation.step(
                         jobs,
@@ -740,7 +739,7 @@ class Cycle:
             if planned_site.battery is not None or battery is not None:
                 self._battery_plans[site or NO_SITE] = planned_site.battery
             if cap is not None:
-                cap = np.where(np.isfinite(cap), np.maximum(0.0, cap - planned_power(planned_site.plan, n_slots)), cap)
+                cap = np.where(np.isfinite(cap), np.maximum(0.0, cap - placed_kw(planned_site.plan, n_slots)), cap)
             if self.activation is not None and contract:
                 # An increase in force: deferred work is pulled forward to the contract's floor.
                 pulls = self.activation.pulls(now, jobs, estimate, planned_site.snapshot, planned_site.plan, drawn)

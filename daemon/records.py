@@ -18,7 +18,7 @@ from slurm_flex.daemon.decide import Assessment, Intent
 from slurm_flex.daemon.site_planning import SiteShaping
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot, iso_utc
 from slurm_flex.planner.instance import instance_to_json
-from slurm_flex.planner.queue import Plan, PlannedJob, PlanningSnapshot, series_to_json, snapshot_to_json
+from slurm_flex.planner.queue import Plan, PlannedJob, PlanningSnapshot, placed_kw, series_to_json, snapshot_to_json
 from slurm_flex.planner.shaping import hold_to_json, shaping_to_json
 from slurm_flex.slurm.parsers import SlurmJob
 from slurm_flex.state import PENDING_STATUSES, JobRecord
@@ -142,11 +142,7 @@ def planned_kw(plans: Iterable[Plan]) -> tuple[float, ...]:
     for p in plans:
         if p.instance is None or p.solution is None:
             continue
-        inst, sol = p.instance, p.solution
-        kw = np.zeros(inst.n_slots)
-        for j, job_id in enumerate(inst.job_ids):
-            s = sol.starts[job_id]
-            kw[s : s + int(inst.duration[j])] += inst.power_kw[j]
+        kw = placed_kw(p, p.instance.n_slots)
         if kw.size > total.size:
             total = np.pad(total, (0, kw.size - total.size))
         total[: kw.size] += kw

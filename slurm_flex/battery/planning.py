@@ -37,9 +37,9 @@ from slurm_flex.battery.dispatch import Schedule, deliverable, dispatch, grid_we
 from slurm_flex.battery.model import Battery
 from slurm_flex.errors import PlanningError
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot
-from slurm_flex.planner.instance import FloatArray
+from slurm_flex.planner.instance import FloatArray, fit_slots
 from slurm_flex.planner.policy import Policy
-from slurm_flex.planner.queue import Plan, PlanningSnapshot, plan_step
+from slurm_flex.planner.queue import Plan, PlanningSnapshot, placed_kw, plan_step
 
 log = structlog.get_logger(__name__)
 
@@ -90,15 +90,8 @@ def planned_load_kw(plan_: Plan, n_slots: int) -> FloatArray:
     at their planned starts (what the power ceiling bounds), and those that run as submitted
     from their start for as long as their energy lasts at their power."""
     slot0 = floor_slot(plan_.now)
-    kw = np.zeros(n_slots)
-    in_instance: set[str] = set()
-    if plan_.instance is not None and plan_.solution is not None:
-        inst, sol = plan_.instance, plan_.solution
-        first = (inst.start - slot0) // SLOT_SECONDS
-        for j, job_id in enumerate(inst.job_ids):
-            s = first + sol.starts[job_id]
-            kw[max(0, s) : max(0, s + int(inst.duration[j]))] += inst.power_kw[j]
-            in_instance.add(job_id)
+    kw = placed_kw(plan_, n_slots)
+    in_instance = set(plan_.instance.job_ids) if plan_.instance is not None and plan_.solution is not None else set()
     for p in plan_.jobs:
         if p.job_id in in_instance or p.power_w <= 0:
             continue
@@ -107,14 +100,6 @@ def planned_load_kw(plan_: Plan, n_slots: int) -> FloatArray:
         e = s + max(1, math.ceil(hours * 3600 / SLOT_SECONDS))
         kw[max(0, s) : max(0, e)] += p.power_w / 1000.0
     return kw
-
-
-def _fit(values: FloatArray | None, n: int, fill: float) -> FloatArray:
-    out = np.full(n, fill)
-    if values is not None:
-        k = min(n, len(values))
-        out[:k] = np.asarray(values[:k], dtype=np.float64)
-    return out
 
 
 def plan_step_with_battery(
@@ -142,12 +127,12 @@ def plan_step_with_battery(
         plan_, risky = plan_step(snapshot, forecast, policy)
         return plan_, risky, snapshot, None
     weight = _weights(forecast, slot0, n, policy)
-    ceiling = None if snapshot.power_cap_kw is None else _fit(snapshot.power_cap_kw, n, np.inf)
+    ceiling = None if snapshot.power_cap_kw is None else fit_slots(snapshot.power_cap_kw, n, np.inf)
     headroom = np.zeros(n)
     planned_on = snapshot
-    other = _fit(np.asarray(other_load_kw, dtype=np.float64) if other_load_kw is not None else None, n, 0.0)
+    other = fit_slots(other_load_kw, n, 0.0)
     other = np.maximum(other, 0.0)
-    meter_cap = None if meter_ceiling_kw is None else _fit(np.asarray(meter_ceiling_kw, dtype=np.float64), n, np.inf)
+    meter_cap = None if meter_ceiling_kw is None else fit_slots(meter_ceiling_kw, n, np.inf)
     gap = meter_cap is not None and bool((other > meter_cap + 1e-9).any())
     if ceiling is not None and np.isfinite(ceiling).any() and not gap:
         try:

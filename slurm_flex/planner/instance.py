@@ -29,6 +29,16 @@ from slurm_flex.errors import PlanningError
 from slurm_flex.grid.series import iso_utc, parse_iso_utc
 
 FloatArray = npt.NDArray[np.float64]
+
+
+def fit_slots(values: npt.ArrayLike | None, n: int, fill: float) -> FloatArray:
+    """A per-slot array cut, or padded with ``fill``, to ``n`` slots (a copy; None: all ``fill``)."""
+    out = np.full(n, fill, dtype=np.float64)
+    if values is not None:
+        given = np.asarray(values, dtype=np.float64)
+        k = min(n, given.size)
+        out[:k] = given[:k]
+    return out
 IntArray = npt.NDArray[np.int64]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot, iso_utc
-from slurm_flex.planner.instance import FloatArray, Instance, Solution
+from slurm_flex.planner.instance import FloatArray, Instance, Solution, fit_slots
 from slurm_flex.planner.policy import Policy, occupancy, planned_seconds, planning_capacity
 from slurm_flex.planner.risk import at_risk, place_in_order
 from slurm_flex.planner.solve import solve
@@ -187,7 +187,7 @@ def plan(
         carbon=series.carbon_array(),
         price=series.price_array() if policy.use_price else np.full(n_slots, np.nan),
         capacity_nodes=cap,
-        power_cap_kw=_per_slot(power_cap_kw, n_slots),
+        power_cap_kw=fit_slots(power_cap_kw, n_slots, np.inf),
         job_ids=tuple(r[0].job_id for r in rows),
         nodes=occupancy(
             np.asarray([r[0].nodes for r in rows], dtype=np.float64),
@@ -252,12 +252,16 @@ def plan(
     return Plan(now, tuple(planned), inst, solution, series.source)
 
 
-def _per_slot(values: FloatArray | None, n_slots: int) -> FloatArray:
-    """A per-slot array cut or padded (with inf, no limit) to ``n_slots``."""
-    out = np.full(n_slots, np.inf)
-    if values is not None:
-        k = min(n_slots, len(values))
-        out[:k] = np.asarray(values[:k], dtype=np.float64)
+def placed_kw(plan_: Plan, n_slots: int) -> FloatArray:
+    """kW per slot from floor_slot(now) of the jobs the solver placed (what a power ceiling on
+    planned flexible work bounds)."""
+    out = np.zeros(n_slots)
+    inst, sol = plan_.instance, plan_.solution
+    if inst is None or sol is None:
+        return out
+    for j, job_id in enumerate(inst.job_ids):
+        s = int(sol.starts[job_id])
+        out[max(0, s) : min(n_slots, s + int(inst.duration[j]))] += float(inst.power_kw[j])
     return out
 
 

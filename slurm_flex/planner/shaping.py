@@ -36,7 +36,7 @@ import numpy.typing as npt
 from scipy.optimize import linprog
 
 from slurm_flex.grid.series import SLOT_SECONDS
-from slurm_flex.planner.instance import FloatArray
+from slurm_flex.planner.instance import FloatArray, fit_slots
 from slurm_flex.planner.policy import Policy
 from slurm_flex.planner.risk import first_fit
 
@@ -200,7 +200,7 @@ def planned_hold(
     if h == 0:
         return Hold(0.0, "no forecast")
     steps = h * steps_per_slot
-    planned = _fit(running_planned, steps)
+    planned = fit_slots(running_planned, steps, 0.0)
     free = np.maximum(capacity - planned.reshape(h, steps_per_slot).mean(axis=1), 0.0)
     work = queue.procs * queue.planned_steps / steps_per_slot
     # Work without a deadline is not held back: it runs as it can, now.
@@ -241,7 +241,7 @@ def planned_hold(
         anyway (one already due, say) is the risk guard's business and not held; any other job
         late with the hold counts (late anyway or not: on CEA-Curie, holding past such jobs
         missed deadlines)."""
-        free_steps = capacity - _fit(running, steps)
+        free_steps = capacity - fit_slots(running, steps, 0.0)
 
         def late(start_budget: float) -> BoolArray:
             starts = _place_holding(free_steps, queue, exempt, start_budget, steps_per_slot, lengths)
@@ -284,14 +284,6 @@ def _place_holding(
             left[k : k + max(1, length)] -= size
             starts[i] = k
     return starts
-
-
-def _fit(values: FloatArray, n: int) -> FloatArray:
-    """``values`` cut or padded with zeros to ``n`` steps (a copy)."""
-    out = np.zeros(n)
-    k = min(n, values.size)
-    out[:k] = values[:k]
-    return out
 
 
 @dataclass(frozen=True)

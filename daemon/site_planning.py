@@ -50,6 +50,8 @@ from slurm_flex.planner.queue import (
     queue_capacity,
 )
 from slurm_flex.planner.shaping import (
+    BEHIND,
+    BUDGET,
     HORIZON_SLOTS,
     NO_LATEST,
     Hold,
@@ -57,8 +59,8 @@ from slurm_flex.planner.shaping import (
     ShapingSnapshot,
     arrival_due_slots,
     hold_from_snapshot,
+    holds_in_order,
     slot_weight,
-    within_budget,
 )
 from slurm_flex.slurm.parsers import SlurmJob, SlurmNode
 from slurm_flex.state import JobRecord, StateStore
@@ -322,23 +324,29 @@ class SitePlanner:
         moved = {c.job_id for c in changes if c.kind == "expedite"} | {
             job_id for job_id, rec in previous.items() if rec.priority_before is not None and job_id not in restored
         }
-        candidates: list[FlexJob] = []
-        for job_id in dict.fromkeys(snapshot.job_ids):  # an array's tasks: once, at its place
+        exempt_s = max(margin * SLOT_SECONDS, self.policy.shape_exempt_hours * 3600)
+        order = list(dict.fromkeys(snapshot.job_ids))  # an array's tasks: once, at its place
+        nodes_of = {j.update_id: float(j.nodes) for j in given.jobs}
+        sizes, budgeted, holdable = [], [], []
+        for job_id in order:
             f = flex.get(job_id)
-            if f is None or f.no_defer == AT_RISK or job_id in moved:
-                continue
+            may_hold = f is not None and f.no_defer != AT_RISK and job_id not in moved
+            sizes.append(float(f.nodes) if f is not None else nodes_of.get(job_id, 1.0))
+            holdable.append(may_hold and f is not None and until <= f.latest_start)
             # As in the simulator: a job this close to its latest safe start gathers its nodes
-            # as they come free, whatever the plan holds back ([policy] shape_exempt_hours).
-            if f.latest_start - given.now <= max(margin * SLOT_SECONDS, self.policy.shape_exempt_hours * 3600):
-                continue
-            candidates.append(f)
+            # as they come free, whatever the plan holds back ([policy] shape_exempt_hours); it
+            # still keeps behind a job held ahead of it.
+            budgeted.append(may_hold and f is not None and f.latest_start - given.now > exempt_s)
         budget = hold.start_budget
-        why = (
-            f"{SHAPED} until {iso_utc(until)[11:16]} UTC: {hold.reason} ({hold.procs:.1f} nodes kept idle, "
-            f"{budget:.1f} nodes of queued work with deadlines may start)"
-        )
-        fits = within_budget([float(f.nodes) for f in candidates], budget)
-        held = {f.job_id: why for f, ok in zip(candidates, fits, strict=True) if not ok and until <= f.latest_start}
+        why = {
+            BUDGET: f"{SHAPED} until {iso_utc(until)[11:16]} UTC: {hold.reason} ({hold.procs:.1f} nodes kept idle, "
+            f"{budget:.1f} nodes of queued work with deadlines may start)",
+            BEHIND: f"{SHAPED} until {iso_utc(until)[11:16]} UTC: keeps its place behind a job held ahead of it "
+            f"({hold.reason})",
+        }
+        idle = float(sum(1 for n in managed_nodes(given.nodes, self.rules) if n.alloc_cpus == 0))
+        kinds = holds_in_order(sizes, budgeted, holdable, idle, budget)
+        held = {job_id: why[kind] for job_id, kind in zip(order, kinds, strict=True) if kind is not None}
         return SiteShaping(snapshot, hold, held, until)
 
     def _shaping_snapshot(

@@ -19,6 +19,8 @@ from slurm_flex.daemon.site_planning import HOLD_OVERLAP_S, SHAPED, WINDOWS_OFF
 from slurm_flex.grid.series import SLOT_SECONDS, iso_utc
 from slurm_flex.planner.policy import Policy, with_objective
 from slurm_flex.planner.shaping import (
+    BEHIND,
+    BUDGET,
     Hold,
     QueuedWork,
     ShapingSnapshot,
@@ -26,12 +28,12 @@ from slurm_flex.planner.shaping import (
     cumulative_due,
     hold_from_snapshot,
     hold_to_json,
+    holds_in_order,
     planned_hold,
     shape_load,
     shaping_from_json,
     shaping_to_json,
     slot_weight,
-    within_budget,
 )
 from tests.conftest import Env, slurm_epoch, wait_state
 from tests.fake_cluster import FakeEnv
@@ -105,10 +107,32 @@ def test_slot_weight_is_the_policys_objective() -> None:
     assert list(np.argsort(slot_weight(carbon, np.asarray([50.0, 50.0, 50.0]), combined))) == [2, 1, 0]
 
 
-def test_within_budget_spends_it_in_queue_order() -> None:
-    assert within_budget([1.0, 2.0, 1.0, 1.0], 2.5) == [True, False, True, False]
-    assert within_budget([2.0, 2.0], 0.0) == [False, False]
-    assert within_budget([8.0, 8.0], math.inf) == [True, True]
+def test_the_budget_is_spent_in_queue_order() -> None:
+    every = [True] * 4
+    # Room for all now: beyond the budget a job is held, a smaller one behind it may still start.
+    assert holds_in_order([1.0, 2.0, 1.0, 1.0], every, every, 10.0, 2.5) == [None, BUDGET, None, BUDGET]
+    assert holds_in_order([2.0, 2.0], [True] * 2, [True] * 2, 10.0, 0.0) == [BUDGET, BUDGET]
+    assert holds_in_order([8.0, 8.0], [True] * 2, [True] * 2, 16.0, math.inf) == [None, None]
+
+
+def test_a_held_job_keeps_its_place() -> None:
+    # 10 idle, budget 2: the 6-wide job at the head is held, and keeps its 6; the exempt 5-wide
+    # job behind it (not budgeted) would take them, so it is held too; a 3-wide exempt one fits
+    # in what is left beside the claim and starts; a job without a deadline (not holdable) is
+    # the scheduler's and starts whatever the claim.
+    sizes = [6.0, 5.0, 3.0, 1.0]
+    budgeted = [True, False, False, False]
+    holdable = [True, True, True, False]
+    assert holds_in_order(sizes, budgeted, holdable, 10.0, 2.0) == [BUDGET, BEHIND, None, None]
+    # Only the first held job keeps a claim: the second (4 wide) does not, so the exempt 4-wide
+    # job behind both still starts in the 4 left beside the first claim.
+    assert holds_in_order([6.0, 4.0, 4.0], [True, True, False], [True] * 3, 10.0, 0.0) == [BUDGET, BUDGET, None]
+    # A job that cannot start now takes the scheduler's reservation: a held job behind it keeps
+    # no claim, and an exempt job behind them starts where it fits.
+    assert holds_in_order([12.0, 6.0, 5.0], [False, True, False], [True] * 3, 10.0, 0.0) == [None, BUDGET, None]
+    # A budgeted job beyond the budget is held even when it does not fit now (it could by the
+    # next step) and then keeps no claim.
+    assert holds_in_order([12.0, 9.0], [True, False], [True, True], 10.0, 1.0) == [BUDGET, None]
 
 
 def test_arrival_due_slots_is_the_median_slack_else_the_default() -> None:
@@ -160,9 +184,10 @@ def test_dirty_now_holds_flexible_jobs_beyond_the_budget_until_the_next_cycle(fa
     assert hold["nodes"] >= 1 and hold["reason"] == "cleaner hours ahead can run the queue before its deadlines"
     budget = hold["budget"]
     assert 1 <= budget < len(flexible), budget  # some may start now, not all
-    stays = within_budget([1.0] * len(flexible), budget)
-    kept = [j for j, ok in zip(flexible, stays, strict=True) if ok]
-    held = [j for j, ok in zip(flexible, stays, strict=True) if not ok]
+    # Four idle nodes: each job fits now, so the ones beyond the budget are held.
+    kinds = holds_in_order([1.0] * len(flexible), [True] * len(flexible), [True] * len(flexible), 4.0, budget)
+    kept = [j for j, kind in zip(flexible, kinds, strict=True) if kind is None]
+    held = [j for j, kind in zip(flexible, kinds, strict=True) if kind is not None]
     assert kept == flexible[: len(kept)] and held and site["held"] == sorted(held)  # the first ones stay
     until = snapshot["now"] + INTERVAL + HOLD_OVERLAP_S  # just after the next cycle
     assert site["until"] == iso_utc(until)
@@ -241,6 +266,26 @@ def test_a_job_within_the_exempt_hours_is_never_held(fake_env: FakeEnv) -> None:
     site = _last_plan(env)["sites"]["default"]["shaping"]
     assert site["hold"]["nodes"] > 0 and site["held"] == sorted(far)
     assert env.slurm.job(soon).eligible_time <= time.time() + 5
+
+
+def test_a_job_within_the_exempt_hours_keeps_its_place_behind_a_held_one(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(policy={"defer_to_windows": False})  # shape_exempt_hours: the default 6 h
+    forecast_from_now(env.forecast, DIRTY_NOW)
+    # Four idle nodes. The 3-node job at the head of the queue is held for cleaner hours and
+    # keeps its place; the 2-node job behind it is within the exempt hours, yet would start only
+    # on the nodes the held one needs, and so it waits too (a 1-node one fits beside them).
+    wide = env.submit_flexible(hours=20, minutes=60, nodes=3)
+    soon = env.submit_flexible(hours=6.25, minutes=60, nodes=2)  # latest safe start in 5 h
+    small = env.submit_flexible(hours=6.25, minutes=60, nodes=1)
+    env.slurmflex("daemon", "--once")
+    site = _last_plan(env)["sites"]["default"]["shaping"]
+    assert site["snapshot"]["job_ids"] == [wide, soon, small]
+    assert site["hold"]["budget"] == 0 and site["held"] == sorted([wide, soon])
+    jobs = env.status()["jobs"]
+    assert "keeps its place behind a job held ahead of it" in jobs[soon]["reason"]
+    assert jobs[wide]["status"] == jobs[soon]["status"] == "shaped"
+    assert env.slurm.job(small).eligible_time <= time.time() + 5
 
 
 def test_shaping_off_holds_nothing(fake_env: FakeEnv) -> None:
@@ -364,6 +409,7 @@ def test_planned_hold_never_pushes_a_job_past_its_latest_safe_start() -> None:
     )  # fmt: skip
     assert pushed.served is not None and pushed.served[0] < 1  # the plan alone would hold it
     assert pushed.procs == 0.0 and "past its latest safe start" in pushed.reason
+
     # With the running work's limit at 6 slots the queue starts it too late whatever is held
     # back. Near its latest safe start (within the exempt steps) that is the risk guard's
     # business (it moves the job up), not a reason to run the rest of the queue now; further

@@ -358,11 +358,11 @@ def _beat_time(
             if span.size < cands.size - 1 + hold:
                 span = np.pad(span, (0, cands.size - 1 + hold - span.size), constant_values=np.inf)
             peak = np.lib.stride_tricks.sliding_window_view(span, hold).max(axis=1)[: cands.size]
-            room = peak + pj <= capacities[s] + 1e-9
-            if not room.any():
+            fits = peak + pj <= capacities[s] + 1e-9
+            if not fits.any():
                 continue
             per_start = _charge(np.full(cands.size, kw[j]), cands, np.full(cands.size, pred[j]), forecast[s])
-            i = int(np.argmin(np.where(room, per_start, np.inf)))
+            i = int(np.argmin(np.where(fits, per_start, np.inf)))
             if best is None or per_start[i] < best[0]:
                 best = (float(per_start[i]), s, float(cands[i]))
         if best is not None and best[0] < at_home * (1 - margin) - 1e-12:

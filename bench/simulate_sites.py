@@ -85,7 +85,7 @@ def main() -> int:
                     cfg,
                     start,
                     move_threshold=args.move_threshold,
-                    policies=("time", "space", "both", "space-oracle"),
+                    policies=("time", "space", "both", "space-oracle", "both-2stage"),
                     bound=True,
                 )
                 took = time.perf_counter() - t0

@@ -735,6 +735,7 @@ class Cycle:
                 battery=battery,
                 other_load_kw=running_load_kw(site_jobs, estimate, now, n_slots) if battery is not None else None,
                 meter_ceiling_kw=meter,
+                battery_joint_max_starts=self.config.battery.joint_max_starts,
             )
             if planned_site.battery is not None or battery is not None:
                 self._battery_plans[site or NO_SITE] = planned_site.battery

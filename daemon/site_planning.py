@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from slurm_flex.battery.joint import JOINT_MAX_STARTS
 from slurm_flex.battery.model import Battery
 from slurm_flex.battery.planning import BatteryPlan, plan_step_with_battery
 from slurm_flex.config import FlexConfig
@@ -130,6 +131,7 @@ class SitePlanner:
         battery: Battery | None = None,
         other_load_kw: FloatArray | None = None,
         meter_ceiling_kw: FloatArray | None = None,
+        battery_joint_max_starts: int = JOINT_MAX_STARTS,
     ) -> SitePlan:
         """One site's plan (its jobs, on its nodes, with its signals), the priority changes that
         keep its queued deadlines and, when the policy shapes the load, the jobs held back until
@@ -142,7 +144,9 @@ class SitePlanner:
         (slurm_flex.battery.planning: its deliverable discharge raises ``power_cap`` for the job
         plan, then its schedule covers the gap); ``other_load_kw`` the rest of the site's load
         per slot (running work), which its schedule may also cover; ``meter_ceiling_kw`` a
-        ceiling on the site's meter (a stress event's), the battery covering the gap under it."""
+        ceiling on the site's meter (a stress event's), the battery covering the gap under it;
+        ``battery_joint_max_starts``: the largest queue (candidate starts) planned with the battery
+        in one joint model (slurm_flex.battery.joint; 0: two-stage only)."""
         usable = len(managed_nodes(nodes, self.rules))
         # A flexibility contract's window is planned job by job whatever defer_to_windows says.
         windows = bool(contract) or (power_cap is not None and bool(np.isfinite(power_cap).any()))
@@ -189,7 +193,7 @@ class SitePlanner:
             plan_, risky = plan_step(snapshot, forecast, self.policy)
         else:
             plan_, risky, snapshot, battery_plan = plan_step_with_battery(
-                snapshot, forecast, self.policy, battery, other_load_kw, meter_ceiling_kw
+                snapshot, forecast, self.policy, battery, other_load_kw, meter_ceiling_kw, battery_joint_max_starts
             )
         if risky:
             assessments = [

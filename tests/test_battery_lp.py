@@ -222,13 +222,24 @@ def test_battery_keeps_a_job_in_its_clean_window_under_a_ceiling() -> None:
     alone, _ = plan_step(snapshot(jobs, cap), series(carbon), POLICY)
     assert not 8 <= (alone.jobs[0].start - SLOT0) // SLOT_SECONDS <= 9  # moved out without a battery
     b = Battery(capacity_kwh=30, max_charge_kw=15, max_discharge_kw=15, round_trip_efficiency=0.9, soc=0.5)
-    plan_, _, planned_on, bp = plan_step_with_battery(snapshot(jobs, cap), series(carbon), POLICY, b)
-    assert bp is not None and planned_on.power_cap_kw is not None
+    plan_, _, planned_on, bp = plan_step_with_battery(
+        snapshot(jobs, cap), series(carbon), POLICY, b, joint_max_starts=0
+    )
+    assert bp is not None and planned_on.power_cap_kw is not None and bp.method == "two-stage"
     assert (plan_.jobs[0].start - SLOT0) // SLOT_SECONDS == 8  # the battery carries it
     s = bp.schedule
     np.testing.assert_allclose(s.discharge_kw[8:10], [10.0, 10.0], atol=1e-5)  # exactly the gap
     assert (s.grid_kw[8:10] <= 1e-6).all()
     check_schedule(b, planned_load_kw(plan_, s.load_kw.size), s.ceiling_kw, s)
+    # The joint model (battery.joint) sees what that costs: the 10 kWh given at 40 g/kWh must be
+    # bought back to the target charge at 300 g/kWh through a 90 % round trip (11.1 kWh), more
+    # than running the job at 300 g/kWh (10 kWh) without the battery.
+    joint, _, _, bp_joint = plan_step_with_battery(snapshot(jobs, cap), series(carbon), POLICY, b)
+    assert bp_joint is not None and bp_joint.method == "joint"
+    assert not 8 <= (joint.jobs[0].start - SLOT0) // SLOT_SECONDS <= 9
+    assert bp_joint.joint_cost is not None and bp_joint.two_stage_cost is not None
+    assert bp_joint.joint_cost == pytest.approx(bp_joint.two_stage_cost * 10 / (10 / 0.9), rel=1e-4)
+    assert bp_joint.schedule.discharge_kw.max() <= 1e-6
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -148,6 +148,18 @@ def test_random_loads_never_miss_a_deadline_in_space_and_respect_the_bounds(seed
     assert both.bound.minimum <= time_only.bound.minimum * (1 + REL) + 1e-12
     if both.metrics["early_starts"] == 0:
         assert both.bound.minimum <= both.carbon_kg * (1 + REL)
+    # Both is time plus only the moves that beat it: a job that stays keeps its time-policy start,
+    # a moved job starts by its latest safe start, so both misses no deadline time meets; and with
+    # a perfect forecast and exact run times (no users: planned by time limits = run times here)
+    # every move lowers the job's carbon, so both is never worse than time.
+    home = time_only.site
+    stays = both.site == home
+    np.testing.assert_array_equal(both.start_s[stays], time_only.start_s[stays])
+    assert both.metrics["new_deadline_misses"] <= time_only.metrics["new_deadline_misses"]
+    assert both.metrics["deadline_misses"] <= time_only.metrics["deadline_misses"]
+    assert both.carbon_kg <= time_only.carbon_kg * (1 + REL) + 1e-12
+    if (~stays).any():
+        assert both.carbon_kg < time_only.carbon_kg
 
 
 # -- the bound against brute force -----------------------------------------------------------------
@@ -325,3 +337,39 @@ def test_cli_several_sites_bad_input(tmp_path: Path) -> None:
     assert neither.exit_code == 2 and "--carbon" in neither.output
     dup = CliRunner().invoke(main, [*base, "--site", f"A={a}", "--site", f"A={b}"])
     assert dup.exit_code == 1 and "must differ" in dup.output
+
+
+def test_both_gives_up_a_move_the_target_has_no_room_for() -> None:
+    """Booked on predicted run times, carried out on the processors really in use: the clean
+    site's second job is predicted to run an hour (its user's last job did) but holds all its
+    processors for 47 h, so the dirty site's job booked there finds no room before its latest
+    safe start and stays home at its time-policy start. Counted by time limits, it is not even
+    booked."""
+    dirty, clean = Site("dirty", signals(flat(300.0))), Site("clean", signals(flat(100.0)))
+    at_clean = Trace(
+        "c",
+        np.array([0.0, 7200.0]),
+        np.array([3600.0, 47 * 3600.0]),
+        np.array([3600.0, 48 * 3600.0]),
+        np.array([10.0, 10.0]),
+        10,
+        MONDAY,
+        "UTC",
+        user=np.array([1, 1]),
+    )
+    at_dirty = trace([7200.0], [3600.0], [4.0])
+    for room, booked in (("predicted", 1), ("limit", 0)):
+        result = simulate_sites(
+            [at_dirty, at_clean],
+            [dirty, clean],
+            "24h",
+            start=START,
+            policies=["time", "both"],
+            bound=False,
+            both_room=room,
+        )
+        both, time_only = result.policies["both"], result.policies["time"]
+        assert list(both.site) == [0, 1, 1], room
+        assert both.metrics["moves_given_up"] == booked, room
+        np.testing.assert_array_equal(both.start_s, time_only.start_s)
+        assert both.carbon_kg == pytest.approx(time_only.carbon_kg, rel=1e-12)

@@ -23,7 +23,7 @@ from slurm_flex.config import Config, load_config
 from slurm_flex.daemon.cycle import Cycle
 from slurm_flex.daemon.service import make_sources, open_grid_cache
 from slurm_flex.daemon.stress import StressError, parse_when
-from slurm_flex.grid.series import SLOT_SECONDS, floor_slot
+from slurm_flex.grid.series import SLOT_SECONDS, floor_slot, parse_iso_utc
 from slurm_flex.state import StateStore
 from slurm_flex.tag import parse_tag
 from tests.fake_cluster import hook_submit
@@ -345,3 +345,52 @@ def test_stress_event_on_the_real_federation(federation: Any, tmp_path: Path) ->
     assert federation.records(running)["cambridge"]["job_state"] == "RUNNING"
     status = json.loads(_cli(config, "status", "--json").stdout)
     assert status["stress"]["events"][0]["paused"][running]["resumed_why"] == "window over"
+
+
+@pytest.mark.slurm
+def test_the_battery_covers_a_stress_gap_on_the_real_federation(federation: Any, tmp_path: Path) -> None:
+    """A stress event at Cambridge sheds more than it can move or pause there (the one running
+    job is neither portable nor opted in): the daemon plans the SunSpec battery (its own process,
+    pymodbus's server) to discharge at least the gap above the ceiling, commands it over Modbus,
+    and the battery discharges: its pinned rate is the plan's and its state of charge falls."""
+    from slurm_flex.battery.sunspec import SunSpecStorage
+    from tests.test_federation import _daemon, _fed_config
+
+    # Manchester dirtier all day: nothing moves there but what the event sheds.
+    with sunspec_battery("--soc", "80", "--capacity-kwh", "2", "--max-kw", "1", "--speedup", "60") as port:
+        battery = {
+            "enabled": True,
+            "site": "cambridge",
+            "port": port,
+            "capacity_kwh": 2.0,
+            "max_charge_kw": 1.0,
+            "max_discharge_kw": 1.0,
+            "timeout_seconds": 1.0,
+            "revert_seconds": 3600,  # simulated seconds: a minute at --speedup 60
+        }
+        config = _fed_config(tmp_path, federation, [60.0] * 96, [300.0] * 96, battery=battery)
+        stays = federation.sbatch("-M", "cambridge", "-t", "10", script="#!/bin/bash\nsleep 300\n")
+        federation.wait(stays, "cambridge", {"RUNNING"})
+        federation.tag_as_hook(stays, power_w=400.0)
+        _cli(config, "stress", "--site", "cambridge", "--kw", "0.3", "--from", "now", "--to", "now+10min")
+        proc = _daemon(config, federation, "--once")
+        assert proc.returncode == 0, proc.stderr
+        with SunSpecStorage("127.0.0.1", port, timeout_seconds=2.0) as device:
+            first = device.read()
+            time.sleep(3)
+            later = device.read()
+        plan = json.loads(sorted((tmp_path / "state" / "plans").glob("cycle-*.json"))[-1].read_text())
+        status = json.loads(_cli(config, "status", "--json").stdout)
+    (event,) = status["stress"]["events"]
+    ceiling = event["ceiling_kw"]
+    cam = plan["sites"]["cambridge"]["battery"]
+    k = (floor_slot(parse_iso_utc(plan["now"])) - cam["start"]) // SLOT_SECONDS
+    load = cam["grid_kw"][k] - cam["net_kw"][k]  # what the site's work draws
+    # The job that stays draws its 0.4 kW, which the event's ceiling does not leave room for.
+    assert load >= 0.4 - 1e-6 and load > ceiling + 0.1
+    assert -cam["net_kw"][k] >= load - ceiling - 1e-4  # the plan discharges at least the gap
+    assert cam["grid_kw"][k] <= ceiling + 1e-6 and max(cam["unmet_kw"]) == pytest.approx(0, abs=1e-6)
+    # Commanded over Modbus: the battery is pinned to the plan's rate and discharges.
+    assert first.net_kw is not None and first.net_kw == pytest.approx(cam["net_kw"][k], abs=2e-3)
+    assert first.net_kw < 0 and later.soc < first.soc
+    assert first.charge_status == "DISCHARGING"

@@ -40,6 +40,9 @@ class BatteryConfig(BaseModel):
     # Seconds after which the battery reverts to its own mode if no new command comes
     # (InOutWRte_RvrtTms): if the daemon stops, the battery does not hold a stale setpoint.
     revert_seconds: int = Field(900, ge=0, le=65535)
+    # Jobs and battery in one MILP (slurm_flex.battery.joint) for queues with at most this many
+    # candidate starts (kept only when cheaper than the two-stage plan); 0: two-stage only.
+    joint_max_starts: int = Field(20_000, ge=0)
 
     @model_validator(mode="after")
     def _soc_range(self) -> Self:

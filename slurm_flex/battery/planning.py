@@ -1,8 +1,8 @@
 """Jobs and battery in one plan: how a site's planning step uses an on-site battery.
 
-It is a **two-stage decision**, not one joint model (the job planner is a time-indexed
-integer program with its own heuristics and bounds, ``planner.solve``; the battery is a small
-LP beside it):
+First a **two-stage decision** (the job planner is a time-indexed integer program with its own
+heuristics and bounds, ``planner.solve``; the battery is a small LP beside it), then, where the
+instance is small enough, **one joint model** of both that replaces it when strictly better:
 
 1. *Headroom.* Where a flexibility activation puts a ceiling on the site
    (``PlanningSnapshot.power_cap_kw``, kW the planned flexible work may draw), the battery's
@@ -18,10 +18,14 @@ LP beside it):
    the grid meter stays within the original ceiling; anything it could not cover (jobs the
    planner had to leave late, which run outside its capacity rows) is reported as
    ``unmet_kw``, never hidden.
-
-What this leaves on the table against a joint MILP: the job plan does not see the battery's
-arbitrage value, and stage 1 spreads the battery's energy evenly over the capped slots, whereas
-jobs may want more in some than in others.
+3. *Joint.* Where the job plan left no job late and the instance is small enough
+   (``joint_max_starts`` candidate starts, ``[battery] joint_max_starts``), one MILP places the jobs' starts
+   and the battery's charge and discharge together (:func:`joint.joint_plan`): it sees the
+   battery's arbitrage value and may put more of its energy in some capped slots than in
+   others. The two-stage plan is a feasible point of that model, and it is kept unless the
+   joint plan, dispatched again for its own load, is strictly cheaper by :func:`joint.site_cost`:
+   so the plan made with the joint model is never worse than the two-stage one. Larger
+   instances (and a joint MILP that finds nothing in the time limit) keep the two-stage plan.
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ import numpy as np
 import structlog
 
 from slurm_flex.battery.dispatch import Schedule, deliverable, dispatch, grid_weight
+from slurm_flex.battery.joint import JOINT_MAX_STARTS, joint_plan, site_cost
 from slurm_flex.battery.model import Battery
 from slurm_flex.errors import PlanningError
 from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot
 from slurm_flex.planner.instance import FloatArray, fit_slots
 from slurm_flex.planner.policy import Policy
-from slurm_flex.planner.queue import Plan, PlanningSnapshot, placed_kw, plan_step
+from slurm_flex.planner.queue import Plan, PlanningSnapshot, placed_kw, plan_step, with_starts
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +62,11 @@ class BatteryPlan:
     schedule: Schedule
     ceiling_kw: FloatArray | None
     headroom_kw: FloatArray
+    # "two-stage" or "joint" (module docstring), and each one's cost by joint.site_cost (None:
+    # the joint model was not solved).
+    method: str = "two-stage"
+    two_stage_cost: float | None = None
+    joint_cost: float | None = None
 
     def setpoint_kw(self, now: int) -> float:
         """The command for the slot ``now`` is in: positive charges, negative discharges."""
@@ -71,6 +81,9 @@ class BatteryPlan:
             if self.ceiling_kw is None
             else [float(x) if math.isfinite(x) else None for x in self.ceiling_kw],
             "headroom_kw": [round(float(x), 4) for x in self.headroom_kw],
+            "plan_method": self.method,
+            "two_stage_cost": None if self.two_stage_cost is None else round(self.two_stage_cost, 6),
+            "joint_cost": None if self.joint_cost is None else round(self.joint_cost, 6),
         }
 
 
@@ -109,6 +122,7 @@ def plan_step_with_battery(
     battery: Battery,
     other_load_kw: Sequence[float] | FloatArray | None = None,
     meter_ceiling_kw: Sequence[float] | FloatArray | None = None,
+    joint_max_starts: int = JOINT_MAX_STARTS,
 ) -> tuple[Plan, frozenset[str], PlanningSnapshot, BatteryPlan | None]:
     """:func:`planner.queue.plan_step` with the battery (the two stages of the module
     docstring). Returns the plan, the jobs found at risk, the snapshot the jobs were planned on
@@ -118,7 +132,9 @@ def plan_step_with_battery(
     idle nodes), which the battery may also cover; the ceiling stays on the planned work.
     ``meter_ceiling_kw``: a ceiling on the whole site's meter per slot (a stress event's,
     daemon.stress), which the other load may exceed: the battery is dispatched to cover that
-    gap first, so none of its energy is promised to planned work in slots where there is one."""
+    gap first, so none of its energy is promised to planned work in slots where there is one.
+    ``joint_max_starts``: the most candidate starts the joint model is built for (0: two-stage
+    only)."""
     slot0 = floor_slot(snapshot.now)
     n = int(policy.max_horizon_hours * 3600) // SLOT_SECONDS + 1
     if forecast is not None and forecast.covers(snapshot.now):
@@ -155,4 +171,38 @@ def plan_step_with_battery(
     except PlanningError as exc:  # the job plan stands; the battery is left to itself
         log.warning("battery_dispatch_failed", error=str(exc))
         return plan_, risky, planned_on, None
-    return plan_, risky, planned_on, BatteryPlan(slot0, schedule, ceiling, headroom)
+    two_stage = BatteryPlan(slot0, schedule, ceiling, headroom)
+    if joint_max_starts <= 0 or plan_.instance is None or plan_.solution is None or plan_.solution.late:
+        return plan_, risky, planned_on, two_stage
+    fixed = flexible - placed_kw(plan_, n) + other
+    joint = joint_plan(
+        plan_.instance,
+        battery,
+        weight,
+        fixed,
+        meter_ceiling,
+        time_limit=policy.solve_time_limit,
+        max_starts=joint_max_starts,
+    )
+    cost_two = site_cost(schedule, battery, weight)
+    if joint is None:
+        return plan_, risky, planned_on, replace(two_stage, two_stage_cost=cost_two)
+    joint_jobs = with_starts(plan_, snapshot.jobs, joint.starts, forecast, "joint-battery")
+    try:
+        joint_schedule = dispatch(
+            battery, planned_load_kw(joint_jobs, n) + other, weight, meter_ceiling, time_limit=policy.solve_time_limit
+        )
+    except PlanningError as exc:
+        log.warning("battery_joint_dispatch_failed", error=str(exc))
+        return plan_, risky, planned_on, replace(two_stage, two_stage_cost=cost_two)
+    cost_joint = site_cost(joint_schedule, battery, weight)
+    # Strictly cheaper beyond solver noise, or the two-stage plan stands.
+    if cost_joint < cost_two - 1e-9 * max(1.0, abs(cost_two)):
+        log.info("battery_joint_plan", two_stage_cost=round(cost_two, 6), joint_cost=round(cost_joint, 6))
+        return (
+            joint_jobs,
+            risky,
+            planned_on,
+            BatteryPlan(slot0, joint_schedule, ceiling, headroom, "joint", cost_two, cost_joint),
+        )
+    return plan_, risky, planned_on, replace(two_stage, two_stage_cost=cost_two, joint_cost=cost_joint)

@@ -18,7 +18,7 @@ from slurm_flex.grid.series import SLOT_SECONDS, SignalSeries, floor_slot, iso_u
 from slurm_flex.planner.instance import FloatArray, Instance, Solution, fit_slots
 from slurm_flex.planner.policy import Policy, occupancy, planned_seconds, planning_capacity
 from slurm_flex.planner.risk import at_risk, place_in_order
-from slurm_flex.planner.solve import solve
+from slurm_flex.planner.solve import evaluate, solve
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,102 @@ def _run_now(job: FlexJob, now: int, reason: str, late: bool = False) -> Planned
     )
 
 
+def _planned_job(
+    job: FlexJob,
+    slot: int,
+    duration: int,
+    release: int,
+    late: bool,
+    carbon: FloatArray,
+    price: FloatArray,
+    now: int,
+) -> PlannedJob:
+    """A job the solver placed at ``slot`` (of the instance from floor_slot(now)), with the
+    carbon and cost of its planned window against running at release, and why."""
+    slot0 = floor_slot(now)
+    start = max(slot0 + slot * SLOT_SECONDS, now, job.earliest)
+    energy = job.power_w / 1000.0 * job.duration_s / 3600.0
+    ci_now = _mean(carbon, release, duration)
+    ci_plan = _mean(carbon, slot, duration)
+    price_now = _mean(price, release, duration)
+    price_plan = _mean(price, slot, duration)
+    deferred = start > max(now, job.earliest)
+    if late:
+        # The planned capacity (free nodes less headroom and the room kept for new work) has
+        # no window for it: it is not deferred. Whether the queue itself would make it late
+        # is judged by deadlines_at_risk, not here.
+        reason = "runs as soon as possible: no room to defer it into before its latest safe start"
+    elif deferred:
+        reason = _deferral_reason(start, ci_now, ci_plan, price_now, price_plan)
+    elif job.earliest > now:
+        reason = "runs at its requested begin time: no better window before its latest safe start"
+    else:
+        reason = "runs now: no better window before its latest safe start"
+    return PlannedJob(
+        job_id=job.job_id,
+        start=start,
+        deferred=deferred,
+        latest_start=job.latest_start,
+        deadline=job.deadline,
+        power_w=job.power_w,
+        energy_kwh=energy,
+        carbon_now_g=None if ci_now is None else ci_now * energy,
+        carbon_planned_g=None if ci_plan is None else ci_plan * energy,
+        mean_ci_now=ci_now,
+        mean_ci_planned=ci_plan,
+        late=False,
+        reason=reason,
+        cost_now_gbp=None if price_now is None else price_now * energy / 1000,
+        cost_planned_gbp=None if price_plan is None else price_plan * energy / 1000,
+    )
+
+
+def with_starts(
+    plan_: Plan, jobs: Sequence[FlexJob], starts: Mapping[str, int], forecast: SignalSeries, method: str
+) -> Plan:
+    """``plan_`` with its instance's jobs at other start slots (``starts``, one per job of the
+    instance, each within its window: e.g. a joint model's), its solution's figures evaluated
+    for them and ``method`` appended to the solution's; the jobs outside the instance stay."""
+    inst, sol = plan_.instance, plan_.solution
+    if inst is None or sol is None:
+        return plan_
+    slot0 = floor_slot(plan_.now)
+    series = forecast.window(slot0, inst.n_slots)
+    carbon, price = series.carbon_array(), series.price_array()
+    by_id = {j.job_id: j for j in jobs}
+    index = {job_id: k for k, job_id in enumerate(inst.job_ids)}
+    slots = np.asarray([int(starts[job_id]) for job_id in inst.job_ids], dtype=np.int64)
+    energy, carbon_kg, cost, objective = evaluate(inst, slots)
+    solution = replace(
+        sol,
+        starts=dict(zip(inst.job_ids, (int(s) for s in slots), strict=True)),
+        energy_kwh=energy,
+        carbon_kg=carbon_kg,
+        cost_gbp=cost,
+        objective_gbp=objective,
+        method=f"{sol.method}+{method}" if sol.method else method,
+    )
+    out: list[PlannedJob] = []
+    for p in plan_.jobs:
+        if p.job_id not in index:
+            out.append(p)
+            continue
+        k = index[p.job_id]
+        out.append(
+            _planned_job(
+                by_id[p.job_id],
+                int(slots[k]),
+                int(inst.duration[k]),
+                int(inst.release[k]),
+                False,
+                carbon,
+                price,
+                plan_.now,
+            )
+        )
+    return Plan(plan_.now, tuple(out), inst, solution, plan_.forecast_source)
+
+
 def plan(
     jobs: Sequence[FlexJob],
     forecast: SignalSeries | None,
@@ -211,42 +307,9 @@ def plan(
     price = series.price_array()
     late_ids = set(solution.late)
     for job, duration, release, _last in rows:
-        slot = solution.starts[job.job_id]
-        start = max(slot0 + slot * SLOT_SECONDS, now, job.earliest)
-        energy = job.power_w / 1000.0 * job.duration_s / 3600.0
-        ci_now = _mean(carbon, release, duration)
-        ci_plan = _mean(carbon, slot, duration)
-        price_now = _mean(price, release, duration)
-        price_plan = _mean(price, slot, duration)
-        deferred = start > max(now, job.earliest)
-        if job.job_id in late_ids:
-            # The planned capacity (free nodes less headroom and the room kept for new work) has
-            # no window for it: it is not deferred. Whether the queue itself would make it late
-            # is judged by deadlines_at_risk, not here.
-            reason = "runs as soon as possible: no room to defer it into before its latest safe start"
-        elif deferred:
-            reason = _deferral_reason(start, ci_now, ci_plan, price_now, price_plan)
-        elif job.earliest > now:
-            reason = "runs at its requested begin time: no better window before its latest safe start"
-        else:
-            reason = "runs now: no better window before its latest safe start"
         planned.append(
-            PlannedJob(
-                job_id=job.job_id,
-                start=start,
-                deferred=deferred,
-                latest_start=job.latest_start,
-                deadline=job.deadline,
-                power_w=job.power_w,
-                energy_kwh=energy,
-                carbon_now_g=None if ci_now is None else ci_now * energy,
-                carbon_planned_g=None if ci_plan is None else ci_plan * energy,
-                mean_ci_now=ci_now,
-                mean_ci_planned=ci_plan,
-                late=False,
-                reason=reason,
-                cost_now_gbp=None if price_now is None else price_now * energy / 1000,
-                cost_planned_gbp=None if price_plan is None else price_plan * energy / 1000,
+            _planned_job(
+                job, solution.starts[job.job_id], duration, release, job.job_id in late_ids, carbon, price, now
             )
         )
     return Plan(now, tuple(planned), inst, solution, series.source)

@@ -17,16 +17,32 @@ machine meets without slurm-flex). A job is *flexible* when that deadline leaves
   there for its time limit (a conservative ledger: the site never runs more than its capacity,
   whatever the run times). Otherwise it stays at home. No job waits longer than Slurm alone made
   it wait, so no deadline can be missed.
-* **both** (two stages): first the site, like the daemon's site dimension (planner/sites.py):
-  in order of ``b``, a flexible job goes to the other site with the cheapest start that has room
-  (least forecast carbon over its time limit, starting at a tick in ``[b, latest safe start]``,
-  where the ledger above has room for its whole time limit), when that beats the best window at
-  home (room there not checked: the job holds its place) by more than ``move_threshold``; it is
-  booked there at that start. Then the time: each site runs the jobs it now holds through the
-  single-site simulator and policy; a moved job arrives at its new site at ``b`` (the move is
-  decided then), so the site's own planner, not the booked start, decides when it runs. Its
-  deadline there is the engine's, from Slurm alone at that site, which may differ from the home
-  deadline; misses are counted against the home deadline.
+* **both**: the time policy first, then only moves that beat it. Every job starts where and
+  when the time policy started it unless it moves. *Decision* (no run time known): each site's
+  expected load is the time policy's schedule, every job counted for its predicted run time
+  (``both_room="predicted"``, the default: planner.runtime, the mean of its user's last run
+  times that ended by its submission at its site, capped at its time limit; ``"limit"``: its
+  time limit). In order of ``b``, a flexible job is booked at the other site when a start there,
+  at a tick in ``[b, latest safe start - both_slack_s]`` where that expected load leaves room
+  for its processors over its whole time limit, has less forecast carbon over its predicted run
+  than its time-policy start at home by more than ``both_margin`` (a fraction); it then leaves
+  home's expected load. *Execution* (:func:`_fit_moves`): the jobs that stay keep their
+  time-policy starts, holding their processors for their actual runs; in order of booked start
+  a booked job starts at the first tick from its booked start, no later than its latest safe
+  start, where the target's processors in use leave room for its whole time limit and its
+  forecast carbon there still beats home by the margin, or else it stays home at its
+  time-policy start (its home processors are never given away). So, by construction: no job
+  that stays is delayed or moved, a moved job starts by its latest safe start (both misses no
+  deadline that time meets), and every move lowers the job's forecast carbon over its predicted
+  run (with a perfect forecast and prediction, both is never worse than time).
+* **both-2stage** (the rule before, a reference): the site first, like the daemon's site
+  dimension (planner/sites.py): in order of ``b``, a flexible job goes to the other site with
+  the cheapest start that has room (least forecast carbon over its time limit, starting at a
+  tick in ``[b, latest safe start]``, where the ledger of the space policy has room for its
+  whole time limit), when that beats the best window at home (room there not checked) by more
+  than ``move_threshold``. Then each site runs the jobs it holds through the single-site
+  simulator, a moved job arriving at ``b``, with the deadlines the engine draws there (from
+  Slurm alone at that site); misses are counted against the home deadline.
 
 Every policy is charged per second on the actual series of the site that ran the job. Bounds:
 time = the single-site clairvoyant bound per site, summed; space and both =
@@ -51,6 +67,7 @@ import numpy.typing as npt
 
 from slurm_flex.errors import SimulationError
 from slurm_flex.grid.series import SLOT_SECONDS
+from slurm_flex.planner.runtime import RuntimeHistory
 from slurm_flex.simulate.bound_sites import SitesBound, sites_bound
 from slurm_flex.simulate.engine import SimConfig, SimResult, align_start, simulate, slack_deadlines
 from slurm_flex.simulate.signals import SimSignals, load_signals
@@ -60,9 +77,14 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 TICK = 300.0
 POLICIES = ("time", "space", "both")
-# A reference beside them: space, with room judged by the actual run times (clairvoyant about when
-# jobs end, which no daemon is): how much of the space policy's gap is its time-limit ledger.
-REFERENCES = ("space-oracle",)
+# References beside them: space, with room judged by the actual run times (clairvoyant about when
+# jobs end, which no daemon is): how much of the space policy's gap is its time-limit ledger; and
+# the earlier two-stage rule for both.
+REFERENCES = ("space-oracle", "both-2stage")
+# A move (both) must beat the job's time-policy plan at home by this fraction of its forecast carbon.
+BOTH_MARGIN = 0.1
+# ... booked to start there at least this long before its latest safe start (time to find room).
+BOTH_SLACK_S = 0.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +211,9 @@ class SitesResult:
     policies: dict[str, PolicyOutcome]
     move_threshold: float
     site_results: list[SimResult]  # the time policy's single-site results
+    both_margin: float = BOTH_MARGIN
+    both_slack_s: float = BOTH_SLACK_S
+    both_room: str = "predicted"
     baseline_metrics: dict[str, float] = field(default_factory=dict)  # Slurm alone at home
 
     def rows(self) -> list[dict[str, float | str]]:
@@ -227,6 +252,9 @@ class SitesResult:
             "jobs": self.n_jobs,
             "flexible_jobs": self.n_flexible,
             "move_threshold": self.move_threshold,
+            "both_margin": self.both_margin,
+            "both_slack_hours": self.both_slack_s / 3600,
+            "both_room": self.both_room,
             "baseline_carbon_kg": round(self.baseline_kg, 3),
             "baseline": self.baseline_metrics,
             "policies": self.rows(),
@@ -256,6 +284,147 @@ class _Ledger:
         self.use[site, tick : tick + ticks] += procs
 
 
+def _predicted(
+    home: IntArray, submit: FloatArray, runtime: FloatArray, requested: FloatArray, users: IntArray, start: FloatArray
+) -> FloatArray:
+    """Each job's predicted run time (seconds), as its site's daemon would plan it when it is
+    submitted (planner.runtime.RuntimeHistory, fed with the run times of its site's jobs that
+    ended by then under ``start``); its time limit without history or a known user."""
+    out = requested.copy()
+    for s in np.unique(home):
+        idx = np.flatnonzero(home == s)
+        by_end = idx[np.argsort(start[idx] + runtime[idx], kind="stable")]
+        ends = start[by_end] + runtime[by_end]
+        history = RuntimeHistory()
+        fed = 0
+        for j in idx[np.argsort(submit[idx], kind="stable")]:
+            while fed < by_end.size and ends[fed] <= submit[j]:
+                k = int(by_end[fed])
+                history.add(int(users[k]), float(runtime[k]))
+                fed += 1
+            if users[j] >= 0:
+                guess = history.predict(int(users[j]), float(requested[j]))
+                if guess is not None:
+                    out[j] = max(min(float(requested[j]), guess), 1.0)
+    return out
+
+
+def _beat_time(
+    home: IntArray,
+    flexible: npt.NDArray[np.bool_],
+    order: IntArray,
+    b_start: FloatArray,
+    latest: FloatArray,
+    time_start: FloatArray,
+    pred: FloatArray,
+    requested: FloatArray,
+    procs: FloatArray,
+    kw: FloatArray,
+    forecast: Sequence[FloatArray],
+    capacities: Sequence[float],
+    n_ticks: int,
+    margin: float,
+    slack_s: float,
+    room: str,
+) -> tuple[IntArray, FloatArray]:
+    """The both policy's moves (module docstring): per job, its site and start (its time-policy
+    start where it stays). ``room``: each site's own jobs counted for their time limits
+    ("limit") or predicted run times ("predicted")."""
+    n_sites = len(capacities)
+    ledger = _Ledger(capacities, n_ticks)
+    t_tick = np.round(time_start / TICK).astype(np.int64)
+    pred_ticks = np.maximum(1, np.ceil(pred / TICK)).astype(np.int64)
+    req_ticks = np.maximum(1, np.ceil(requested / TICK)).astype(np.int64)
+    own_ticks = req_ticks if room == "limit" else pred_ticks
+    for j in range(home.size):
+        ledger.book(int(home[j]), int(t_tick[j]), int(own_ticks[j]), float(procs[j]))
+    site_of = home.copy()
+    booked = time_start.copy()
+    for j in order:
+        if not flexible[j]:
+            continue
+        h, pj, hold = int(home[j]), float(procs[j]), int(req_ticks[j])
+        first = math.ceil(b_start[j] / TICK)
+        last = int((latest[j] - slack_s) // TICK)
+        if last < first:
+            continue
+        cands = TICK * np.arange(first, last + 1, dtype=np.float64)
+        at_home = float(_charge(np.array([kw[j]]), time_start[j : j + 1], pred[j : j + 1], forecast[h])[0])
+        best: tuple[float, int, float] | None = None
+        for s in range(n_sites):
+            if s == h or pj > capacities[s] + 1e-9:
+                continue
+            span = ledger.use[s, first : first + cands.size - 1 + hold]
+            if span.size < cands.size - 1 + hold:
+                span = np.pad(span, (0, cands.size - 1 + hold - span.size), constant_values=np.inf)
+            peak = np.lib.stride_tricks.sliding_window_view(span, hold).max(axis=1)[: cands.size]
+            fits = peak + pj <= capacities[s] + 1e-9
+            if not fits.any():
+                continue
+            per_start = _charge(np.full(cands.size, kw[j]), cands, np.full(cands.size, pred[j]), forecast[s])
+            i = int(np.argmin(np.where(fits, per_start, np.inf)))
+            if best is None or per_start[i] < best[0]:
+                best = (float(per_start[i]), s, float(cands[i]))
+        if best is not None and best[0] < at_home * (1 - margin) - 1e-12:
+            _, s, t0 = best
+            ledger.use[h, t_tick[j] : t_tick[j] + own_ticks[j]] -= pj
+            ledger.book(s, round(t0 / TICK), hold, pj)
+            site_of[j], booked[j] = s, t0
+    return site_of, booked
+
+
+def _fit_moves(
+    home: IntArray,
+    site_of: IntArray,
+    booked: FloatArray,
+    latest: FloatArray,
+    time_start: FloatArray,
+    pred: FloatArray,
+    runtime: FloatArray,
+    requested: FloatArray,
+    procs: FloatArray,
+    kw: FloatArray,
+    forecast: Sequence[FloatArray],
+    capacities: Sequence[float],
+    n_ticks: int,
+    margin: float,
+) -> tuple[IntArray, FloatArray]:
+    """Carry out the both policy's moves on the time policy's schedule: every job that stays
+    keeps its time-policy start (its site's processors in use by it as it actually ran); in
+    order of booked start, a moved job starts at the first tick from its booked start, and no
+    later than its latest safe start, where the target's processors in use leave room for it
+    over its whole time limit, if its forecast carbon there still beats its time-policy start at
+    home by ``margin``; otherwise it stays home at its time-policy start (the processors it held
+    there are never given to another job). Returns each job's site and start."""
+    n_sites = len(capacities)
+    use = np.zeros((n_sites, n_ticks + int(np.ceil(requested.max() / TICK)) + 2))
+    t_tick = np.round(time_start / TICK).astype(np.int64)
+    run_ticks = np.maximum(1, np.ceil(runtime / TICK)).astype(np.int64)
+    req_ticks = np.maximum(1, np.ceil(requested / TICK)).astype(np.int64)
+    for j in range(home.size):  # moved jobs' home processors stay held: a failed move goes back there
+        use[int(home[j]), t_tick[j] : t_tick[j] + run_ticks[j]] += procs[j]
+    out_site, out_start = home.copy(), time_start.copy()
+    moved = np.flatnonzero(site_of != home)
+    for j in moved[np.argsort(booked[moved], kind="stable")]:
+        s, h, hold = int(site_of[j]), int(home[j]), int(req_ticks[j])
+        first, last = math.ceil(booked[j] / TICK), int(latest[j] // TICK)
+        if last < first:
+            continue
+        at_home = float(_charge(np.array([kw[j]]), time_start[j : j + 1], pred[j : j + 1], forecast[h])[0])
+        span = use[s, first : last + hold]
+        peak = np.lib.stride_tricks.sliding_window_view(span, hold).max(axis=1)[: last - first + 1]
+        for k in np.flatnonzero(peak + procs[j] <= capacities[s] + 1e-9):
+            t0 = float((first + k) * TICK)
+            there = float(_charge(np.array([kw[j]]), np.array([t0]), pred[j : j + 1], forecast[s])[0])
+            if there >= at_home * (1 - margin) - 1e-12:
+                break  # later starts are not searched: the move is given up
+            use[s, first + k : first + k + run_ticks[j]] += procs[j]
+            use[h, t_tick[j] : t_tick[j] + run_ticks[j]] -= procs[j]
+            out_site[j], out_start[j] = s, t0
+            break
+    return out_site, out_start
+
+
 def simulate_sites(
     traces: Sequence[Trace],
     sites: Sequence[Site],
@@ -266,6 +435,9 @@ def simulate_sites(
     policies: Sequence[str] = POLICIES,
     bound: bool = True,
     progress: Callable[[str], None] | None = None,
+    both_margin: float = BOTH_MARGIN,
+    both_slack_s: float = BOTH_SLACK_S,
+    both_room: str = "predicted",
 ) -> SitesResult:
     """Run the three policies (module docstring) on ``traces[k]`` homed at ``sites[k]``."""
     n_sites = len(sites)
@@ -275,6 +447,10 @@ def simulate_sites(
         raise SimulationError(f"{len(traces)} traces for {n_sites} sites")
     if not 0 <= move_threshold < 1:
         raise SimulationError(f"move threshold {move_threshold!r}: use a fraction in [0, 1)")
+    if not 0 <= both_margin < 1:
+        raise SimulationError(f"both margin {both_margin!r}: use a fraction in [0, 1)")
+    if both_room not in ("limit", "predicted"):
+        raise SimulationError(f"both room {both_room!r}: use limit or predicted")
     unknown = set(policies) - set(POLICIES + REFERENCES)
     if unknown:
         raise SimulationError(f"unknown policies {sorted(unknown)} (use {', '.join(POLICIES)})")
@@ -308,6 +484,9 @@ def simulate_sites(
     runtime = np.concatenate([t.runtime_s for t in traces])
     requested = np.maximum(np.concatenate([t.requested_s for t in traces]), runtime)
     procs = np.concatenate([t.procs for t in traces])
+    users = np.concatenate(
+        [t.user if t.user is not None else np.full(t.n_jobs, -1, dtype=np.int64) for t in traces]
+    ).astype(np.int64)
     kw = procs * cfg.watts_per_proc / 1000.0
     b_start = np.concatenate([r.baseline.start_s for r in results])
     flex_time = np.concatenate([r.flex.start_s for r in results])
@@ -448,17 +627,19 @@ def simulate_sites(
             outcome.bound = policies_out["space"].bound
             outcome.bound_baseline_kg = policies_out["space"].bound_baseline_kg
         policies_out["space-oracle"] = outcome
-    if "both" in policies:
-        say("both: site choice")
-        site_of, _ = choose(windowed=True)
+
+    def rerun(site_of: IntArray, arrive_at: FloatArray, label: str) -> FloatArray:
+        """The two-stage rule's second stage, as it was: each site runs the jobs it now holds
+        through the single-site simulator (a moved job arriving at ``arrive_at``), without its
+        users (planned by time limits) and with the deadlines the engine draws there."""
         starts = np.zeros(n)
         for s, site in enumerate(sites):
             idx = np.flatnonzero(site_of == s)
             if not idx.size:  # every job moved away
                 continue
-            moved_in = idx[home[idx] != s]
+            moved_in = home[idx] != s
             arrive = submit[idx].copy()
-            arrive[home[idx] != s] = b_start[moved_in]
+            arrive[moved_in] = arrive_at[idx[moved_in]]
             sub = Trace(
                 name=f"{traces[s].name} + moved in",
                 submit_s=arrive,
@@ -470,17 +651,70 @@ def simulate_sites(
                 timezone=None,
                 user=None,
             )
-            say(f"both: time policy at {site.name}")
+            say(f"{label}: time policy at {site.name}")
             r = simulate(sub, site.signals, slack_rule, dataclasses.replace(cfg, bound=False), start_dt)
             starts[idx] = r.flex.start_s
+        return starts
+
+    def both_bound() -> tuple[SitesBound | None, float]:
+        if not bound:
+            return None, math.nan
+        if "both" in policies_out and policies_out["both"].bound is not None:
+            return policies_out["both"].bound, baseline_kg
+        say("both bound")
+        return sites_bound(
+            b_start, latest, runtime, procs, kw, home, flexible, carbon_actual, capacities, tick_seconds=TICK
+        ), baseline_kg
+
+    if "both" in policies:
+        say("both: moves that beat the time policy")
+        pred = _predicted(home, submit, runtime, requested, users, flex_time)
+        site_of, booked = _beat_time(
+            home,
+            flexible,
+            order,
+            b_start,
+            latest,
+            flex_time,
+            pred,
+            requested,
+            procs,
+            kw,
+            forecast,
+            capacities,
+            n_ticks,
+            both_margin,
+            both_slack_s,
+            both_room,
+        )
+        decided = int((site_of != home).sum())
+        site_of, starts = _fit_moves(
+            home,
+            site_of,
+            booked,
+            latest,
+            flex_time,
+            pred,
+            runtime,
+            requested,
+            procs,
+            kw,
+            forecast,
+            capacities,
+            n_ticks,
+            both_margin,
+        )
         outcome = PolicyOutcome("both", site_of, starts, charge(site_of, starts), metrics(site_of, starts))
-        if bound:
-            say("both bound")
-            outcome.bound = sites_bound(
-                b_start, latest, runtime, procs, kw, home, flexible, carbon_actual, capacities, tick_seconds=TICK
-            )
-            outcome.bound_baseline_kg = baseline_kg
+        outcome.metrics["moves_given_up"] = decided - int((site_of != home).sum())
+        outcome.bound, outcome.bound_baseline_kg = both_bound()
         policies_out["both"] = outcome
+    if "both-2stage" in policies:
+        say("both-2stage: site choice")
+        site_of, _ = choose(windowed=True)
+        starts = rerun(site_of, b_start, "both-2stage")
+        outcome = PolicyOutcome("both-2stage", site_of, starts, charge(site_of, starts), metrics(site_of, starts))
+        outcome.bound, outcome.bound_baseline_kg = both_bound()
+        policies_out["both-2stage"] = outcome
     foresight = [s.signals.source + (" (perfect foresight)" if s.signals.perfect_foresight else "") for s in sites]
     return SitesResult(
         sites=[s.name for s in sites],
@@ -498,6 +732,9 @@ def simulate_sites(
         move_threshold=move_threshold,
         site_results=results,
         baseline_metrics=base_metrics,
+        both_margin=both_margin,
+        both_slack_s=both_slack_s,
+        both_room=both_room,
     )
 
 

@@ -840,6 +840,17 @@ def _lagrange_plan(
     r0 = time.perf_counter()
     first = repair(inst, pref, w, lam, mu, order=order)
     first_seconds = time.perf_counter() - r0
+    if not big and first[1]:
+        # Also the jobs the prices are sure of first, then biggest for its window first: where
+        # wide jobs fill the machine in lumps, placing them before the small ones that would
+        # fill their room (in deadline order) leaves far fewer late and a far cheaper plan
+        # (Curie at 85 % with a power cap, 10,000 x 96: 1.4 % above the LP bound after
+        # settling against 0.6 %). The one with fewer late jobs, then the cheaper, goes on.
+        size = inst.nodes * inst.duration / np.maximum(inst.latest_start - inst.release + 1.0, 1.0)
+        by_size = np.lexsort((-size, ~sure.astype(bool)))
+        alt = repair(inst, pref, w, lam, mu, order=by_size)
+        if (len(alt[1]), evaluate(inst, alt[0])[3]) < (len(first[1]), evaluate(inst, first[0])[3]):
+            first, order = alt, by_size
     starts, late, proof = first[0], first[1], ""
     settled = not late
     if settled:

@@ -9,13 +9,15 @@ Methods:
              plan found within the time limit);
 * ``lp-rounding`` the LP relaxation (HiGHS), rounded by diving: the jobs it splits between
              starts are fixed, biggest first, and the LP re-solved from its last basis until no
-             job is split (where the dive gets stuck, a priced repair from where it got to);
-             then local search and the exact MILP re-solved on neighbourhoods of the jobs
-             furthest from their LP-priced start, then on every job running in a sliding time
-             window, each started from the plan so never worse;
+             job is split, compared with priced repairs from the first LP (and, where the
+             dive gets stuck, from where it got to); then local search and the exact MILP
+             re-solved on neighbourhoods of the jobs furthest from their LP-priced start, then
+             on every job running in a sliding time window, each started from the plan so
+             never worse;
 * ``lagrange`` capacity prices from the smoothed Lagrangian dual (no LP at all: it scales to
-             100,000 jobs), a priced repair in which the jobs hard to place go first, then the
-             same local search;
+             100,000 jobs), a priced repair in which the jobs hard to place go first (in
+             deadline order and, when that leaves jobs late, biggest for its window first),
+             then the same local search;
 * ``fast``   the per-job cheapest windows when they fit together (then they are optimal), else
              a short subgradient ``lagrange`` with repairs: for simulations that plan every slot;
 * ``greedy`` earliest-latest-start first, each job its cheapest feasible window (the first
@@ -826,7 +828,8 @@ def _lagrange_plan(
     """The plan of the ``lagrange`` method from the smoothed dual's prices, with its bound.
 
     The prices' preferred starts are rounded as :func:`_round` does (without the exact
-    re-solves; its late jobs are settled only if no later plan does without them). If that
+    re-solves; its late jobs are settled only if no later plan does without them), and when
+    that leaves jobs late, also with the biggest jobs for their window first. If that
     plan is further than :data:`LAGRANGE_TARGET_GAP` from the bound and the instance is not too
     big, a restricted LP is solved by HiGHS: each job's starts priced within a margin of its
     cheapest (a few per job instead of its whole window) and the plans' starts so far, rounded

@@ -4,6 +4,7 @@ past capacity or the power cap for the jobs that are on time, and every solve ha
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,17 @@ from hypothesis import strategies as st
 
 from slurm_flex.planner import Instance, Solution, instance_from_json, solve
 from slurm_flex.planner.lagrange import candidates, price_out, repair, select, smooth_dual, within
-from slurm_flex.planner.lp import lp_bound, solve_milp
-from slurm_flex.planner.solve import apply_min_saving, evaluate, shift_to_earliest_tie, violations
+from slurm_flex.planner.lp import lp_bound, lp_dive, solve_milp
+from slurm_flex.planner.solve import (
+    _Clock,
+    _finish,
+    _plan_from_dive,
+    _settle,
+    apply_min_saving,
+    evaluate,
+    shift_to_earliest_tie,
+    violations,
+)
 
 METHODS = ("auto", "fast", "greedy", "lagrange", "lp-rounding", "milp")
 
@@ -306,3 +316,66 @@ def test_lagrange_bound_stays_below_the_lp_bound(seed: int) -> None:
     assert sol.lower_bound_gbp is not None
     assert sol.lower_bound_gbp <= lp.value + 1e-9 * abs(lp.value)
     assert lp.value <= sol.objective_gbp + 1e-9 * abs(sol.objective_gbp)
+
+
+@pytest.mark.skipif(not (SHARED / "traces").is_dir(), reason="needs the shared real data")
+def test_settling_many_late_jobs_when_the_time_is_up() -> None:
+    # Every job planned at its release leaves dozens late on a tight real instance; settling
+    # them with the time limit already spent (moving other jobs for a share of no time, then
+    # the search on the overflow) must still place every one: a plan exists (the reference).
+    from bench.tight_instances import tight_instance
+
+    inst, info = tight_instance("LLNL", 1000, 96, 0.9, 1, power_cap=True)
+    assert violations(inst, info.reference).size == 0
+    cands = candidates(inst)
+    w = inst.weights()
+    zero = np.zeros(inst.n_slots)
+    starts, late = repair(inst, inst.release.copy(), w, zero, zero, order=np.arange(inst.n_jobs))
+    assert len(late) > 20
+    starts, late, proof = _settle(inst, cands, starts, late, w, zero, zero, _Clock(0.0))
+    assert late == [] and proof == ""
+    assert violations(inst, starts).size == 0
+    assert ((starts >= inst.release) & (starts <= inst.latest_start)).all()
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_a_complete_dive_is_still_compared_with_the_first_lps_roundings(seed: int) -> None:
+    # A dive that completes gives one plan; the roundings of its first LP are made too and
+    # the best kept, so the result is never worse than either finished alone.
+    inst = _capped_instance(seed)
+    cands = candidates(inst)
+    dive = lp_dive(inst, cands, time_limit=10.0)
+    assert dive is not None
+    # As if the dive had ended at a complete plan: the greedy one, within capacity.
+    greedy = solve(inst, method="greedy", time_limit=5.0)
+    assert not greedy.late
+    dive = replace(dive, preferred=_starts(inst, greedy), complete=True)
+    rounded = repair(inst, dive.root_preferred, inst.weights(), dive.node_prices, dive.kw_prices)
+    alone = [
+        _finish(inst, cands, dive.preferred, [], dive.node_prices, dive.kw_prices, _Clock(10.0), 0.0),
+        _finish(inst, cands, *rounded, dive.node_prices, dive.kw_prices, _Clock(10.0), 0.0),
+    ]
+    starts, late, _ = _plan_from_dive(inst, cands, dive, _Clock(10.0), 0.0, dive.value, 0.0)
+    assert late == []
+    assert violations(inst, starts).size == 0
+    best_alone = min(evaluate(inst, s)[3] for s, lt, _ in alone if not lt)
+    assert evaluate(inst, starts)[3] <= best_alone + 1e-12
+
+
+@pytest.mark.skipif(not (SHARED / "traces").is_dir(), reason="needs the shared real data")
+def test_lagrange_on_wide_jobs_under_a_power_cap() -> None:
+    # Curie's wide jobs under a power cap: the priced repair in deadline order leaves some late,
+    # and the other order (biggest for its window first) is tried as well. Whatever it picks,
+    # nothing is late, nothing is over capacity, and the bound holds.
+    from bench.tight_instances import tight_instance
+
+    inst, info = tight_instance("Curie", 2000, 96, 0.85, 2, power_cap=True)
+    assert violations(inst, info.reference).size == 0
+    sol = solve(inst, method="lagrange", time_limit=20.0)
+    starts = _starts(inst, sol)
+    assert sol.late == ()
+    assert violations(inst, starts).size == 0
+    assert ((starts >= inst.release) & (starts <= inst.latest_start)).all()
+    assert sol.lower_bound_gbp is not None and sol.lower_bound_gbp <= sol.objective_gbp
+    greedy = solve(inst, method="greedy", time_limit=20.0)
+    assert sol.objective_gbp <= greedy.objective_gbp

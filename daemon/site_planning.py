@@ -290,12 +290,18 @@ class SitePlanner:
         managed = managed_nodes(nodes, self.rules)
         return arrival_reserve(self._recent_load(site, nodes, now), len(managed), self._ramp_slots(jobs), n_slots)
 
-    def _recent_load(self, site: str, nodes: tuple[SlurmNode, ...], now: int) -> float:
-        """The site's mean busy nodes over the last day (what arriving work keeps busy)."""
-        load = self.store.mean_load(site, now - 86400)
+    def _recent_load(self, site: str, nodes: tuple[SlurmNode, ...], now: int, days: int = 1) -> float:
+        """The site's mean busy nodes over the last ``days`` (what arriving work keeps busy)."""
+        load = self.store.mean_load(site, now - days * 86400)
         if load is None:  # no history (jobs of partitions no site names): this moment's load
             load = busy_nodes(managed_nodes(nodes, self.rules))
         return load
+
+    def _coming_load(self, site: str, nodes: tuple[SlurmNode, ...], now: int) -> float:
+        """Load shaping's coming work: what the last day's arrivals kept busy, or the last week's
+        when that is more (after a quiet weekend, the week's says Monday's work is coming), as the
+        simulator takes it (simulate.engine)."""
+        return max(self._recent_load(site, nodes, now), self._recent_load(site, nodes, now, days=7))
 
     def _ramp_slots(self, jobs: tuple[SlurmJob, ...]) -> int:
         """The typical run of the site's work, in slots: the median time limit of its jobs."""
@@ -407,7 +413,7 @@ class SitePlanner:
             running_limits=usable - capacity_profile(usable, given.running_limits, now, h),
             capacity=float(usable),
             queue=queue,
-            arrival_load=self._recent_load(given.site, given.nodes, now),
+            arrival_load=self._coming_load(given.site, given.nodes, now),
             arrival_due_slots=arrival_due_slots(
                 [x for x in slack.values() if x is not None], self.rules.default_slack_hours * 3600, SLOT_SECONDS
             ),

@@ -347,8 +347,9 @@ class StateStore(SqliteStore):
             users=frozenset(c.target for c in active if c.kind == "user"),
         )
 
-    def record_load(self, site: str, ts: float, busy_nodes: float, keep_seconds: float = 2 * 86400) -> None:
-        """One cycle's busy nodes of a site (the history the arrival reserve is built from)."""
+    def record_load(self, site: str, ts: float, busy_nodes: float, keep_seconds: float = 8 * 86400) -> None:
+        """One cycle's busy nodes of a site (the history the arrival reserve and load shaping's
+        coming work are built from: the last day's and the last week's)."""
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO load VALUES (?, ?, ?)", (site, ts, busy_nodes))
             db.execute("DELETE FROM load WHERE site = ? AND ts < ?", (site, ts - keep_seconds))

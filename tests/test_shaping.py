@@ -288,6 +288,22 @@ def test_a_job_within_the_exempt_hours_keeps_its_place_behind_a_held_one(fake_en
     assert env.slurm.job(small).eligible_time <= time.time() + 5
 
 
+def test_the_coming_work_is_the_last_weeks_after_a_quiet_day(fake_env: FakeEnv) -> None:
+    env = fake_env
+    env.reconfigure(policy={"defer_to_windows": False})
+    forecast_from_now(env.forecast, DIRTY_NOW)
+    # Six busy days (3 of 4 nodes), then a quiet one (half a node): the work expected to arrive
+    # is the week's, not the quiet day's (as after a weekend), as in the simulator.
+    now = int(time.time())
+    with env.store() as store:
+        for k in range(7 * 288, 0, -1):
+            store.record_load("default", now - 300 * k, 0.5 if k <= 288 else 3.0)
+    env.submit_flexible(hours=20, minutes=60)
+    env.slurmflex("daemon", "--once")
+    snapshot = _last_plan(env)["sites"]["default"]["shaping"]["snapshot"]
+    assert snapshot["arrival_load"] == pytest.approx((6 * 3.0 + 0.5) / 7, rel=0.01)
+
+
 def test_shaping_off_holds_nothing(fake_env: FakeEnv) -> None:
     env = fake_env
     env.reconfigure(policy={"defer_to_windows": False, "shape_load": False})

@@ -81,7 +81,9 @@ def test_mean_load_weights_samples_by_how_long_they_stood(tmp_path: Path) -> Non
         store.record_load("lab", 1400, 6.0)  # ... then 2 nodes for 300 s
         store.record_load("other", 1100, 99.0)
         assert store.mean_load("lab", 0) == pytest.approx((10 * 100 + 2 * 300) / 400)
-        store.record_load("lab", 1000 + 3 * 86400, 1.0)  # samples older than two days are dropped
+        store.record_load("lab", 1000 + 7 * 86400, 1.0)  # a week on, all are kept ...
+        assert store.mean_load("lab", 0) == pytest.approx((10 * 100 + 2 * 300 + 6 * (7 * 86400 - 400)) / (7 * 86400))
+        store.record_load("lab", 1000 + 9 * 86400, 1.0)  # ... samples older than eight days are dropped
         assert store.mean_load("lab", 0) == 1.0
 
 

@@ -434,11 +434,19 @@ ShapeHook = Callable[[int, list[int], set[int], IntArray, FloatArray, float, int
 
 
 def _recent_arrivals(
-    tick: int, jobs: _Jobs, order: IntArray, submit_sorted: IntArray, start: IntArray, predicted: bool = False
+    tick: int,
+    jobs: _Jobs,
+    order: IntArray,
+    submit_sorted: IntArray,
+    start: IntArray,
+    predicted: bool = False,
+    days: int = 1,
 ) -> tuple[float, int]:
-    """(processors the last day's arrivals keep busy on average, their median requested ticks):
-    from what was submitted, using actual run times only of jobs that have already ended."""
-    day = 48 * TICKS_PER_SLOT
+    """(processors the last ``days``' arrivals keep busy on average, their median requested
+    ticks): from what was submitted, using actual run times only of jobs that have already ended."""
+    day = 48 * TICKS_PER_SLOT * days
+    if days > 1:
+        day = max(48 * TICKS_PER_SLOT, min(day, tick))  # the history there is, at least a day
     lo, hi = np.searchsorted(submit_sorted, [tick - day, tick])
     recent = order[lo:hi]
     if recent.size == 0:
@@ -573,6 +581,10 @@ def _run(
         if shape is not None and tick % TICKS_PER_SLOT == 0:
             eligible.sort(key=priority)
             load, ramp = _recent_arrivals(tick, jobs, order, arrivals_cum, start, predicted=True)
+            # The coming work: as much as the last day's, or the last week's if more (as the
+            # daemon's arrival_load): after a quiet weekend the week's says Monday's is coming
+            # (LLNL-Thunder, next-workday rule, 42 days: 892 -> 684 new misses, 25 -> 34 % of the bound).
+            load = max(load, _recent_arrivals(tick, jobs, order, arrivals_cum, start, True, days=7)[0])
             budget = shape(tick, eligible, running, start, expected, load, ramp)
         if eligible and (changed or tick % TICKS_PER_SLOT == 0):
             eligible.sort(key=priority)

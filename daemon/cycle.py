@@ -439,9 +439,7 @@ class Cycle:
         """Record this cycle's sample of each open stress event and keep what was done; a soft
         failure (returns 1) if it cannot be kept."""
         assert self.stress is not None
-        discharge = {
-            site: max(0.0, -p.setpoint_kw(now)) for site, p in self._battery_plans.items() if p is not None
-        }
+        discharge = {site: max(0.0, -p.setpoint_kw(now)) for site, p in self._battery_plans.items() if p is not None}
         try:
             self.stress.sample(self._stress_jobs, self._estimate_w, self._job_site, now, discharge)
             self.stress.save()

@@ -242,8 +242,7 @@ def plan(instance_path: Path, as_json: bool, method: str, time_limit: float) -> 
     "carbon_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Half-hourly carbon intensity CSV (NESO forecast+actual, or one intensity column); "
-    "one site (or use --site).",
+    help="Half-hourly carbon intensity CSV (NESO forecast+actual, or one intensity column); one site (or use --site).",
 )
 @click.option(
     "--site",
@@ -1271,6 +1270,7 @@ def _modelled_usage(cfg: Config, first: date, last: date) -> dict[datetime, Usag
         day += timedelta(days=1)
     observed = from_ledger(read_records(directory), model)
     return modelled_usage(periods, observed, idle_watts(st.nodes, model), st.other_watts)
+
 
 @main.group("beckn")
 def beckn_group() -> None:

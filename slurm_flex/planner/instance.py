@@ -39,6 +39,8 @@ def fit_slots(values: npt.ArrayLike | None, n: int, fill: float) -> FloatArray:
         k = min(n, given.size)
         out[:k] = given[:k]
     return out
+
+
 IntArray = npt.NDArray[np.int64]
 
 

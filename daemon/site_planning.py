@@ -299,8 +299,8 @@ class SitePlanner:
 
     def _coming_load(self, site: str, nodes: tuple[SlurmNode, ...], now: int) -> float:
         """Load shaping's coming work: what the last day's arrivals kept busy, or the last week's
-        when that is more (after a quiet weekend, the week's says Monday's work is coming), as the
-        simulator takes it (simulate.engine)."""
+        when that is more (one day can understate what comes: see the simulator, simulate.engine,
+        which takes the same)."""
         return max(self._recent_load(site, nodes, now), self._recent_load(site, nodes, now, days=7))
 
     def _ramp_slots(self, jobs: tuple[SlurmJob, ...]) -> int:

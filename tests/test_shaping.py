@@ -293,7 +293,7 @@ def test_the_coming_work_is_the_last_weeks_after_a_quiet_day(fake_env: FakeEnv) 
     env.reconfigure(policy={"defer_to_windows": False})
     forecast_from_now(env.forecast, DIRTY_NOW)
     # Six busy days (3 of 4 nodes), then a quiet one (half a node): the work expected to arrive
-    # is the week's, not the quiet day's (as after a weekend), as in the simulator.
+    # is the week's, not the quiet day's, as in the simulator.
     now = int(time.time())
     with env.store() as store:
         for k in range(7 * 288, 0, -1):

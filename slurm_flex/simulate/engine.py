@@ -582,8 +582,9 @@ def _run(
             eligible.sort(key=priority)
             load, ramp = _recent_arrivals(tick, jobs, order, arrivals_cum, start, predicted=True)
             # The coming work: as much as the last day's, or the last week's if more (as the
-            # daemon's arrival_load): after a quiet weekend the week's says Monday's is coming
-            # (LLNL-Thunder, next-workday rule, 42 days: 892 -> 684 new misses, 25 -> 34 % of the bound).
+            # daemon's arrival_load): where one day's arrivals understate what comes, the plan held
+            # the machine idle for far-off deadlines and the queue then could not drain (LLNL-Thunder,
+            # next-workday rule, 42 days: 892 -> 684 new misses, 25 -> 34 % of the bound).
             load = max(load, _recent_arrivals(tick, jobs, order, arrivals_cum, start, True, days=7)[0])
             budget = shape(tick, eligible, running, start, expected, load, ramp)
         if eligible and (changed or tick % TICKS_PER_SLOT == 0):
